@@ -1,0 +1,148 @@
+"""Classifier checkpoint bundle: ``model.safetensors`` + ``config.json`` in one directory.
+
+Loadable with timm alone (``load_classifier``), so the builder never needs trainer code.
+Written atomically: into a temporary sibling directory, then renamed into place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from ._schema import check_finite, check_format, dumps, from_jsonable, read_json_file, utc_now
+from .atomic import atomic_directory
+from .errors import FormatError
+
+_logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "actgen.classifier-bundle"
+BUNDLE_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    architecture: str                       # timm model name
+    num_classes: int
+    class_names: list[str]
+    input_size: tuple[int, int, int]         # (C, H, W), timm's pretrained_cfg convention
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str                      # "bilinear" | "bicubic" | ...
+    dataset_fingerprint: str
+    round: int
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs (e.g. in_chans)
+    format: str = BUNDLE_FORMAT
+    format_version: int = 1
+    tool_version: str = ""
+    created: str = ""                       # ISO-8601 UTC
+
+
+def _check_config(config: BundleConfig, where: str) -> None:
+    """Cross-field rules that types alone cannot express."""
+    if config.num_classes != len(config.class_names):
+        raise FormatError(where, f"num_classes is {config.num_classes} but class_names has "
+                                 f"{len(config.class_names)} names")
+    if len(set(config.class_names)) != len(config.class_names):
+        raise FormatError(where, f"class_names must be unique, got {config.class_names}")
+    if any(v <= 0 for v in config.input_size):
+        raise FormatError(where, f"input_size must be positive (C, H, W), got {list(config.input_size)}")
+    if any(v <= 0 for v in config.std):
+        raise FormatError(where, f"std must be positive, got {list(config.std)}")
+    for name, value in config.metrics.items():
+        check_finite(where, f"metrics.{name}", value)
+    reserved = {"num_classes", "pretrained"} & set(config.model_kwargs)
+    if reserved:
+        raise FormatError(where, f"model_kwargs must not set {sorted(reserved)} (the bundle fixes them)")
+
+
+def write_bundle(directory: str | Path, state_dict: dict, config: BundleConfig) -> str:
+    """Write the bundle atomically; return the sha256 of ``model.safetensors``.
+
+    An empty ``created``/``tool_version`` is filled with the current UTC time/actgen version.
+    An existing bundle at ``directory`` is replaced as a whole.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    config = dataclasses.replace(config, created=config.created or utc_now(),
+                                 tool_version=config.tool_version or __version__)
+    if config.format != BUNDLE_FORMAT or config.format_version != BUNDLE_FORMAT_VERSION:
+        raise ValueError(f"write_bundle: format must be {BUNDLE_FORMAT!r} v{BUNDLE_FORMAT_VERSION}, "
+                         f"got {config.format!r} v{config.format_version}")
+    _check_config(config, str(directory / CONFIG_FILE))
+    # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(dumps(config), encoding="utf-8")
+        digest = bundle_sha256(tmp)
+    _logger.info("wrote bundle %s (%s, %d tensors, sha256 %s)", directory, config.architecture,
+                 len(tensors), digest[:12])
+    return digest
+
+
+def read_bundle_config(directory: str | Path) -> BundleConfig:
+    """Parse and validate ``config.json``; FormatError naming the file and field."""
+    path = Path(directory) / CONFIG_FILE
+    where = str(path)
+    data = read_json_file(path)
+    check_format(where, data, BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION)
+    config = from_jsonable(BundleConfig, data, where)
+    _check_config(config, where)
+    return config
+
+
+def bundle_sha256(directory: str | Path) -> str:
+    """sha256 of ``model.safetensors`` (what manifests and provenance record)."""
+    path = Path(directory) / WEIGHTS_FILE
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise FormatError(str(path), "file not found") from None
+    return h.hexdigest()
+
+
+def load_classifier(directory: str | Path, device="cpu"):
+    """-> ``(model in eval mode, BundleConfig)``, built with ``timm.create_model`` and strict load.
+
+    The model's ``pretrained_cfg`` carries the bundle's input size, mean, std and interpolation, so
+    ``timm.data.resolve_data_config(model=model)`` gives the evaluation transform it was trained with.
+    """
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = read_bundle_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FormatError(str(weights), "file not found")
+    try:
+        model = timm.create_model(config.architecture, pretrained=False, num_classes=config.num_classes,
+                                  **config.model_kwargs)
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise FormatError(str(Path(directory) / CONFIG_FILE), f"field 'architecture': {e}") from e
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise FormatError(str(weights), f"not a readable safetensors file ({e})") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise FormatError(str(weights), f"weights do not fit {config.architecture!r} with "
+                                        f"{config.num_classes} classes and {config.model_kwargs}: {e}") from e
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
+                            "input_size": tuple(config.input_size), "mean": tuple(config.mean),
+                            "std": tuple(config.std), "interpolation": config.interpolation,
+                            "num_classes": config.num_classes}
+    model.to(device).eval()
+    return model, config

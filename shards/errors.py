@@ -1,0 +1,15 @@
+"""One exception type for every contract violation, so both CLIs can print one clear line."""
+from __future__ import annotations
+
+
+class FormatError(ValueError):
+    """A file does not match its documented format.
+
+    The message always names the file (or URL) and what was expected, e.g.
+    ``rounds/3/hard_samples.json: field 'samples[4].label' must be an int, got 'cat'``.
+    """
+
+    def __init__(self, where: str, problem: str):
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")

@@ -1,0 +1,121 @@
+"""Hard-sample manifest: every top-1-misclassified held-out sample of one round, plus a header.
+
+One JSON file (``hard_samples.json``), written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from ._schema import check_format, dumps, from_jsonable, read_json_file, utc_now
+from .atomic import atomic_write_text
+from .errors import FormatError
+
+MANIFEST_FORMAT = "actgen.hard-samples"
+MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FILE = "hard_samples.json"
+
+
+@dataclass(frozen=True)
+class HardSample:
+    id: str             # stable sample id in the data set (see sources.sample_id)
+    label: int          # true label
+    class_name: str
+    predicted: int      # top-1 prediction
+    prob_true: float    # softmax probability of the true class
+    loss: float         # cross-entropy of the true class
+
+
+@dataclass(frozen=True)
+class ManifestHeader:
+    dataset: dict               # the DataSource as a dict (path, split, columns, class_names)
+    dataset_fingerprint: str
+    class_names: list[str]
+    split_seed: int
+    holdout_fraction: float
+    num_evaluated: int          # size of the hold-out that was evaluated
+    checkpoint_sha256: str      # sha256 of the bundle's model.safetensors
+    round: int
+    epoch: int
+    format: str = MANIFEST_FORMAT
+    format_version: int = 1
+    tool_version: str = ""
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class HardSampleManifest:
+    header: ManifestHeader
+    samples: list[HardSample] = field(default_factory=list)
+
+
+def _check(manifest: HardSampleManifest, where: str) -> None:
+    """Rules across fields: ids, labels and names agree with the header."""
+    from .sources import parse_sample_id
+
+    header = manifest.header
+    names = header.class_names
+    if not names or len(set(names)) != len(names):
+        raise FormatError(where, f"field 'header.class_names' must be non-empty and unique, got {names}")
+    if not 0.0 < header.holdout_fraction < 1.0:
+        raise FormatError(where, f"field 'header.holdout_fraction' must be in (0, 1), got {header.holdout_fraction}")
+    if header.num_evaluated < len(manifest.samples):
+        raise FormatError(where, f"field 'header.num_evaluated' ({header.num_evaluated}) is smaller than the "
+                                 f"number of hard samples ({len(manifest.samples)})")
+    fp12 = header.dataset_fingerprint[:12]
+    seen: dict[str, int] = {}
+    for i, s in enumerate(manifest.samples):
+        at = f"samples[{i}]"
+        try:
+            got_fp, _ = parse_sample_id(s.id)
+        except FormatError as e:
+            raise FormatError(where, f"field '{at}.id': {e.problem}, got {s.id!r}") from None
+        if got_fp != fp12:
+            raise FormatError(where, f"field '{at}.id' {s.id!r} does not belong to data set {fp12} "
+                                     "(header.dataset_fingerprint)")
+        if s.id in seen:
+            raise FormatError(where, f"field '{at}.id' {s.id!r} repeats samples[{seen[s.id]}]")
+        seen[s.id] = i
+        for name in ("label", "predicted"):
+            value = getattr(s, name)
+            if not 0 <= value < len(names):
+                raise FormatError(where, f"field '{at}.{name}' must be in 0..{len(names) - 1}, got {value}")
+        if s.class_name != names[s.label]:
+            raise FormatError(where, f"field '{at}.class_name' is {s.class_name!r} but label {s.label} "
+                                     f"is {names[s.label]!r}")
+        if not 0.0 <= s.prob_true <= 1.0:
+            raise FormatError(where, f"field '{at}.prob_true' must be in [0, 1], got {s.prob_true}")
+        if not (math.isfinite(s.loss) and s.loss >= 0.0):
+            raise FormatError(where, f"field '{at}.loss' must be finite and >= 0, got {s.loss}")
+
+
+def write_manifest(path: str | Path, manifest: HardSampleManifest) -> None:
+    """Validate and write ``manifest`` atomically as JSON.
+
+    An empty ``header.created``/``header.tool_version`` is filled with the current UTC time/actgen
+    version. ValueError (a FormatError naming ``path``) if the manifest breaks a rule of the format.
+    """
+    header = manifest.header
+    header = dataclasses.replace(header, created=header.created or utc_now(),
+                                 tool_version=header.tool_version or __version__)
+    manifest = dataclasses.replace(manifest, header=header)
+    if header.format != MANIFEST_FORMAT or header.format_version != MANIFEST_FORMAT_VERSION:
+        raise ValueError(f"write_manifest: format must be {MANIFEST_FORMAT!r} v{MANIFEST_FORMAT_VERSION}, "
+                         f"got {header.format!r} v{header.format_version}")
+    _check(manifest, str(path))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, dumps(manifest))
+
+
+def read_manifest(path: str | Path) -> HardSampleManifest:
+    """FormatError naming the file and the field on anything malformed."""
+    where = str(path)
+    data = read_json_file(path)
+    if isinstance(data, dict) and isinstance(data.get("header"), dict):
+        check_format(where, data["header"], MANIFEST_FORMAT, MANIFEST_FORMAT_VERSION, prefix="header")
+    manifest = from_jsonable(HardSampleManifest, data, where)
+    _check(manifest, where)
+    return manifest

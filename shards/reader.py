@@ -1,0 +1,314 @@
+"""Read synthetic shard data sets from a local directory, a brace pattern or an http(s) URL."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ._schema import check_format, from_jsonable, load_json
+from .atomic import atomic_directory
+from .errors import FormatError
+from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
+                      decode_sample, sample_members)
+from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
+
+_logger = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Locations
+
+
+def is_url(location: str | Path) -> bool:
+    return str(location).startswith(("http://", "https://"))
+
+
+def _is_pattern(location: str) -> bool:
+    """A brace pattern or a single shard rather than a data-set directory."""
+    return "{" in location or location.endswith(".tar")
+
+
+def join_location(location: str | Path, filename: str) -> str:
+    """``<location>/<filename>`` for a directory or a URL."""
+    if is_url(location):
+        return str(location).rstrip("/") + "/" + filename
+    return str(Path(location) / filename)
+
+
+@contextlib.contextmanager
+def open_location(location: str) -> Iterator:
+    """Binary stream of a local file or an http(s) URL; FormatError if it is not there."""
+    if is_url(location):
+        try:
+            response = urllib.request.urlopen(location, timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as e:
+            raise FormatError(location, f"cannot fetch (HTTP {e.code} {e.reason})") from None
+        except urllib.error.URLError as e:
+            raise ConnectionError(f"{location}: cannot connect ({e.reason})") from None
+        with response:
+            yield response
+    else:
+        try:
+            f = open(location, "rb")
+        except FileNotFoundError:
+            raise FormatError(location, "file not found") from None
+        with f:
+            yield f
+
+
+# --------------------------------------------------------------------------------------------
+# Index
+
+
+def parse_index(data: bytes, where: str) -> DatasetIndex:
+    """Validate the bytes of an ``index.json``."""
+    obj = load_json(data, where)
+    check_format(where, obj, INDEX_FORMAT, INDEX_FORMAT_VERSION)
+    index = from_jsonable(DatasetIndex, obj, where)
+    check_index(index, where)
+    return index
+
+
+def read_index(location: str | Path):
+    """``DatasetIndex`` from ``<location>/index.json`` (local or http(s)); FormatError if absent
+    or malformed. This is how a trainer tells a finished data set from one still being built."""
+    where = join_location(location, INDEX_FILE)
+    try:
+        with open_location(where) as f:
+            data = f.read()
+    except FormatError as e:
+        raise FormatError(where, f"{e.problem}: no finished data set here (index.json is written last)") from None
+    return parse_index(data, where)
+
+
+def shard_urls(location: str | Path) -> list[str]:
+    """Shard URLs of a data set directory/URL (from its index) or of a brace pattern."""
+    import braceexpand
+
+    location = str(location)
+    if _is_pattern(location):
+        return list(braceexpand.braceexpand(location))
+    return [join_location(location, s.filename) for s in read_index(location).shards]
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming
+
+
+def _decode_members(members: dict) -> SyntheticSample:
+    return decode_sample(members, where=str(members.get("__url__", "")))
+
+
+def iter_samples(location: str | Path, handler: Callable[[Exception], bool] | None = None) -> Iterator:
+    """Stream SyntheticSample objects with WebDataset (local paths, brace patterns, http URLs).
+
+    A data-set directory/URL must have its ``index.json``; a brace pattern is read as is.
+
+    Args:
+        location: data-set directory or URL, or a brace pattern of shards.
+        handler: WebDataset exception handler; the default re-raises (e.g. ``FormatError`` on a bad
+            sample). Pass ``webdataset.warn_and_continue`` to skip bad samples and shards.
+
+    A shard URL that cannot be fetched raises ``OSError`` (curl's exit status) or
+    ``tarfile.ReadError`` (empty stream), whichever comes first; both carry the URL.
+    """
+    import webdataset as wds
+
+    handler = handler or wds.reraise_exception
+    urls = shard_urls(location)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.tarfile_to_samples(handler=handler),
+        wds.map(_decode_members, handler=handler),
+    )
+    return iter(pipeline)
+
+
+# --------------------------------------------------------------------------------------------
+# Tar layout
+
+
+def scan_tar(fileobj, where: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Samples of one tar in order: ``[(key, {ext: (data offset, size)})]``.
+
+    FormatError on a truncated or unreadable tar, a member outside the flat ``<key>.<ext>`` layout
+    (a key with a dot shows up as an unknown extension), or a key that appears twice.
+    """
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                name = member.name
+                key, _, ext = name.partition(".")
+                if "/" in name or not key or ext.lower() not in SAMPLE_MEMBERS:
+                    raise FormatError(where, f"member {name!r} is not '<key>.<ext>' with ext one of "
+                                             f"{sorted(SAMPLE_MEMBERS)} (keys contain no '.' or '/')")
+                ext = ext.lower()
+                if not samples or samples[-1][0] != key:
+                    if key in seen:
+                        raise FormatError(where, f"duplicate key {key!r} (its members are not contiguous "
+                                                 "or it appears twice)")
+                    seen.add(key)
+                    samples.append((key, {}))
+                members = samples[-1][1]
+                if ext in members:
+                    raise FormatError(where, f"sample {key!r}: member '{ext}' appears twice")
+                members[ext] = (member.offset_data, member.size)
+    except tarfile.TarError as e:
+        raise FormatError(where, f"truncated or corrupt tar ({e})") from None
+    return samples
+
+
+def read_member(f, span: tuple[int, int]) -> bytes:
+    offset, size = span
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise EOFError(f"short read at offset {offset}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch
+
+
+def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes: int) -> None:
+    """Copy or download ``source`` to ``destination``; FormatError if size or sha256 differ."""
+    h = hashlib.sha256()
+    n = 0
+    with open_location(source) as src, open(destination, "wb") as dst:
+        for chunk in iter(lambda: src.read(_CHUNK), b""):
+            h.update(chunk)
+            n += len(chunk)
+            dst.write(chunk)
+    if n != size_bytes:
+        raise FormatError(source, f"size is {n} bytes, index says {size_bytes}")
+    if h.hexdigest() != sha256:
+        raise FormatError(source, f"sha256 is {h.hexdigest()}, index says {sha256}")
+
+
+def fetch(location: str | Path, destination: str | Path):
+    """Copy (or download) a finished data set into ``destination`` (atomic: temp dir + rename),
+    verifying every shard's sha256 against the index. Returns the DatasetIndex.
+
+    A ``destination`` that already holds the same index is left as it is.
+    """
+    index = read_index(location)
+    destination = Path(destination)
+    if (destination / INDEX_FILE).is_file():
+        try:
+            if read_index(destination) == index:
+                _logger.info("fetch: %s already holds %s", destination, location)
+                return index
+        except FormatError:
+            pass  # a different or damaged copy: replaced below
+    with atomic_directory(destination) as tmp:
+        for shard in index.shards:
+            copy_verified(join_location(location, shard.filename), tmp / shard.filename,
+                          shard.sha256, shard.size_bytes)
+        write_index(tmp, index)
+    _logger.info("fetched %s -> %s (%d shards)", location, destination, len(index.shards))
+    return index
+
+
+@contextlib.contextmanager
+def local_file(location: str) -> Iterator[str]:
+    """A local path for ``location``: itself, or a temporary download of a URL."""
+    if not is_url(location):
+        if not os.path.isfile(location):
+            raise FormatError(location, "file not found")
+        yield location
+        return
+    with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
+        with open_location(location) as src:
+            shutil.copyfileobj(src, tmp, _CHUNK)
+        tmp.flush()
+        yield tmp.name
+
+
+# --------------------------------------------------------------------------------------------
+# Random access
+
+
+class ShardRandomAccess:
+    """Map-style random access over the local tar shards of a data set (offset index built once;
+    each read opens the file, so it is safe in DataLoader worker processes).
+
+    ``len(x)``, ``x[i] -> (PIL RGB image, label)``, ``x.key(i)``, ``x.class_names``.
+    """
+
+    def __init__(self, directory: str | Path):
+        if is_url(directory):
+            raise ValueError(f"ShardRandomAccess needs a local directory, got {directory}; fetch() it first")
+        self.directory = Path(directory)
+        self.index = read_index(self.directory)
+        self.class_names = list(self.index.class_names)
+        self._paths = [str(self.directory / s.filename) for s in self.index.shards]
+        # One entry per sample: (shard number, key, image ext, image span, json span).
+        self._entries: list[tuple[int, str, str, tuple[int, int], tuple[int, int]]] = []
+        self._labels: list[int] = []
+        for number, (path, shard) in enumerate(zip(self._paths, self.index.shards)):
+            try:
+                f = open(path, "rb")
+            except FileNotFoundError:
+                raise FormatError(path, "shard listed in index.json is missing") from None
+            with f:
+                samples = scan_tar(f, path)
+                if len(samples) != shard.num_samples:
+                    raise FormatError(path, f"holds {len(samples)} samples, index.json says {shard.num_samples}")
+                for key, members in samples:
+                    _, ext = sample_members({"__key__": key, **members}, path)
+                    label = decode_label(read_member(f, members["cls"]), path, key)
+                    if label >= len(self.class_names):
+                        raise FormatError(path, f"sample {key!r}: label {label} outside 0..{len(self.class_names) - 1}")
+                    self._entries.append((number, key, ext, members[ext], members["json"]))
+                    self._labels.append(label)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, index: int):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        return self._entries[index]
+
+    def __getitem__(self, index: int):
+        number, key, ext, span, _ = self._entry(index)
+        path = self._paths[number]
+        with open(path, "rb") as f:
+            data = read_member(f, span)
+        return decode_image(data, path, key, ext), self._labels[index]
+
+    def key(self, index: int) -> str:
+        return self._entry(index)[1]
+
+    def label(self, index: int) -> int:
+        self._entry(index)
+        return self._labels[index]
+
+    def labels(self) -> list[int]:
+        """All labels in sample order (read once at construction)."""
+        return list(self._labels)
+
+    def sample(self, index: int) -> SyntheticSample:
+        """The full sample, provenance included."""
+        number, key, ext, span, json_span = self._entry(index)
+        path = self._paths[number]
+        with open(path, "rb") as f:
+            image, provenance = read_member(f, span), read_member(f, json_span)
+        return SyntheticSample(key=key, image=decode_image(image, path, key, ext), label=self._labels[index],
+                               provenance=decode_provenance(provenance, path, key))

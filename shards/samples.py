@@ -1,0 +1,164 @@
+"""One synthetic sample <-> the WebDataset members of one key. Pure functions, no I/O."""
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+
+from .errors import FormatError
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """A rendered image and where it came from.
+
+    ``provenance`` holds at least: class_name, source_id (hard-sample id), generator (id and
+    weights hash), prompt, seed, guidance (settings dict), checkpoint_sha256, round, tool_version.
+    """
+
+    key: str
+    image: object          # PIL.Image.Image
+    label: int
+    provenance: dict = field(default_factory=dict)
+
+
+REQUIRED_PROVENANCE = ("class_name", "source_id", "generator", "prompt", "seed", "guidance",
+                       "checkpoint_sha256", "round", "tool_version")
+
+IMAGE_FORMATS = ("png", "jpg", "webp")
+# WebDataset extension -> Pillow format name and save options. JPEG/WebP quality is fixed so that
+# the same image always encodes to the same bytes with the same Pillow.
+_PIL_SAVE = {
+    "png": ("PNG", {}),
+    "jpg": ("JPEG", {"quality": 95}),
+    "webp": ("WEBP", {"quality": 95}),
+}
+SAMPLE_MEMBERS = frozenset(IMAGE_FORMATS + ("cls", "json"))
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_CLS_RE = re.compile(rb"^[0-9]+$")
+
+
+def check_key(key: object) -> str | None:
+    """Why ``key`` is not a valid sample key, or None if it is.
+
+    WebDataset splits member names at the first dot and treats '/' as a directory, so keys are
+    restricted to letters, digits, '_' and '-'.
+    """
+    if not isinstance(key, str) or not key:
+        return f"key must be a non-empty string, got {key!r}"
+    if not _KEY_RE.match(key):
+        return f"key {key!r} may only contain letters, digits, '_' and '-' (no '.', '/', spaces)"
+    return None
+
+
+def make_key(round: int, source_id: str, sample_index: int, seed: int) -> str:
+    """Deterministic key, no dots (WebDataset splits member names at the first dot):
+    ``r0003_<source_id>_i000012_s<seed>``; ValueError on a source id containing '.' or '/'."""
+    for name, value in (("round", round), ("sample_index", sample_index), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"make_key: {name} must be a non-negative int, got {value!r}")
+    key = f"r{round:04d}_{source_id}_i{sample_index:06d}_s{seed}"
+    problem = check_key(key)
+    if problem is not None or not source_id:
+        raise ValueError(f"make_key: source_id {source_id!r} cannot be part of a sample key: "
+                         f"{problem or 'it is empty'}")
+    return key
+
+
+def encode_image(image, image_format: str = "png") -> bytes:
+    """PIL image -> encoded bytes for one of :data:`IMAGE_FORMATS`."""
+    if image_format not in _PIL_SAVE:
+        raise ValueError(f"image_format must be one of {list(IMAGE_FORMATS)}, got {image_format!r}")
+    pil_format, options = _PIL_SAVE[image_format]
+    buf = io.BytesIO()
+    image.save(buf, format=pil_format, **options)
+    return buf.getvalue()
+
+
+def encode_sample(sample: SyntheticSample, image_format: str = "png") -> dict:
+    """-> ``{"__key__": key, "png"|"jpg"|"webp": bytes, "cls": b"3", "json": bytes}``.
+
+    Raises ValueError on a bad key, a negative or non-int label, or missing provenance keys.
+    """
+    problem = check_key(sample.key)
+    if problem is not None:
+        raise ValueError(f"encode_sample: {problem}")
+    if isinstance(sample.label, bool) or not isinstance(sample.label, int) or sample.label < 0:
+        raise ValueError(f"encode_sample: sample {sample.key!r}: label must be a non-negative int, "
+                         f"got {sample.label!r}")
+    missing = [k for k in REQUIRED_PROVENANCE if k not in sample.provenance]
+    if missing:
+        raise ValueError(f"encode_sample: sample {sample.key!r}: provenance lacks {missing}")
+    return {
+        "__key__": sample.key,
+        image_format: encode_image(sample.image, image_format),
+        "cls": str(sample.label).encode("ascii"),
+        "json": json.dumps(sample.provenance, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+    }
+
+
+def decode_label(data: bytes, where: str, key: str) -> int:
+    """The ``cls`` member: ASCII decimal digits only."""
+    if not isinstance(data, (bytes, bytearray)) or not _CLS_RE.match(bytes(data).strip()):
+        raise FormatError(where, f"sample {key!r}: 'cls' must be an ASCII non-negative integer, "
+                                 f"got {bytes(data)[:20]!r}")
+    return int(bytes(data).strip())
+
+
+def decode_provenance(data: bytes, where: str, key: str) -> dict:
+    try:
+        provenance = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(where, f"sample {key!r}: 'json' is not valid JSON ({e})") from None
+    if not isinstance(provenance, dict):
+        raise FormatError(where, f"sample {key!r}: 'json' must be an object")
+    missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
+    if missing:
+        raise FormatError(where, f"sample {key!r}: provenance lacks required key(s) {missing}")
+    return provenance
+
+
+def decode_image(data: bytes, where: str, key: str, ext: str):
+    """Encoded bytes -> PIL RGB image; FormatError if Pillow cannot decode them."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FormatError(where, f"sample {key!r}: '{ext}' image does not decode ({e})") from None
+
+
+def sample_members(members: dict, where: str) -> tuple[str, str]:
+    """Check the member set of one key; -> ``(key, image extension)``."""
+    key = members.get("__key__")
+    problem = check_key(key)
+    if problem is not None:
+        raise FormatError(where, problem)
+    present = {k for k in members if not k.startswith("__")}
+    unknown = sorted(present - SAMPLE_MEMBERS)
+    if unknown:
+        raise FormatError(where, f"sample {key!r}: unexpected member(s) {unknown}; "
+                                 f"expected one of {list(IMAGE_FORMATS)} plus 'cls' and 'json'")
+    images = [ext for ext in IMAGE_FORMATS if ext in present]
+    if len(images) != 1:
+        raise FormatError(where, f"sample {key!r}: needs exactly one image member of "
+                                 f"{list(IMAGE_FORMATS)}, found {images}")
+    for needed in ("cls", "json"):
+        if needed not in present:
+            raise FormatError(where, f"sample {key!r}: missing member '{needed}'")
+    return key, images[0]
+
+
+def decode_sample(members: dict, where: str = "") -> SyntheticSample:
+    """Inverse of encode_sample; FormatError (naming ``where`` and the key) on bad members."""
+    where = where or str(members.get("__url__", "<sample>"))
+    key, ext = sample_members(members, where)
+    return SyntheticSample(
+        key=key,
+        image=decode_image(members[ext], where, key, ext),
+        label=decode_label(members["cls"], where, key),
+        provenance=decode_provenance(members["json"], where, key),
+    )
