@@ -89,3 +89,112 @@ def serve_directory(monkeypatch):
         server.server_close()
 
 
+# --------------------------------------------------------------------------------------------
+# builder: a tiny random Stable-Diffusion-architecture generator and a tiny timm classifier
+
+BUILDER_CLASS_NAMES = ["cat", "dog", "ship", "aquarium_fish"]
+
+
+@pytest.fixture(scope="session")
+def tiny_generator():
+    """Random-weight SD-architecture generator (32x32 images, 4x16x16 latents, 8x8 attention).
+
+    Shared by the session: tests must not change its weights or processors.
+    """
+    from actgen.builder.generator import build_tiny_generator
+
+    return build_tiny_generator(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_guidance_classifier():
+    """A random timm ``test_resnet`` over BUILDER_CLASS_NAMES, logits x10 so the CE reacts visibly."""
+    import timm
+    import torch
+
+    from actgen.builder.sampler import GuidanceClassifier
+
+    class _Scale(torch.nn.Module):
+        def forward(self, x):
+            return 10.0 * x
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        timm.create_model("test_resnet", pretrained=False, num_classes=len(BUILDER_CLASS_NAMES)), _Scale())
+    return GuidanceClassifier(model=model, input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+# --------------------------------------------------------------------------------------------
+# trainer: a tiny digits config and synthetic "builder output" made of noisy digits
+
+TRAINER_TINY_OVERRIDES = (
+    "data.source.path=builtin:digits", "data.test_fraction=0.5", "data.holdout_fraction=0.1",
+    "input.image_size=16", "input.crop=pad", "input.pad=2", "input.hflip=0.0",
+    "input.mean=[0.5,0.5,0.5]", "input.std=[0.5,0.5,0.5]",
+    "loader.batch_size=64", "loader.eval_batch_size=256", "model.name=test_resnet",
+    "optim.lr=0.05", "train.epochs=4", "train.device=cpu", "train.log_interval=5", "train.progress=false",
+    "synthetic.on_missing=skip",
+)
+
+
+@pytest.fixture
+def tiny_train_config(tmp_path):
+    """Factory: ``tiny_train_config(*overrides, run_dir=None) -> Config`` (digits, test_resnet at
+    16x16, 4 epochs: rounds after epochs 0 and 1, hold-out merged at epoch 2)."""
+    from actgen.trainer.config import load_config
+
+    def make(*overrides: str, run_dir=None):
+        run_dir = run_dir or tmp_path / "run"
+        return load_config(None, [*TRAINER_TINY_OVERRIDES, f"run_dir={run_dir}", *overrides])
+
+    return make
+
+
+def _write_digit_shards(directory, n: int = 24, round: int = 0, seed: int = 0, source_ids=None,
+                        class_names=None, num_shards: int = 2):
+    """A finished synthetic data set of ``n`` noisy 8x8 digits (labels = the digits' labels)."""
+    from PIL import Image
+
+    from actgen.shards.samples import SyntheticSample, make_key
+    from actgen.shards.sources import DIGIT_NAMES, DataSource, load_source
+    from actgen.shards.writer import ShardSetWriter
+
+    names = list(class_names or DIGIT_NAMES)
+    digits = load_source(DataSource())
+    rng = np.random.default_rng(seed)
+    rows = [digits.index_of(s) for s in source_ids] if source_ids else list(range(n))
+    with ShardSetWriter(directory, names, total=len(rows), num_shards=min(num_shards, len(rows)),
+                        created={"round": round}) as writer:
+        for i, row in enumerate(rows):
+            pixels = np.asarray(digits.image(row), dtype=np.float32)
+            pixels = np.clip(pixels + rng.normal(0, 20, pixels.shape), 0, 255).astype(np.uint8)
+            label = digits.label(row) % len(names)
+            source_id = digits.sample_id(row)
+            provenance = {"class_name": names[label], "source_id": source_id,
+                          "generator": {"id": "noisy-digits", "weights_sha256": "0" * 64},
+                          "prompt": f"a photo of {names[label]}", "seed": seed * 100_000 + i,
+                          "guidance": {"noise_std": 20}, "checkpoint_sha256": "1" * 64, "round": round,
+                          "tool_version": "test"}
+            writer.write(SyntheticSample(key=make_key(round, source_id, i, seed * 100_000 + i),
+                                         image=Image.fromarray(pixels, "RGB"), label=label, provenance=provenance))
+    return directory
+
+
+@pytest.fixture
+def write_digit_shards():
+    """Factory: ``write_digit_shards(directory, n=24, round=0, seed=0, source_ids=None, class_names=None)``
+    writes a finished shard data set of noisy digit images (a stand-in for actgen-build)."""
+    return _write_digit_shards
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a test's CPU training on one intra-op thread: on a shared 2-core machine, two OpenMP
+    threads spin-wait on each other whenever another process takes a core, and a test that takes
+    seconds alone can take minutes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,83 @@
+"""``<run>/last.pt``: everything needed to continue a run exactly where it stopped.
+
+Holds the next epoch, model, optimizer, LR scheduler, EMA and grad-scaler states, every rank's
+python/numpy/torch(/CUDA) RNG states, the synthetic pool, the rounds written, and cumulative
+counters. The sampler needs no state: its order is a function of (seed, epoch). Written
+atomically, and loaded with ``weights_only=True`` (no pickled code).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actgen.shards.atomic import atomic_write_bytes
+from actgen.shards.errors import FormatError
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "last.pt"
+CHECKPOINT_FORMAT = "actgen.trainer-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "epoch", "model", "loop", "rng", "pool", "rounds_done",
+                 "synthetic_seen_total", "dataset_fingerprint", "class_names")
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states, as tensors and plain values (``weights_only``-loadable)."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt_state.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (format fields added)."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        FormatError: unreadable, or not a trainer checkpoint of this version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle errors...: the file is the problem
+        raise FormatError(str(path), f"not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(str(path), f"not an {CHECKPOINT_FORMAT} file")
+    if state.get("format_version") != CHECKPOINT_VERSION:
+        raise FormatError(str(path), f"format_version {state.get('format_version')!r}, expected {CHECKPOINT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise FormatError(str(path), f"missing fields {missing}")
+    return state

@@ -1,0 +1,103 @@
+"""``actgen-train``: parse, load the config, set up logging, call :func:`actgen.trainer.run.run`."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+_logger = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    # Other ranks only report problems; rank 0 tells the story.
+    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else \
+        f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("PIL", "datasets", "fsspec", "urllib3", "filelock", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+EPILOG = """\b
+Examples:
+  actgen-train --config configs/train-digits.yaml
+  actgen-train --config configs/train-cifar10-5k.yaml --set train.epochs=20 --run-dir runs/c10
+  actgen-train --run-dir runs/c10 --resume
+  torchrun --nproc_per_node 2 -m actgen.trainer.cli --config configs/train-digits.yaml
+
+\b
+Every round r (see rounds.* in the config) writes, for actgen-build:
+  <run-dir>/rounds/<r>/hard_samples.json   misclassified hold-out samples
+  <run-dir>/rounds/<r>/checkpoint/         classifier bundle (timm + safetensors)
+and from the next epoch on trains on the shards found at synthetic.pattern.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config (see configs/train-*.yaml). Optional with --resume: the run's own "
+                   "config.yaml is used.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=4 --set model.name=resnet10t (repeatable).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (default: the config's run_dir).")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly from its last.pt.")
+@click.option("--stop-after", type=click.IntRange(min=1), metavar="N",
+              help="Stop once N epochs are complete (resumable later with --resume).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool,
+         stop_after: Optional[int], verbose: bool) -> None:
+    """Train an image classifier in active-generation rounds (ActGen).
+
+    Trains a timm model on a labeled image data set with a stratified hold-out. After each
+    round it writes the hold-out samples the model gets wrong and a checkpoint bundle; the
+    synthetic images actgen-build renders from them join training in the next round. Writes
+    config.yaml, last.pt, metrics.csv/jsonl and summary.json into the run directory.
+    """
+    _setup_logging(verbose)
+    try:
+        cfg = _load(config_path, overrides, run_dir, resume)
+        from .run import run
+
+        run(cfg, resume=resume, stop_after=stop_after)
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        click.echo("actgen-train: interrupted", err=True)
+        sys.exit(130)
+    except (ValueError, OSError, TimeoutError) as e:  # bad input: one line, no traceback
+        # FormatError and config errors are ValueErrors; missing files are OSErrors.
+        if verbose:
+            _logger.exception("failed")
+        click.echo(f"actgen-train: error: {_one_line(e)}", err=True)
+        sys.exit(2)
+
+
+def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool):
+    from .config import load_config
+    from .run import CONFIG_FILE
+
+    extra = [f"run_dir={run_dir}"] if run_dir is not None else []
+    if config_path is None:
+        if not (resume and run_dir is not None):
+            raise click.UsageError("--config is required (or --resume with --run-dir)")
+        config_path = run_dir / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: not found; is {run_dir} a run directory?")
+    return load_config(config_path, list(overrides) + extra)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text or type(e).__name__
+
+
+if __name__ == "__main__":  # torchrun -m actgen.trainer.cli ...
+    main()

@@ -1,0 +1,518 @@
+"""The trainer's configuration: a frozen dataclass tree loaded from YAML, overridable by dotlist.
+
+OmegaConf's structured configs reject unknown keys ("Key 'nme' not in 'ModelConfig'. Did you
+mean: 'name'?") and mistyped values, naming the full key; ranges, enumerations and cross-field
+rules are checked in ``__post_init__`` with a ``ValueError`` naming the key and the value.
+Derived values (the resolved round schedule, the run directory) are computed by their users
+and never written back onto the config.
+"""
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from actgen.shards.sources import DataSource
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to train on and how they are split.
+
+    Attributes:
+        source: the labeled training data set (see ``actgen.shards.sources.DataSource``).
+        test_source: a separate data set to report test accuracy on (same class names).
+        test_fraction: share of ``source`` carved off as a test split (stratified, ``split_seed``)
+            when there is no ``test_source``; 0 = no test split.
+        holdout_fraction: share of ``source`` held out for the hard-sample search (paper: 10%).
+            It is merged back into training at ``rounds.merge_epoch``.
+        split_seed: ``random_state`` of the stratified splits; recorded in every manifest.
+    """
+
+    source: DataSource = field(default_factory=DataSource)
+    test_source: Optional[DataSource] = None
+    test_fraction: float = 0.0
+    holdout_fraction: float = 0.1
+    split_seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a number in [0, 1)")
+        _check(0.0 <= self.holdout_fraction < 1.0, "data.holdout_fraction", self.holdout_fraction,
+               "a number in [0, 1)")
+        _check(self.test_fraction + self.holdout_fraction < 1.0, "data.test_fraction + data.holdout_fraction",
+               self.test_fraction + self.holdout_fraction, "less than 1 (some images must remain for training)")
+        _check(not (self.test_source is not None and self.test_fraction > 0), "data.test_fraction",
+               self.test_fraction, "0 when data.test_source is set (one test set, not two)")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Image size, normalisation and augmentation (real and synthetic images alike).
+
+    Attributes:
+        image_size: side of the square model input; every image (real or synthetic) is resized
+            to it by the transforms.
+        mean, std: per-channel normalisation (RGB).
+        interpolation: resize filter (timm names).
+        crop: training crop: ``random_resized`` (timm RandomResizedCrop with ``scale``/``ratio``),
+            ``pad`` (resize, then random crop with ``pad`` pixels of zero padding: the CIFAR
+            recipe), or ``none`` (resize only).
+        hflip: probability of a horizontal flip.
+        color_jitter: timm colour jitter strength (``random_resized`` only; 0 = off).
+        auto_augment: timm auto-augment spec such as ``rand-m9-mstd0.5`` (``random_resized``
+            only), or null.
+        re_prob, re_mode: timm random erasing probability and mode.
+        eval_crop_pct: centre-crop share for evaluation (1.0 = resize only).
+    """
+
+    image_size: int = 32
+    # Variable-length tuples so that a wrong length is reported by __post_init__ with the key
+    # (OmegaConf's own length error does not name it).
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    crop: Literal["random_resized", "pad", "none"] = "random_resized"
+    pad: int = 4
+    scale: tuple[float, ...] = (0.08, 1.0)
+    ratio: tuple[float, ...] = (0.75, 1.3333333333333333)
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: Optional[str] = None
+    re_prob: float = 0.0
+    re_mode: Literal["const", "rand", "pixel"] = "pixel"
+    eval_crop_pct: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 8, "input.image_size", self.image_size, "an int >= 8")
+        _check(len(self.mean) == 3, "input.mean", self.mean, "3 numbers (RGB)")
+        _check(len(self.std) == 3 and all(s > 0 for s in self.std), "input.std", self.std,
+               "3 positive numbers (RGB)")
+        _check(self.pad >= 0, "input.pad", self.pad, "an int >= 0")
+        _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1, "input.scale", self.scale,
+               "[min, max] with 0 < min <= max <= 1")
+        _check(len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1], "input.ratio", self.ratio,
+               "[min, max] with 0 < min <= max")
+        _check(0.0 <= self.hflip <= 1.0, "input.hflip", self.hflip, "a probability in [0, 1]")
+        _check(self.color_jitter >= 0, "input.color_jitter", self.color_jitter, "a number >= 0")
+        _check(0.0 <= self.re_prob <= 1.0, "input.re_prob", self.re_prob, "a probability in [0, 1]")
+        _check(0.0 < self.eval_crop_pct <= 1.0, "input.eval_crop_pct", self.eval_crop_pct, "a number in (0, 1]")
+        if self.crop != "random_resized":
+            _check(self.auto_augment is None, "input.auto_augment", self.auto_augment,
+                   "null unless input.crop is 'random_resized' (timm's training transform)")
+            _check(self.color_jitter == 0, "input.color_jitter", self.color_jitter,
+                   "0 unless input.crop is 'random_resized' (timm's training transform)")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """DataLoader settings (per process).
+
+    Attributes:
+        batch_size: training images per step and process (paper: 128 per GPU).
+        eval_batch_size: images per evaluation step.
+        num_workers: loader worker processes (0 = load in the training process).
+        persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
+        prefetch_factor: batches each worker loads ahead (only with ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch of an epoch.
+    """
+
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "loader.batch_size", self.batch_size, "an int >= 1")
+        _check(self.eval_batch_size >= 1, "loader.eval_batch_size", self.eval_batch_size, "an int >= 1")
+        _check(self.num_workers >= 0, "loader.num_workers", self.num_workers, "an int >= 0")
+        _check(self.prefetch_factor >= 1, "loader.prefetch_factor", self.prefetch_factor, "an int >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier, built with ``timm.create_model(name, num_classes=..., **kwargs)``.
+
+    Attributes:
+        name: timm model name (e.g. ``resnet18``, ``resnet10t``, ``test_resnet``).
+        initial_weights: local file or bundle directory to start from: a bundle written by a
+            previous run (class names must match), a ``.safetensors`` file or a torch state dict.
+        skip_head: load ``initial_weights`` without the classifier head (fine-tuning to a new
+            label set); otherwise every key must match.
+        drop_rate, drop_path_rate: timm dropout before the head / stochastic depth.
+        kwargs: further ``timm.create_model`` keyword arguments; recorded in every bundle so the
+            builder rebuilds the identical model.
+    """
+
+    name: str = "resnet18"
+    initial_weights: Optional[str] = None
+    skip_head: bool = False
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", self.name, "a timm model name")
+        _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "a number in [0, 1)")
+        _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
+        reserved = {"num_classes", "pretrained", "drop_rate", "drop_path_rate"} & set(self.kwargs)
+        _check(not reserved, "model.kwargs", sorted(reserved), "no keys the trainer sets itself")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, built with ``timm.optim.create_optimizer_v2``.
+
+    Attributes:
+        opt: timm optimizer name (``momentum`` = SGD without Nesterov, as in the paper's CIFAR
+            recipe; ``sgd`` is Nesterov SGD in timm; ``adamw``...).
+        lr, weight_decay, momentum: as in timm.
+        eps: optimizer epsilon (Adam family), or null for the optimizer's default.
+        decay_norm_and_bias: also apply weight decay to biases and norm layers (paper's CIFAR
+            recipe does; timm's default does not).
+        clip_grad: gradient clipping threshold, or null for none.
+        clip_mode: timm clipping mode.
+    """
+
+    opt: str = "momentum"
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    eps: Optional[float] = None
+    decay_norm_and_bias: bool = True
+    clip_grad: Optional[float] = None
+    clip_mode: Literal["norm", "value", "agc"] = "norm"
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.eps is None or self.eps > 0, "optim.eps", self.eps, "null or a number > 0")
+        _check(self.clip_grad is None or self.clip_grad > 0, "optim.clip_grad", self.clip_grad,
+               "null or a number > 0")
+
+
+@dataclass(frozen=True)
+class SchedConfig:
+    """Learning-rate schedule, built with ``timm.scheduler.create_scheduler_v2``.
+
+    Attributes:
+        sched: timm scheduler name (``cosine``, ``step``, ``multistep``, ``poly``, ``const``...).
+        step_on: ``step`` updates the LR every optimizer step (paper's CIFAR recipe), ``epoch``
+            once per epoch. Per-step progress is measured as a fraction of the epoch, so the
+            synthetic images added by rounds do not stretch the schedule.
+        min_lr, warmup_epochs, warmup_lr, decay_epochs, decay_rate: as in timm.
+    """
+
+    sched: str = "cosine"
+    step_on: Literal["step", "epoch"] = "step"
+    min_lr: float = 1e-6
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    decay_epochs: float = 30.0
+    decay_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.min_lr >= 0, "sched.min_lr", self.min_lr, "a number >= 0")
+        _check(self.warmup_epochs >= 0, "sched.warmup_epochs", self.warmup_epochs, "an int >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The epoch loop.
+
+    Attributes:
+        epochs: total epochs E.
+        seed: global seed (each process adds its rank, like the paper).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: autocast dtype, or ``none`` for float32.
+        channels_last: NHWC memory format for model and inputs (faster convolutions on GPUs).
+        label_smoothing: cross-entropy smoothing (folded into the soft targets under mixup).
+        mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob: timm Mixup (off when both
+            alphas are 0).
+        ema_decay: model EMA decay (timm ModelEmaV3), or null for no EMA.
+        log_interval: steps between log lines (the only host syncs inside an epoch).
+        progress: show a tqdm bar on rank 0 (only when stderr is a terminal).
+    """
+
+    epochs: int = 10
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bfloat16", "float16"] = "none"
+    channels_last: bool = False
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    ema_decay: Optional[float] = None
+    log_interval: int = 50
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "an int >= 1")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _check(self.mixup_alpha >= 0, "train.mixup_alpha", self.mixup_alpha, "a number >= 0")
+        _check(self.cutmix_alpha >= 0, "train.cutmix_alpha", self.cutmix_alpha, "a number >= 0")
+        _check(0.0 <= self.mixup_prob <= 1.0, "train.mixup_prob", self.mixup_prob, "a probability in [0, 1]")
+        _check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "train.ema_decay", self.ema_decay,
+               "null or a number in (0, 1)")
+        _check(self.log_interval >= 1, "train.log_interval", self.log_interval, "an int >= 1")
+
+    @property
+    def mixup_active(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """The active schedule: when hard samples are searched and the hold-out merged back.
+
+    Round r ends after epoch ``(r + 1) * every - 1``, for every such epoch below ``horizon``.
+    At its end the hold-out is evaluated and ``rounds/<r>/`` written; its synthetic shards
+    join training from the next epoch on.
+
+    Attributes:
+        enabled: write rounds at all (off: plain training; the hold-out is still split off when
+            ``data.holdout_fraction > 0``).
+        every: epochs per round (paper: 1).
+        horizon: rounds end only at epochs below this one; null = ``int(0.5 * epochs)`` (paper).
+        merge_epoch: the hold-out joins training at the start of this epoch; null =
+            ``int(0.5 * epochs)`` (paper); ``epochs`` = never. Must be >= the horizon, because
+            rounds evaluate the hold-out.
+    """
+
+    enabled: bool = True
+    every: int = 1
+    horizon: Optional[int] = None
+    merge_epoch: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "rounds.every", self.every, "an int >= 1")
+        _check(self.horizon is None or self.horizon >= 1, "rounds.horizon", self.horizon, "null or an int >= 1")
+        _check(self.merge_epoch is None or self.merge_epoch >= 0, "rounds.merge_epoch", self.merge_epoch,
+               "null or an int >= 0")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Where each round's synthetic shards come from and how they are mixed in.
+
+    Attributes:
+        source: ``shards`` reads data sets written by ``actgen-build`` (or anything else using
+            ``actgen.shards.writer``); ``none`` trains on real images only. An inline builder
+            (generating inside the trainer process) would be a third value here.
+        pattern: location of round r's data set: a local path or an http(s) URL, with
+            ``{run_dir}`` and ``{round}`` placeholders (format specs allowed: ``{round:04d}``).
+        on_missing: when round r's data set is not finished (no readable ``index.json``) at the
+            start of the epoch that should use it: ``wait`` polls every ``poll_s`` seconds up to
+            ``timeout_s`` and then fails; ``skip`` goes on without it and looks again at every
+            later epoch start; ``error`` fails at once.
+        timeout_s, poll_s: the ``wait`` policy's limits.
+        mixing: ``uniform`` samples real and synthetic images alike from their union (paper);
+            ``fraction`` gives every batch exactly ``round(fraction * batch_size)`` synthetic
+            images once the pool is non-empty, an epoch then being one pass over the real images.
+        fraction: the synthetic share for ``mixing: fraction``.
+    """
+
+    source: Literal["shards", "none"] = "shards"
+    pattern: str = "{run_dir}/rounds/{round}/shards"
+    on_missing: Literal["wait", "skip", "error"] = "skip"
+    timeout_s: float = 3600.0
+    poll_s: float = 10.0
+    mixing: Literal["uniform", "fraction"] = "uniform"
+    fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check_pattern(self.pattern)
+        _check(self.timeout_s >= 0, "synthetic.timeout_s", self.timeout_s, "a number >= 0")
+        _check(self.poll_s > 0, "synthetic.poll_s", self.poll_s, "a number > 0")
+        _check(0.0 < self.fraction < 1.0, "synthetic.fraction", self.fraction, "a number in (0, 1)")
+
+
+def _check_pattern(pattern: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"config key 'synthetic.pattern' = {pattern!r}: not a valid pattern ({e})") from None
+    _check(names <= {"run_dir", "round"}, "synthetic.pattern", pattern,
+           "only the placeholders {run_dir} and {round}")
+    _check("round" in names, "synthetic.pattern", pattern, "a {round} placeholder (one data set per round)")
+    try:
+        pattern.format(run_dir="runs/x", round=0)
+    except (ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"config key 'synthetic.pattern' = {pattern!r}: not a valid pattern ({e})") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``actgen-train`` needs; written resolved to ``<run_dir>/config.yaml``.
+
+    Attributes:
+        name: run name, used in the default ``run_dir``.
+        run_dir: output directory; ``{name}`` is replaced by ``name``.
+    """
+
+    name: str = "actgen"
+    run_dir: str = "runs/{name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
+        try:
+            self.run_dir.format(name=self.name)
+        except (KeyError, ValueError, IndexError):
+            raise ValueError(f"config key 'run_dir' = {self.run_dir!r}: only the placeholder {{name}} is allowed") from None
+        epochs = self.train.epochs
+        horizon = self.rounds.horizon if self.rounds.horizon is not None else int(0.5 * epochs)
+        merge = self.rounds.merge_epoch if self.rounds.merge_epoch is not None else int(0.5 * epochs)
+        if self.rounds.enabled:
+            _check(self.data.holdout_fraction > 0, "data.holdout_fraction", self.data.holdout_fraction,
+                   "> 0 when rounds.enabled (rounds search the hold-out for hard samples)")
+            _check(horizon <= epochs, "rounds.horizon", horizon, f"at most train.epochs = {epochs}")
+            _check(horizon >= self.rounds.every, "rounds.horizon", horizon,
+                   f"at least rounds.every = {self.rounds.every} (otherwise no round ever ends)")
+            _check(merge >= horizon, "rounds.merge_epoch", merge,
+                   f"at least the horizon {horizon} (rounds evaluate the hold-out, so it cannot be merged before)")
+        _check(merge <= epochs, "rounds.merge_epoch", merge, f"at most train.epochs = {epochs} (= never)")
+        if self.synthetic.mixing == "fraction":
+            n = round(self.synthetic.fraction * self.loader.batch_size)
+            _check(1 <= n < self.loader.batch_size, "synthetic.fraction", self.synthetic.fraction,
+                   f"a share giving 1..{self.loader.batch_size - 1} synthetic images per batch of "
+                   f"loader.batch_size = {self.loader.batch_size} (gives {n})")
+        if self.train.mixup_active:
+            _check(self.loader.batch_size % 2 == 0, "loader.batch_size", self.loader.batch_size,
+                   "an even number when mixup/cutmix is on (timm Mixup pairs images)")
+            _check(self.loader.drop_last, "loader.drop_last", self.loader.drop_last,
+                   "true when mixup/cutmix is on (timm Mixup needs even batches)")
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir.format(name=self.name))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unknown key, a mistyped value, a malformed override or a value out of
+            range; the message names the file or the key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
+            raise ValueError(f"{path}: not a valid YAML config ({_first_line(e)})") from None
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+    if bad:
+        raise ValueError(f"override {bad[0]!r}: expected key.sub=value")
+    where, layer = (str(path), layers[-1]) if path is not None else ("defaults", None)
+    try:
+        merged = OmegaConf.merge(*layers)
+        if overrides:
+            where = "--set overrides"
+            layer = OmegaConf.from_dotlist(list(overrides))
+            merged = OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as e:
+        raise ValueError(f"{where}: {_omegaconf_message(e, schema, layer)}") from None
+    try:
+        return OmegaConf.to_object(merged)  # runs every __post_init__ check
+    except OmegaConfBaseException as e:
+        raise ValueError(f"{where}: {_omegaconf_message(e, schema, None)}") from None
+    except ValueError as e:
+        origin = " + ".join(filter(None, [str(path) if path is not None else "", "--set" if overrides else ""]))
+        raise ValueError(f"{origin or 'defaults'}: {e}") from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what ``<run_dir>/config.yaml`` holds)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def diff_configs(a: Config, b: Config, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    return _diff(config_to_dict(a), config_to_dict(b), prefix)
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _omegaconf_message(e: Exception, schema: Any, layer: Any) -> str:
+    """OmegaConf's message with the offending key folded in, on one line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    head = lines[0] if lines else type(e).__name__
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    if not key and layer is not None:
+        # OmegaConf names no key for a bad list element (and leaves '$VALUE' in the text):
+        # find the key by merging the layer's entries one at a time.
+        key, value = _locate_bad_entry(schema, layer)
+        head = re.sub(r"Value '\$VALUE' of type '\$VALUE_TYPE'", "an element", head)
+        if key:
+            return f"key '{key}' = {value!r}: {head}"
+    return head if (not key or key in head) else f"key '{key}': {head}"
+
+
+def _locate_bad_entry(schema: Any, layer: Any) -> tuple[str, Any]:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    def leaves(node: Any, prefix: str):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix.rstrip("."), node
+
+    for dotted, value in leaves(OmegaConf.to_container(layer), ""):
+        nested: Any = value
+        for part in reversed(dotted.split(".")):
+            nested = {part: nested}
+        try:
+            OmegaConf.merge(schema, OmegaConf.create(nested))
+        except OmegaConfBaseException:
+            return dotted, value
+    return "", None

@@ -1,0 +1,105 @@
+"""Process group and device setup from torchrun's environment, and the few collectives used.
+
+Every helper degrades to the single-process case, so the rest of the trainer calls them
+unconditionally.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs.
+
+    Attributes:
+        device: the torch device this process trains on.
+        rank, world_size, local_rank: torchrun's RANK / WORLD_SIZE / LOCAL_RANK (0 / 1 / 0 alone).
+    """
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(preference: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error."""
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("config key 'train.device' = 'cuda': no CUDA device is available")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(preference: Literal["auto", "cpu", "cuda"], timeout_s: float = 1800.0) -> Runtime:
+    """Join torchrun's process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on CUDA).
+
+    Args:
+        preference: ``train.device``.
+        timeout_s: collective timeout; must cover the longest wait for synthetic data, during
+            which the other ranks block in a broadcast.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        _logger.info("rank %d/%d joined the %s process group on %s", rank, world_size, backend, device)
+    return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    """Sum over ranks, in place; returns the tensor."""
+    if rt.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj: Any, rt: Runtime) -> list[Any]:
+    """Every rank's ``obj``, in rank order."""
+    if not rt.distributed:
+        return [obj]
+    out: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, rt: Runtime, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not rt.distributed:
+        return obj
+    box = [obj if rt.rank == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

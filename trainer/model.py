@@ -1,0 +1,125 @@
+"""The classifier: a timm model by name, optionally started from local weights."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from actgen.shards.errors import FormatError
+
+from .config import ModelConfig
+
+_logger = logging.getLogger(__name__)
+
+
+def model_kwargs(cfg: ModelConfig) -> dict:
+    """The ``timm.create_model`` keyword arguments (besides ``num_classes``) a bundle records,
+    so that the builder rebuilds the same architecture. Dropout is training-only and left out."""
+    return dict(cfg.kwargs)
+
+
+def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[str]] = None) -> nn.Module:
+    """``timm.create_model(cfg.name, num_classes=..., **cfg.kwargs)``, then ``cfg.initial_weights``.
+
+    Raises:
+        ValueError: unknown timm model name, or kwargs the model does not accept.
+        FileNotFoundError: ``initial_weights`` does not exist.
+        FormatError: weights that do not fit the model (other classes, other architecture).
+    """
+    import timm
+
+    if not timm.is_model(cfg.name):
+        close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ValueError(f"config key 'model.name' = {cfg.name!r}: not a timm model{hint}")
+    try:
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, drop_rate=cfg.drop_rate,
+                                  drop_path_rate=cfg.drop_path_rate, **model_kwargs(cfg))
+    except TypeError as e:
+        raise ValueError(f"config key 'model.kwargs' = {dict(cfg.kwargs)!r}: rejected by {cfg.name} ({e})") from None
+    if cfg.initial_weights:
+        load_initial_weights(model, cfg.initial_weights, class_names, skip_head=cfg.skip_head)
+    return model
+
+
+def load_initial_weights(model: nn.Module, path: str | Path, class_names: Optional[list[str]] = None,
+                         skip_head: bool = False) -> None:
+    """Load a bundle directory, a ``.safetensors`` file or a torch state dict into ``model``.
+
+    A bundle's class names must equal ``class_names`` (unless ``skip_head``); plain state dicts
+    must match every key and shape (apart from the head with ``skip_head``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: initial weights not found (config key 'model.initial_weights')")
+    if path.is_dir():
+        from actgen.shards.bundle import read_bundle_config
+
+        bundle = read_bundle_config(path)
+        if class_names is not None and not skip_head and list(bundle.class_names) != list(class_names):
+            raise FormatError(str(path), f"checkpoint was trained on classes {list(bundle.class_names)}, this data "
+                                         f"set has {list(class_names)} (set model.skip_head=true to fine-tune)")
+        state = _read_state_dict(path / "model.safetensors")
+        where = str(path / "model.safetensors")
+    else:
+        state = _read_state_dict(path)
+        where = str(path)
+    head = _head_keys(model)
+    if skip_head:
+        state = {k: v for k, v in state.items() if k not in head}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            what = "classifier head" if key in head else "tensor"
+            raise FormatError(where, f"{what} '{key}' has shape {tuple(value.shape)}, the model expects "
+                                     f"{tuple(own[key].shape)} (weights from another data set or architecture?)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (skip_head and k in head)]
+    if missing or unexpected:
+        raise FormatError(where, f"does not fit the model: missing {_few(missing)}, unexpected {_few(unexpected)}")
+    _logger.info("initial weights loaded from %s%s", path, " (without head)" if skip_head else "")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: initial weights not found") from None
+    except Exception as e:  # safetensors / pickle errors have many types; the file is the problem
+        raise FormatError(str(path), f"not a readable weights file ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common checkpoint layouts (timm, ours)
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FormatError(str(path), "expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
+    names = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []
+    return {k for k in model.state_dict() for n in names if k == n or k.startswith(n + ".")}
+
+
+def _few(keys: list[str]) -> str:
+    return "[]" if not keys else f"{keys[:4]}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / torch.compile wrappers."""
+    from timm.utils.model import unwrap_model
+
+    return unwrap_model(model)
+
+
+def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors (channels_last weights are not contiguous; safetensors needs them)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}

@@ -1,0 +1,390 @@
+"""``run(cfg)``: the whole training run, as numbered steps over the stage modules.
+
+Run directory policy: every input is validated first (config, data sets, splits, model,
+initial weights, resume state); the run directory is created only after that, so bad input
+never leaves a half-written run behind.
+
+Layout of ``<run_dir>``::
+
+    config.yaml                    resolved config
+    last.pt                        exact-resume checkpoint (end of the last finished epoch)
+    metrics.csv, metrics.jsonl     one row per epoch
+    summary.json                   final numbers (also written when stopping early)
+    rounds/<r>/checkpoint/         classifier bundle after round r
+    rounds/<r>/hard_samples.json   hard-sample manifest of round r
+    synthetic/round-<r>/           fetched copy of round r's synthetic shards (the pool)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from actgen.shards.atomic import atomic_write_text
+from actgen.shards.errors import FormatError
+from actgen.shards.sources import LabeledImages, load_source
+
+from . import distributed as dist_utils
+from .checkpoint import CHECKPOINT_FILE, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import Config, config_to_yaml, diff_configs, load_config
+from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, build_eval_transform, make_train_loader,
+                   shard_for_rank, split_indices)
+from .distributed import Runtime
+from .evaluate import Predictions, predict
+from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
+from .metrics import MetricsLog
+from .model import create_model, export_state_dict, unwrap
+from .rounds import round_dir, write_round
+from .schedule import RoundSchedule
+from .synthetic import PoolEntry, acquire, missing_rounds, pool_from_state, pool_size, round_location, wait_until_finished
+from .task import Task
+
+_logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+
+# Settings that may change when a run is resumed: they do not affect what is computed.
+RESUMABLE_CHANGES = {"loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
+                     "loader.eval_batch_size", "train.log_interval", "train.progress", "synthetic.on_missing",
+                     "synthetic.timeout_s", "synthetic.poll_s", "run_dir"}
+
+
+@dataclass
+class _Inputs:
+    """Everything validated before the run directory is touched."""
+
+    images: LabeledImages
+    test_images: Optional[LabeledImages]
+    split: Split
+    model: torch.nn.Module
+    resume_state: Optional[dict]
+
+
+@dataclass
+class _Progress:
+    """What changes from epoch to epoch (and is checkpointed)."""
+
+    epoch: int = 0
+    pool: list[PoolEntry] = field(default_factory=list)
+    rounds_done: list[dict] = field(default_factory=list)
+    synthetic_seen_total: int = 0
+
+
+def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
+    """Train as configured; return the summary (also written to ``<run_dir>/summary.json``).
+
+    Args:
+        cfg: the run config.
+        resume: continue from ``<run_dir>/last.pt`` (the config must match the run's, apart from
+            ``RESUMABLE_CHANGES``).
+        stop_after: stop once this many epochs are complete (the run stays resumable).
+
+    Raises:
+        ValueError: a config problem (naming the key) or an unusable run directory.
+        FileNotFoundError, FormatError: missing or malformed input files (naming the file).
+        TimeoutError: a round's synthetic data set did not appear in time (``on_missing: wait``).
+    """
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after = {stop_after}: expected an int >= 1")
+    # 1. Process group and device (torchrun's environment, if any).
+    rt = dist_utils.setup(cfg.train.device, timeout_s=max(1800.0, cfg.synthetic.timeout_s + 600.0))
+    try:
+        return _run(cfg, rt, resume, stop_after)
+    finally:
+        dist_utils.teardown(rt)
+
+
+def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> dict[str, Any]:
+    run_dir = cfg.resolved_run_dir()
+    schedule = RoundSchedule.from_config(cfg.rounds, cfg.train.epochs)
+    epochs = cfg.train.epochs
+
+    # 2. Validate every input before the run directory exists.
+    _seed_everything(cfg.train.seed + rt.rank)
+    inputs = _validate_inputs(cfg, run_dir, resume)
+    images, split = inputs.images, inputs.split
+    class_names = list(images.class_names)
+
+    # 3. Model, task, optimizer, LR schedule, EMA (still before the run directory: these reject
+    #    unknown optimizer and scheduler names).
+    model = inputs.model.to(rt.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.train.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    task = Task(model, cfg.train, len(class_names), rt.device)
+    if rt.distributed:
+        task.prepare_distributed(device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    optimizer = create_optimizer(model, cfg.optim)
+    updates_per_epoch = len(MixedBatchSampler(len(split.train), 0, cfg.loader.batch_size, "uniform", rank=rt.rank,
+                                              world_size=rt.world_size, drop_last=cfg.loader.drop_last))
+    if updates_per_epoch == 0:
+        raise ValueError(f"config key 'loader.batch_size' = {cfg.loader.batch_size}: larger than the "
+                         f"{len(split.train)} training images per {rt.world_size} process(es); no full batch")
+    scheduler = create_scheduler(optimizer, cfg.sched, epochs, updates_per_epoch)
+    loop = EpochLoop(task, optimizer, scheduler, cfg.train, cfg.optim, cfg.sched.step_on, updates_per_epoch, rt, ema)
+
+    # 4. Resume: weights, optimizer/scheduler/EMA, RNGs, pool, rounds.
+    progress = _Progress()
+    if inputs.resume_state is not None:
+        progress = _restore(inputs.resume_state, model, loop, rt, run_dir)
+        _logger.info("resuming %s at epoch %d (%d synthetic images in the pool)", run_dir, progress.epoch,
+                     pool_size(progress.pool))
+
+    # 5. The run directory, its resolved config and metrics (rows past a resumed checkpoint dropped).
+    dist_utils.barrier(rt)  # every rank has checked the run directory before rank 0 creates it
+    metrics = MetricsLog(run_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(cfg, run_dir=str(run_dir))))
+        metrics.truncate(progress.epoch)
+    _logger.info("run %s: %d train / %d hold-out / %d test images, %d classes; %s", run_dir, len(split.train),
+                 len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
+
+    # 6. Evaluation loaders (this rank's share of each split).
+    pin = rt.device.type == "cuda"
+    eval_tf = build_eval_transform(cfg.input)
+    holdout_idx = shard_for_rank(split.holdout, rt.rank, rt.world_size)
+    holdout_loader = _eval_loader(images, holdout_idx, eval_tf, cfg, pin)
+    test_images = inputs.test_images if inputs.test_images is not None else images
+    test_all = np.arange(len(test_images)) if inputs.test_images is not None else split.test
+    test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
+    test_loader = _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None
+
+    # 7. Epochs.
+    started = time.perf_counter()
+    loader, sampler, loader_key = None, None, None
+    while progress.epoch < epochs and (stop_after is None or progress.epoch < stop_after):
+        epoch = progress.epoch
+        t0 = time.perf_counter()
+        # 7a. Synthetic data sets due by now join the pool.
+        if cfg.synthetic.source == "shards":
+            for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
+                entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names)
+                if entry is not None:
+                    progress.pool.append(entry)
+        # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
+        merged = schedule.holdout_merged(epoch)
+        key = (tuple(e.round for e in progress.pool), merged)
+        if key != loader_key:
+            real = [split.train] + ([split.holdout] if merged and len(split.holdout) else [])
+            loader, sampler = make_train_loader(cfg, images, real, [run_dir / e.directory for e in progress.pool],
+                                                rank=rt.rank, world_size=rt.world_size, pin_memory=pin)
+            loader_key = key
+            if merged and epoch == schedule.merge_epoch and len(split.holdout):
+                _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
+        sampler.set_epoch(epoch)
+        # 7c. Train.
+        stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images())
+        if rt.distributed:
+            from timm.utils import distribute_bn
+
+            # One set of BN statistics on every rank, for evaluation and bundles (as timm's train.py).
+            distribute_bn(model, rt.world_size, reduce=True)
+            if ema is not None:
+                distribute_bn(ema, rt.world_size, reduce=True)
+        progress.synthetic_seen_total += stats.synthetic_images
+        # 7d. Evaluate.
+        eval_model = unwrap(task.model)
+        holdout = None
+        if schedule.holdout_evaluated(epoch) and len(split.holdout):
+            holdout = predict(eval_model, holdout_loader, holdout_idx, rt, cfg.train.amp, cfg.train.channels_last)
+        test_acc = ema_acc = float("nan")
+        if test_loader is not None:
+            test_acc = predict(eval_model, test_loader, test_idx, rt, cfg.train.amp, cfg.train.channels_last).accuracy
+            if ema is not None:
+                ema_acc = predict(ema.module, test_loader, test_idx, rt, cfg.train.amp, cfg.train.channels_last).accuracy
+        # 7e. A round ends: hard samples + checkpoint bundle for the builder.
+        round_info = None
+        r = schedule.round_ending_at(epoch)
+        if r is not None:
+            round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc)
+            progress.rounds_done.append(round_info)
+        # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
+        progress.epoch = epoch + 1
+        row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
+                           time.perf_counter() - t0)
+        _log_epoch(row, epochs)
+        rng = dist_utils.all_gather_objects(capture_rng(), rt)
+        if rt.is_main:
+            metrics.append(row)
+            save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
+        dist_utils.barrier(rt)
+
+    # 8. Summary.
+    summary = _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt)
+    if rt.is_main:
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        _logger.info("%s %s after %d/%d epochs: test acc %s, hold-out acc %s, %d rounds, %d synthetic images "
+                     "in the pool, %d seen", "finished" if summary["complete"] else "stopped", run_dir,
+                     progress.epoch, epochs, _pct(summary["final"].get("test_acc")),
+                     _pct(summary["final"].get("holdout_acc")), len(progress.rounds_done),
+                     summary["synthetic_pool"], progress.synthetic_seen_total)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- steps
+def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
+    state = None
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT_FILE)
+        _check_resume_config(cfg, run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(f"run directory {run_dir} already exists and is not empty; pass --resume to continue it "
+                         "or choose another --run-dir")
+    images = load_source(cfg.data.source)
+    test_images = None
+    if cfg.data.test_source is not None:
+        test_images = load_source(cfg.data.test_source)
+        if list(test_images.class_names) != list(images.class_names):
+            raise FormatError(cfg.data.test_source.path, f"test class names {list(test_images.class_names)} differ "
+                                                         f"from the training source's {list(images.class_names)}")
+    if state is not None and state["dataset_fingerprint"] != images.fingerprint:
+        raise FormatError(str(run_dir / CHECKPOINT_FILE),
+                          f"checkpoint was trained on data set {state['dataset_fingerprint'][:12]}, "
+                          f"data.source {cfg.data.source.path!r} is {images.fingerprint[:12]}")
+    split = split_indices(images.labels(), cfg.data.holdout_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    model = create_model(cfg.model, len(images.class_names), list(images.class_names))
+    return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
+
+
+def _check_resume_config(cfg: Config, run_dir: Path) -> None:
+    saved_path = run_dir / CONFIG_FILE
+    saved = load_config(saved_path)
+    changed = [k for k in diff_configs(saved, cfg) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"{saved_path}: the run was started with other settings for {changed}; "
+                         "resume with the run's own config (leave out --config)")
+
+
+def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
+    model.load_state_dict(state["model"])
+    loop.load_state_dict(state["loop"])
+    rng = state["rng"]
+    if len(rng) != rt.world_size:
+        raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written by {len(rng)} process(es), resumed with "
+                         f"{rt.world_size}; exact resume needs the same number")
+    restore_rng(rng[rt.rank])
+    return _Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
+                     rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]))
+
+
+def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLoop, rng: list,
+                      images: LabeledImages) -> dict:
+    return {
+        "epoch": progress.epoch,
+        "model": export_state_dict(model),
+        "loop": loop.state_dict(),
+        "rng": rng,
+        "pool": [e.to_dict() for e in progress.pool],
+        "rounds_done": progress.rounds_done,
+        "synthetic_seen_total": progress.synthetic_seen_total,
+        "dataset_fingerprint": images.fingerprint,
+        "class_names": list(images.class_names),
+    }
+
+
+def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: int,
+                   class_names: list[str]) -> Optional[PoolEntry]:
+    """Rank 0 waits for, fetches and verifies the data set; every rank gets the outcome."""
+    location = round_location(cfg.synthetic.pattern, run_dir, round)
+    outcome: Any = None
+    if rt.is_main:
+        try:
+            if wait_until_finished(location, cfg.synthetic, round):
+                outcome = acquire(location, run_dir, round, epoch, class_names)
+        except Exception as e:
+            if rt.distributed:  # let the other ranks stop too instead of hanging in the broadcast
+                dist_utils.broadcast_object(("error", f"{type(e).__name__}: {e}"), rt)
+            raise
+    outcome = dist_utils.broadcast_object(outcome, rt)
+    if isinstance(outcome, tuple) and outcome and outcome[0] == "error":
+        raise RuntimeError(f"rank 0 could not add round {round}'s synthetic data: {outcome[1]}")
+    return outcome
+
+
+def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
+               images: LabeledImages, holdout: Optional[Predictions], test_acc: float) -> dict:
+    assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
+    hard = holdout.hard_samples(images, list(images.class_names))
+    info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
+            "manifest": str(round_dir(run_dir, r) / "hard_samples.json")}
+    if rt.is_main:
+        write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
+                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc})
+    dist_utils.barrier(rt)
+    return info
+
+
+def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], test_acc: float, ema_acc: float,
+                 round_info: Optional[dict], progress: _Progress, sampler: MixedBatchSampler, seconds: float) -> dict:
+    return {
+        "epoch": epoch, "loss": stats.loss, "lr": stats.lr, "train_acc": stats.train_acc,
+        "holdout_acc": holdout.accuracy if holdout is not None else None, "test_acc": test_acc,
+        "ema_test_acc": ema_acc,
+        "round": round_info["round"] if round_info else None,
+        "hard_samples": round_info["hard_samples"] if round_info else None,
+        "real_images": sampler.num_real, "synthetic_pool": pool_size(progress.pool),
+        "synthetic_seen": stats.synthetic_images, "synthetic_seen_total": progress.synthetic_seen_total,
+        "images": stats.images, "images_per_s": stats.images_per_s, "epoch_time_s": seconds,
+    }
+
+
+def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLog, seconds: float,
+             rt: Runtime) -> dict:
+    rows = metrics.rows() if rt.is_main else []
+    tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
+    return {
+        "run_dir": str(run_dir),
+        "complete": progress.epoch >= cfg.train.epochs,
+        "epochs_completed": progress.epoch,
+        "epochs": cfg.train.epochs,
+        "final": rows[-1] if rows else {},
+        "best_test_acc": max(tests) if tests else None,
+        "rounds": progress.rounds_done,
+        "synthetic_pool": pool_size(progress.pool),
+        "pool": [e.to_dict() for e in progress.pool],
+        "synthetic_seen_total": progress.synthetic_seen_total,
+        "wall_time_s": seconds,
+        "world_size": rt.world_size,
+    }
+
+
+# -------------------------------------------------------------------------------------- helpers
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Config, pin: bool):
+    return build_eval_loader(RealImages(images, indices, transform, with_position=True), cfg.loader, pin_memory=pin)
+
+
+def _test_size(inputs: _Inputs) -> int:
+    return len(inputs.test_images) if inputs.test_images is not None else len(inputs.split.test)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.2f}%"
+
+
+def _log_epoch(row: dict, epochs: int) -> None:
+    pct = _pct
+    _logger.info("epoch %d/%d done: loss %.4f, train %s, hold-out %s, test %s | pool %d synthetic, %d seen "
+                 "| %.0f img/s, %.1f s", row["epoch"], epochs, row["loss"], pct(row["train_acc"]),
+                 pct(row["holdout_acc"]), pct(row["test_acc"]), row["synthetic_pool"], row["synthetic_seen"],
+                 row["images_per_s"], row["epoch_time_s"])
