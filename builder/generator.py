@@ -1,0 +1,397 @@
+"""The text-to-image generator a sampler talks to, and its Stable Diffusion implementation.
+
+:class:`Generator` is the whole surface the guided sampler needs: VAE encode/decode, prompt
+embeddings, class-token positions, one UNet noise prediction with optional attention capture,
+and a few properties. :class:`DiffusersGenerator` implements it over Stable Diffusion 1.x/2.x
+components (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) loaded with
+diffusers/transformers ``from_pretrained``; :func:`build_tiny_generator` builds the same classes
+with small random weights and a locally written tokenizer, for tests and smoke runs.
+
+Tensors cross this interface in float32 (latents, noise, embeddings, images); each method casts
+to the model dtype at the model boundary, so the sampler's arithmetic and the guidance gradients
+stay in float32 while the networks run in fp16/bf16 on a GPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .attention import AttentionStore, install_attention_capture
+
+_logger = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+# Words the tiny tokenizer knows as whole tokens; any other lower-case ASCII word still
+# tokenizes, into single-character tokens (which is how the tests get multi-token names).
+TINY_WORDS = ("a", "photo", "of", "cat", "dog", "ship", "truck", "bird", "aquarium", "fish")
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the guided sampler needs from a latent text-to-image diffusion model."""
+
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def dtype(self) -> torch.dtype: ...
+    @property
+    def image_size(self) -> int:
+        """Side of the square images the model renders."""
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent."""
+    @property
+    def vae_scale_factor(self) -> int: ...
+    @property
+    def attention(self) -> AttentionStore:
+        """Holds the class-token attention of the latest ``predict_noise(capture_attention=True)``."""
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """Training noise schedule ᾱ_t, float32 on the CPU, ``[num_train_timesteps]``."""
+    @property
+    def steps_offset(self) -> int: ...
+
+    def weights_hash(self) -> str:
+        """sha256 of all weights, tokenizer vocabulary and scheduler config (provenance)."""
+
+    def encode_image(self, images: torch.Tensor, generator: Sequence[torch.Generator]) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [-1, 1] -> latents ``[B, C, h, w]``: posterior sample x scaling factor."""
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images ``[B, 3, H, W]``, nominally in [-1, 1], unclamped, differentiable."""
+
+    def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings ``[B, L, D]`` (L = tokenizer max length, 77 for CLIP)."""
+
+    def embed_unconditional(self, batch_size: int) -> torch.Tensor:
+        """Embeddings of the empty prompt, ``[B, L, D]``."""
+
+    def token_indices(self, prompt: str, class_name: str) -> list[int]:
+        """Positions of every token of ``class_name`` inside the tokenized ``prompt``."""
+
+    def predict_noise(self, latents: torch.Tensor, t: int, embeddings: torch.Tensor,
+                      capture_attention: bool = False) -> torch.Tensor:
+        """ε prediction ``[N, C, h, w]`` for latents at timestep ``t`` (grad flows to embeddings)."""
+
+
+class DiffusersGenerator:
+    """Stable Diffusion 1.x/2.x components behind the :class:`Generator` interface.
+
+    Args:
+        unet, vae, text_encoder, tokenizer: diffusers / transformers components.
+        scheduler_config: the ``scheduler/`` config; only its noise schedule (betas,
+            ``num_train_timesteps``, ``steps_offset``, ``prediction_type``) is used.
+        attention_resolution: side of the cross-attention maps to capture; defaults to
+            image_size // 32 (16 for 512x512, as in the paper code).
+        device, dtype: where and how the networks run.
+        name: id recorded in provenance (hub id or directory).
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, *,
+                 attention_resolution: int | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, name: str = ""):
+        from diffusers import DDPMScheduler
+
+        self.name = name
+        self._device = torch.device(device)
+        self._dtype = dtype
+        _check_device_dtype(self._device, dtype)
+        self.unet = _place(unet, self._device, dtype)
+        self.vae = _place(vae, self._device, dtype)
+        self.text_encoder = _place(text_encoder, self._device, dtype)
+        self.tokenizer = tokenizer
+        # The sampler reads only the noise schedule; DDPMScheduler computes it for every beta
+        # schedule SD configs use. clip_sample would corrupt latents (class default is True).
+        self.scheduler = DDPMScheduler.from_config(dict(scheduler_config), clip_sample=False,
+                                                   timestep_spacing="leading")
+        self.scheduler_config = dict(scheduler_config)
+        self.prediction_type = self.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"scheduler prediction_type={self.prediction_type!r} is not supported "
+                             f"(expected 'epsilon' or 'v_prediction')")
+        self._vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        side = int(self.unet.config.sample_size)
+        self._latent_shape = (int(self.unet.config.in_channels), side, side)
+        res = attention_resolution if attention_resolution is not None else self.image_size // 32
+        self._attention = install_attention_capture(self.unet, side, res)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._hash: str | None = None
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, device: str | None = None, dtype: str | None = None,
+                        attention_resolution: int | None = None,
+                        local_files_only: bool = False) -> DiffusersGenerator:
+        """Load from a local Stable Diffusion directory or a hub id.
+
+        Args:
+            path_or_id: directory with ``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` or hub id.
+            device: ``"cuda"``, ``"cpu"``, ...; default cuda when available.
+            dtype: ``"float16"``, ``"bfloat16"`` (GPU only) or ``"float32"``; default float16 on a
+                GPU, float32 on the CPU.
+            attention_resolution: see the class docstring.
+            local_files_only: never touch the network for a hub id.
+
+        Raises:
+            FileNotFoundError: a local directory lacks a component (names both).
+            RuntimeError: a component fails to load (names the source and the component).
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype_name = dtype or ("float16" if dev.type == "cuda" else "float32")
+        if dtype_name not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"dtype={dtype_name!r}: expected 'float16', 'bfloat16' or 'float32'")
+        torch_dtype = getattr(torch, dtype_name)
+        _check_device_dtype(dev, torch_dtype)
+
+        local = Path(path_or_id)
+        if local.is_dir():
+            for comp in COMPONENTS:
+                if not (local / comp).is_dir():
+                    raise FileNotFoundError(
+                        f"{local}: missing component '{comp}/' (a Stable Diffusion 1.x/2.x directory "
+                        f"needs {', '.join(c + '/' for c in COMPONENTS)})")
+
+        def load(comp, fn, **kw):
+            try:
+                return fn(str(path_or_id), subfolder=comp, local_files_only=local_files_only, **kw)
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"{path_or_id}: cannot load component '{comp}': {e}") from e
+
+        from diffusers import DDPMScheduler
+
+        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype)
+        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch_dtype)
+        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype)
+        tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
+        scheduler_config = load("scheduler", DDPMScheduler.load_config)
+        generator = cls(unet, vae, text_encoder, tokenizer, scheduler_config,
+                        attention_resolution=attention_resolution, device=dev, dtype=torch_dtype,
+                        name=str(path_or_id))
+        _logger.info("loaded generator %s (%s on %s, %dx%d images, attention captured at %d on %d layers)",
+                     path_or_id, dtype_name, dev, generator.image_size, generator.image_size,
+                     generator.attention.resolution, len(generator.attention.layers))
+        return generator
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the five components in the Stable Diffusion layout (weights in the current dtype)."""
+        d = Path(directory)
+        self.unet.save_pretrained(d / "unet")
+        self.vae.save_pretrained(d / "vae")
+        self.text_encoder.save_pretrained(d / "text_encoder")
+        self.tokenizer.save_pretrained(d / "tokenizer")
+        self.scheduler.save_pretrained(d / "scheduler")
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self._vae_scale
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self._latent_shape
+
+    @property
+    def image_size(self) -> int:
+        return self._latent_shape[1] * self._vae_scale
+
+    @property
+    def attention(self) -> AttentionStore:
+        return self._attention
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod.float().cpu()
+
+    @property
+    def steps_offset(self) -> int:
+        return int(self.scheduler.config.steps_offset)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def weights_hash(self) -> str:
+        if self._hash is None:
+            h = hashlib.sha256()
+            for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+                _hash_state_dict(h, prefix, module.state_dict())
+            vocab = sorted(self.tokenizer.get_vocab().items())
+            h.update(json.dumps(vocab).encode())
+            # The effective schedule (after defaults), so a saved-and-reloaded copy hashes the same.
+            sched = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
+            h.update(json.dumps(sched, sort_keys=True, default=str).encode())
+            self._hash = h.hexdigest()
+        return self._hash
+
+    # -- the interface ------------------------------------------------------------------------
+
+    def encode_image(self, images: torch.Tensor, generator: Sequence[torch.Generator]) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if len(generator) != images.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {images.shape[0]} images")
+        dist = self.vae.encode(images.to(self._device, self._dtype)).latent_dist
+        # One draw per row from its own generator (CPU), so a sample's latent does not depend
+        # on the other rows of the batch.
+        noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g, dtype=torch.float32)
+                             for g in generator]).to(self._device)
+        z = dist.mean.float() + dist.std.float() * noise
+        return z * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        z = (latents / self.vae.config.scaling_factor).to(self._device, self._dtype)
+        return self.vae.decode(z).sample.float()
+
+    def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            ids = self.tokenizer(list(missing), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self._device)
+            with torch.no_grad():
+                emb = self.text_encoder(ids)[0].float()              # [M, L, D]
+            for p, e in zip(missing, emb):
+                self._prompt_cache[p] = e
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def embed_unconditional(self, batch_size: int) -> torch.Tensor:
+        return self.embed_prompts([""] * batch_size)
+
+    def token_indices(self, prompt: str, class_name: str) -> list[int]:
+        return find_token_indices(self.tokenizer, prompt, class_name)
+
+    def predict_noise(self, latents: torch.Tensor, t: int, embeddings: torch.Tensor,
+                      capture_attention: bool = False) -> torch.Tensor:
+        store = self._attention
+        store.reset()
+        store.enabled = capture_attention
+        try:
+            out = self.unet(latents.to(self._device, self._dtype), t,
+                            encoder_hidden_states=embeddings.to(self._device, self._dtype)).sample.float()
+        finally:
+            store.enabled = False
+        if self.prediction_type == "v_prediction":
+            # v = √ᾱ ε − √(1−ᾱ) x  =>  ε = √ᾱ v + √(1−ᾱ) x
+            a = self.scheduler.alphas_cumprod[int(t)].to(out.device, torch.float32)
+            out = a.sqrt() * out + (1 - a).sqrt() * latents.float()
+        return out
+
+
+def find_token_indices(tokenizer, prompt: str, class_name: str) -> list[int]:
+    """Positions of all tokens of ``class_name`` in the tokenized ``prompt`` (first occurrence).
+
+    CLIP's BPE splits text into words before merging, so a name tokenizes the same alone and
+    inside the prompt; a multi-token name ("aquarium_fish") gives all its positions.
+
+    Raises:
+        ValueError: the name's tokens do not occur in the prompt within the max length.
+    """
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    name_ids = tokenizer(class_name, add_special_tokens=False).input_ids
+    if not name_ids:
+        raise ValueError(f"class name {class_name!r} tokenizes to nothing")
+    n = len(name_ids)
+    for start in range(len(ids) - n + 1):
+        if ids[start:start + n] == name_ids:
+            return list(range(start, start + n))
+    raise ValueError(f"class name {class_name!r} (tokens {name_ids}) not found in the tokenized prompt "
+                     f"{prompt!r} (first {tokenizer.model_max_length} tokens)")
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move, cast only when needed (diffusers warns on any ``to(dtype)``), eval mode, frozen."""
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.eval().requires_grad_(False)
+
+
+def _check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
+    if device.type == "cpu" and dtype != torch.float32:
+        raise ValueError(f"dtype={dtype} on device={device}: the CPU runs float32 only")
+
+
+def _hash_state_dict(h, prefix: str, state: dict[str, torch.Tensor]) -> None:
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{prefix}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tiny_tokenizer(words: Sequence[str] = TINY_WORDS, max_length: int = 77):
+    """A CLIP BPE tokenizer over the 256 byte symbols plus whole-word merges for ``words``."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for ch in alphabet:
+        vocab.setdefault(ch, len(vocab))
+    for ch in alphabet:
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        # Left-to-right merges: "c a" -> "ca", "ca t</w>" -> "cat</w>".
+        syms = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(syms) > 1:
+            pair = (syms[0], syms[1])
+            if pair not in merges:
+                merges.append(pair)
+            syms = [syms[0] + syms[1]] + syms[2:]
+            vocab.setdefault(syms[0], len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def build_tiny_generator(seed: int = 0, *, image_size: int = 32, device: str = "cpu") -> DiffusersGenerator:
+    """A random-weight SD-architecture generator that runs in milliseconds on a CPU.
+
+    VAE with 2 blocks (scale factor 2), UNet with 2 cross-attention down blocks (feature sides
+    latent and latent/2) and cross-attention up blocks, 2-layer CLIP text encoder, tiny tokenizer.
+    Attention is captured at latent/2 (``down_blocks.1`` and ``up_blocks.0``), the coarser level,
+    as the paper's 16x16 is the coarse level of SD's 64x64 latent.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if image_size % 4:
+        raise ValueError(f"image_size={image_size}: must be a multiple of 4")
+    latent = image_size // 2
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)   # diffusers/transformers initialise from the global RNG
+    unet = UNet2DConditionModel(
+        sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, sample_size=image_size,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    scheduler_config = {"_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                        "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
+                        "clip_sample": False, "prediction_type": "epsilon", "set_alpha_to_one": False}
+    return DiffusersGenerator(unet, vae, text_encoder, tokenizer, scheduler_config,
+                              attention_resolution=latent // 2, device=device, dtype=torch.float32,
+                              name=f"tiny-random-sd(seed={seed})")

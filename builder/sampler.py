@@ -1,0 +1,551 @@
+"""ActGen's guided DDPM sampler (method digest §1.2) and the batch transform Ray drives.
+
+One code path renders three modes, chosen per sample:
+
+- ``txt2img``: plain classifier-free-guided DDPM sampling (the paper's random baseline);
+- ``img2img``: the latent is pulled onto a guide trajectory x^g that shares the noise and is
+  driven with x0 = z_g (the VAE latent of the hard sample), with weight γ_i = sigmoid(s − i);
+- ``actgen``: image guidance with the class-token attention mask M_i, plus, in the first K steps,
+  gradient steps on the prompt embeddings: L = L_contra − λ·CE(f(D(x̂0)), y), c ← c − ν·ĝ.
+
+Everything that makes a sample is per sample: its seed drives its own ``torch.Generator`` (on the
+CPU, so a seed means the same noise on any device), its mask, its memory-bank draw and the
+normalisation of its embedding gradient. The loss of a batch is a sum of per-sample losses and
+each sample has its own ``[77, D]`` embeddings, so batching changes nothing but speed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .generator import Generator
+from .schedules import MODES, Mode
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Sampling and guidance settings; defaults are the paper code's (digest §2).
+
+    Attributes:
+        num_steps: DDPM steps ("leading" spacing, the scheduler config's ``steps_offset``).
+        cfg_scale: classifier-free guidance scale (paper code 7.5; the paper text says 15).
+        guidance_strength: s in γ_i = sigmoid(s − i), given at ``reference_steps`` steps and
+            scaled by num_steps / reference_steps. ``inf`` holds γ at 1, ``-inf`` at 0.
+        guidance_steps: K, the number of leading steps with embedding-gradient guidance, given
+            at ``reference_steps`` and scaled likewise (rounded).
+        reference_steps: the step count at which ``guidance_strength``/``guidance_steps`` hold.
+        step_size: ν in c ← c − ν·ĝ.
+        adversarial_weight: λ in L = L_contra − λ·CE.
+        margin: ρ in the hinge max(0, ρ − ‖x̂0 − z_k‖₂) (paper code 100; the paper text says 200).
+        bank_sample_size: at most this many memory-bank latents of the class are compared.
+        bank_capacity: per-class memory-bank size; the oldest entries are evicted first.
+        mask: ``"cumulative"``: M_i = 1 + Σ_{j≤i} A_j as in the paper code (≥ 1 everywhere, the
+            background is guided too); ``"foreground"``: M_i = min-max-normalised A_i (in [0, 1]).
+        mask_threshold: with ``mask="foreground"``, binarise M_i at this value (None: keep soft).
+        grad_norm: ``"token"``: F.normalize over the token axis per channel, as in the paper code;
+            ``"global"``: divide each sample's gradient by its L2 norm, as in the paper text.
+        use_mask, use_contrastive, use_adversarial: ablation switches for the ``actgen`` mode.
+    """
+
+    num_steps: int = 40
+    cfg_scale: float = 7.5
+    guidance_strength: float = 12.5
+    guidance_steps: int = 10
+    reference_steps: int = 40
+    step_size: float = 0.05
+    adversarial_weight: float = 0.1
+    margin: float = 100.0
+    bank_sample_size: int = 1024
+    bank_capacity: int = 1024
+    mask: Literal["cumulative", "foreground"] = "cumulative"
+    mask_threshold: Optional[float] = None
+    grad_norm: Literal["token", "global"] = "token"
+    use_mask: bool = True
+    use_contrastive: bool = True
+    use_adversarial: bool = True
+
+    def __post_init__(self):
+        for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("guidance_steps", "step_size", "adversarial_weight", "margin", "cfg_scale"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"guidance.{name}={value}: must be finite and >= 0")
+        if math.isnan(self.guidance_strength):
+            raise ValueError("guidance.guidance_strength=nan: must be a number (±inf allowed)")
+        if self.mask not in ("cumulative", "foreground"):
+            raise ValueError(f"guidance.mask={self.mask!r}: expected 'cumulative' or 'foreground'")
+        if self.grad_norm not in ("token", "global"):
+            raise ValueError(f"guidance.grad_norm={self.grad_norm!r}: expected 'token' or 'global'")
+        if self.mask_threshold is not None and self.mask != "foreground":
+            raise ValueError(f"guidance.mask_threshold={self.mask_threshold}: only applies to mask='foreground'")
+
+    @property
+    def scaled_strength(self) -> float:
+        """s at ``num_steps`` (12.5 at 40 steps)."""
+        return self.guidance_strength * self.num_steps / self.reference_steps
+
+    @property
+    def scaled_guidance_steps(self) -> int:
+        """K at ``num_steps`` (10 at 40 steps)."""
+        return min(self.num_steps, round(self.guidance_steps * self.num_steps / self.reference_steps))
+
+
+@dataclass(frozen=True)
+class GuidanceClassifier:
+    """The classifier f of the adversarial term and how it wants its input.
+
+    Attributes:
+        model: maps normalised ``[B, 3, H, W]`` float32 images to logits.
+        input_size: ``(H, W)`` the decoded images are resized to (bilinear).
+        mean, std: per-channel normalisation applied to images in [0, 1].
+    """
+
+    model: torch.nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for images in [-1, 1] (paper: (x/2 + 0.5).clamp(0, 1), resize, normalise)."""
+        p = next(self.model.parameters())
+        x = (images.float() / 2 + 0.5).clamp(0, 1)
+        x = F.interpolate(x, size=tuple(self.input_size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return self.model(((x - mean) / std).to(p.device, torch.float32))
+
+
+class MemoryBank:
+    """Final latents of earlier guided samples, per class, for the contrastive term.
+
+    Entries are kept on the CPU in float16 (as in the paper code), at most ``capacity`` per class,
+    oldest evicted first.
+    """
+
+    def __init__(self, capacity: int, sample_size: int):
+        if capacity < 1 or sample_size < 1:
+            raise ValueError(f"memory bank capacity={capacity}, sample_size={sample_size}: both must be >= 1")
+        self.capacity = capacity
+        self.sample_size = sample_size
+        self._entries: dict[int, deque[torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._entries.values())
+
+    def size(self, label: int) -> int:
+        return len(self._entries.get(int(label), ()))
+
+    def add(self, labels: Sequence[int], latents: torch.Tensor) -> None:
+        """Append one latent ``[C, h, w]`` per label."""
+        if len(labels) != latents.shape[0]:
+            raise ValueError(f"{len(labels)} labels for {latents.shape[0]} latents")
+        for y, z in zip(labels, latents.detach().to("cpu", torch.float16)):
+            self._entries.setdefault(int(y), deque(maxlen=self.capacity)).append(z.clone())
+
+    def sample(self, label: int, generator: torch.Generator) -> torch.Tensor | None:
+        """A random draw without replacement of min(size, sample_size) latents, float32, or None."""
+        entries = self._entries.get(int(label))
+        if not entries:
+            return None
+        idx = torch.randperm(len(entries), generator=generator)[: self.sample_size]
+        return torch.stack([entries[i] for i in idx.tolist()]).float()
+
+    def state_dict(self) -> dict[int, torch.Tensor]:
+        """``{label: [n, C, h, w] float16}``, oldest first (to persist the bank between runs)."""
+        return {y: torch.stack(list(d)) for y, d in self._entries.items() if d}
+
+    def load_state_dict(self, state: dict[int, torch.Tensor]) -> None:
+        self._entries = {}
+        for y, z in state.items():
+            self.add([int(y)] * len(z), z)
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """What one batch renders.
+
+    Attributes:
+        images: ``[B, 3, H, W]`` float32 in [-1, 1].
+        latents: final latents ``[B, C, h, w]`` float32.
+        guide_latents: z_g ``[B, C, h, w]`` (zeros for txt2img rows).
+        masks: with ``record_masks``, per step the mask applied to each sample ``[B, 1, h, w]``
+            (ones where no mask is used).
+        gammas: γ_i per step.
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    guide_latents: torch.Tensor
+    masks: list[torch.Tensor] = field(default_factory=list)
+    gammas: list[float] = field(default_factory=list)
+
+
+# -- pure schedule pieces ---------------------------------------------------------------------
+
+
+def leading_timesteps(num_train_timesteps: int, num_steps: int, steps_offset: int) -> list[int]:
+    """Diffusers' "leading" spacing: 976, 951, ..., 1 for 1000/40/offset 1."""
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps={num_steps}: must be in [1, {num_train_timesteps}]")
+    ratio = num_train_timesteps // num_steps
+    return [i * ratio + steps_offset for i in reversed(range(num_steps))]
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def gamma_schedule(num_steps: int, strength: float) -> list[float]:
+    """γ_i = sigmoid(s − i) for step index i (not timestep); s = ±inf gives all 1 / all 0."""
+    return [_sigmoid(strength - i) for i in range(num_steps)]
+
+
+def posterior_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, float]:
+    """DDPM posterior q(x_t' | x_t, x0) = N(c0·x0 + ct·x_t, σ²) with fixed_small variance."""
+    alpha_t = abar_t / abar_prev
+    beta_t = 1.0 - alpha_t
+    c0 = math.sqrt(abar_prev) * beta_t / (1.0 - abar_t)
+    ct = math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t)
+    var = (1.0 - abar_prev) / (1.0 - abar_t) * beta_t
+    return c0, ct, math.sqrt(max(var, 0.0))
+
+
+def attention_mask(attn: torch.Tensor, running_sum: torch.Tensor, kind: str, size: tuple[int, int],
+                   threshold: float | None = None) -> torch.Tensor:
+    """The latent-interpolation mask from class-token attention.
+
+    Args:
+        attn: this step's class-token attention A_i ``[B, r, r]``.
+        running_sum: Σ_{j≤i} A_j ``[B, r, r]`` (including this step).
+        kind: ``"cumulative"`` (1 + running sum, the paper code) or ``"foreground"`` (A_i
+            upsampled, then min-max normalised per sample to [0, 1]).
+        size: latent ``(h, w)`` to upsample to (bilinear).
+        threshold: for ``"foreground"``, binarise the normalised mask (``M >= threshold``).
+
+    Returns:
+        ``[B, 1, h, w]``, broadcast over latent channels.
+    """
+    if kind == "cumulative":
+        m = F.interpolate((1.0 + running_sum)[:, None], size=size, mode="bilinear", align_corners=False)
+    elif kind == "foreground":
+        # Upsample first, so that the normalised latent-size mask spans exactly [0, 1].
+        m = F.interpolate(attn[:, None], size=size, mode="bilinear", align_corners=False)
+        flat = m.flatten(1)
+        lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
+        m = (m - lo) / (hi - lo).clamp_min(1e-12)
+        if threshold is not None:
+            m = (m >= threshold).to(m.dtype)
+    else:
+        raise ValueError(f"mask={kind!r}: expected 'cumulative' or 'foreground'")
+    return m
+
+
+def normalize_gradient(g_uncond: torch.Tensor, g_cond: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample normalisation of the embedding gradients ``[B, L, D]`` (NaN -> 0)."""
+    if kind == "token":
+        # Paper code: F.normalize(g) on [2, 77, D], i.e. dim=1, the token axis, per channel.
+        return (torch.nan_to_num(F.normalize(g_uncond, dim=1), nan=0.0),
+                torch.nan_to_num(F.normalize(g_cond, dim=1), nan=0.0))
+    if kind == "global":
+        norm = (g_uncond.pow(2).sum(dim=(1, 2)) + g_cond.pow(2).sum(dim=(1, 2))).sqrt().view(-1, 1, 1)
+        scale = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
+        return torch.nan_to_num(g_uncond * scale, nan=0.0), torch.nan_to_num(g_cond * scale, nan=0.0)
+    raise ValueError(f"grad_norm={kind!r}: expected 'token' or 'global'")
+
+
+def contrastive_loss(x0_hat: torch.Tensor, bank: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean_k max(0, ρ − ‖x̂0 − z_k‖₂) for one sample ``[C, h, w]`` against ``[K, C, h, w]``."""
+    d = torch.linalg.vector_norm(x0_hat.float().flatten()[None] - bank.flatten(1), dim=1)   # [K]
+    return F.relu(margin - d).mean()
+
+
+# -- the sampler ------------------------------------------------------------------------------
+
+
+class GuidedSampler:
+    """Renders batches with :meth:`sample`; holds the generator, classifier and memory bank.
+
+    Args:
+        generator: the diffusion model.
+        config: guidance settings.
+        classifier: needed only when some sample gets the adversarial term; put in eval mode
+            and frozen here.
+        bank: memory bank for the contrastive term; guided samples' final latents are added to it.
+    """
+
+    def __init__(self, generator: Generator, config: GuidanceConfig,
+                 classifier: GuidanceClassifier | None = None, bank: MemoryBank | None = None):
+        self.generator = generator
+        self.config = config
+        self.classifier = classifier
+        self.bank = bank
+        if classifier is not None:
+            classifier.model.eval().requires_grad_(False)
+
+    def sample(self, prompts: Sequence[str], class_names: Sequence[str], labels: Sequence[int],
+               seeds: Sequence[int], modes: Sequence[Mode], adversarial: Sequence[bool] | None = None,
+               guides: torch.Tensor | None = None, record_masks: bool = False) -> SampleOutput:
+        """Render one batch.
+
+        Args:
+            prompts: per-sample prompt, e.g. "a photo of cat".
+            class_names: per-sample class name, located in the prompt for the attention mask.
+            labels: per-sample class index (classifier target, memory-bank key).
+            seeds: per-sample seeds; a seed fixes the sample whatever else is in the batch.
+            modes: per-sample ``"txt2img" | "img2img" | "actgen"``.
+            adversarial: per-sample switch for the CE term (actgen only); default all False.
+            guides: ``[B, 3, H, W]`` in [-1, 1] at the generator's image size; rows of txt2img
+                samples are ignored; may be None when every sample is txt2img.
+            record_masks: keep every step's mask in the output.
+        """
+        cfg, gen = self.config, self.generator
+        b = len(seeds)
+        adversarial = [False] * b if adversarial is None else [bool(a) for a in adversarial]
+        self._check_inputs(prompts, class_names, labels, seeds, modes, adversarial, guides)
+        dev = gen.device
+        c, h, w = gen.latent_shape
+        streams = [_streams(int(s)) for s in seeds]
+        rngs = [st[0] for st in streams]
+        guided = [m != "txt2img" for m in modes]
+        actgen = [m == "actgen" for m in modes]
+
+        # 1. Per-sample noise. Three streams per seed, so that switching a sample's mode or
+        #    guidance terms never shifts the noise of the others: x_T and the per-step noise
+        #    (shared by x and x^g) come from the sample stream seeded with the seed itself;
+        #    x^g_T and the VAE posterior sample from the guide stream; the bank draw from its own.
+        x = _randn(rngs, (c, h, w), dev)
+        x_guide = _randn([st[1] for st in streams], (c, h, w), dev)
+
+        # 2. Guide latents z_g.
+        z_guide = torch.zeros(b, c, h, w, device=dev)
+        rows = [i for i in range(b) if guided[i]]
+        if rows:
+            with torch.no_grad():
+                z_guide[rows] = gen.encode_image(guides[rows].to(dev), [streams[i][1] for i in rows])
+
+        # 3. Which sample gets which guidance.
+        masked = [a and cfg.use_mask for a in actgen]
+        adv = [a and cfg.use_adversarial and adversarial[i] for i, a in enumerate(actgen)]
+        if any(adv) and self.classifier is None:
+            raise ValueError(f"{sum(adv)} samples ask for the adversarial term but the sampler has no classifier")
+        bank_draw: list[torch.Tensor | None] = [None] * b
+        if cfg.use_contrastive and self.bank is not None:
+            for i in range(b):
+                if actgen[i]:
+                    z = self.bank.sample(int(labels[i]), streams[i][2])
+                    bank_draw[i] = None if z is None else z.to(dev)
+        contra = [z is not None for z in bank_draw]
+        lossy = [adv[i] or contra[i] for i in range(b)]
+
+        # 4. Embeddings: per-sample copies, both CFG halves, updated by the gradient steps.
+        cond = gen.embed_prompts(list(prompts)).clone()                  # [B, L, D]
+        uncond = gen.embed_unconditional(b).clone()                      # [B, L, D]
+        tokens = [gen.token_indices(p, n) for p, n in zip(prompts, class_names)] if any(masked) else []
+
+        # 5. Schedules.
+        timesteps = leading_timesteps(len(gen.alphas_cumprod), cfg.num_steps, gen.steps_offset)
+        ratio = len(gen.alphas_cumprod) // cfg.num_steps
+        abar = gen.alphas_cumprod.double()
+        gammas = gamma_schedule(cfg.num_steps, cfg.scaled_strength)
+        grad_steps = cfg.scaled_guidance_steps
+        guided_t = torch.tensor(guided, device=dev, dtype=torch.float32).view(b, 1, 1, 1)
+        masked_t = torch.tensor(masked, device=dev).view(b, 1, 1, 1)
+        running = None
+        masks_out: list[torch.Tensor] = []
+
+        # 6. Denoising loop.
+        for i, t in enumerate(timesteps):
+            abar_t = float(abar[t])
+            abar_prev = float(abar[t - ratio]) if t - ratio >= 0 else 1.0
+            needs_grad = i < grad_steps and any(lossy)
+            with torch.set_grad_enabled(needs_grad):
+                cu = uncond.detach().requires_grad_(needs_grad)
+                cc = cond.detach().requires_grad_(needs_grad)
+                # 6a. ε with classifier-free guidance on [x; x], embeddings [uncond; cond].
+                eps2 = gen.predict_noise(torch.cat([x, x]), t, torch.cat([cu, cc]), capture_attention=any(masked))
+                eps_u, eps_c = eps2.chunk(2)
+                eps = eps_u + cfg.cfg_scale * (eps_c - eps_u)
+                x0_hat = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+                # 6b. Guidance loss, a sum of per-sample losses, and its embedding gradient.
+                if needs_grad:
+                    loss = self._loss(x0_hat, labels, adv, bank_draw)
+                    g_u, g_c = torch.autograd.grad(loss, [cu, cc])
+            x0_hat, eps = x0_hat.detach(), eps.detach()
+
+            # 6c. DDPM posterior step of the sample and of the guide trajectory, same noise.
+            c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
+            noise = _randn(rngs, (c, h, w), dev)
+            x_prev = c0 * x0_hat + ct * x + sigma * noise
+            x_guide = c0 * z_guide + ct * x_guide + sigma * noise
+
+            # 6d. Attentive latent interpolation x ← x − γ·M ⊙ (x − x^g).
+            mask = torch.ones(b, 1, h, w, device=dev)
+            if any(masked):
+                attn = gen.attention.mask(tokens, cfg_halves=2).to(dev)              # [B, r, r]
+                running = attn if running is None else running + attn
+                m = attention_mask(attn, running, cfg.mask, (h, w), cfg.mask_threshold)
+                mask = torch.where(masked_t, m, mask)
+            gamma = gammas[i] * guided_t                                          # [B, 1, 1, 1]
+            x = x_prev - gamma * mask * (x_prev - x_guide)
+            if record_masks:
+                masks_out.append(mask.cpu())
+
+            # 6e. Embedding update, after the step: it shapes the following steps.
+            if needs_grad:
+                g_u, g_c = normalize_gradient(g_u, g_c, cfg.grad_norm)
+                uncond = uncond - cfg.step_size * g_u
+                cond = cond - cfg.step_size * g_c
+
+        # 7. Decode; remember the guided samples' final latents for the contrastive term.
+        with torch.no_grad():
+            images = gen.decode_latents(x).clamp(-1, 1)
+        if self.bank is not None and rows:
+            self.bank.add([int(labels[i]) for i in rows], x[rows])
+        return SampleOutput(images=images, latents=x, guide_latents=z_guide, masks=masks_out, gammas=gammas)
+
+    def _loss(self, x0_hat: torch.Tensor, labels: Sequence[int], adv: list[bool],
+              bank_draw: list[torch.Tensor | None]) -> torch.Tensor:
+        """Σ_b [L_contra(x̂0_b) − λ·CE(f(D(x̂0_b)), y_b)] over the samples that have each term."""
+        cfg = self.config
+        terms = []
+        for i, z in enumerate(bank_draw):
+            if z is not None:
+                terms.append(contrastive_loss(x0_hat[i], z, cfg.margin))
+        rows = [i for i, a in enumerate(adv) if a]
+        if rows:
+            images = self.generator.decode_latents(x0_hat[rows])                      # [A, 3, H, W]
+            logits = self.classifier.logits(images)
+            target = torch.tensor([int(labels[i]) for i in rows], device=logits.device)
+            ce = F.cross_entropy(logits, target, reduction="sum")                     # Σ of per-sample CE
+            terms.append(-cfg.adversarial_weight * ce.to(x0_hat.device))
+        return torch.stack(terms).sum()
+
+    def _check_inputs(self, prompts, class_names, labels, seeds, modes, adversarial, guides) -> None:
+        b = len(seeds)
+        if b == 0:
+            raise ValueError("empty batch: seeds is empty")
+        for name, seq in (("prompts", prompts), ("class_names", class_names), ("labels", labels),
+                          ("modes", modes), ("adversarial", adversarial)):
+            if len(seq) != b:
+                raise ValueError(f"{name} has {len(seq)} entries for {b} seeds")
+        for i, m in enumerate(modes):
+            if m not in MODES:
+                raise ValueError(f"modes[{i}]={m!r}: expected one of {MODES}")
+        for i, s in enumerate(seeds):
+            if int(s) < 0:
+                raise ValueError(f"seeds[{i}]={s}: must be >= 0")
+        if any(m != "txt2img" for m in modes):
+            size = self.generator.image_size
+            if guides is None:
+                raise ValueError("guides is None but some samples use image guidance")
+            if tuple(guides.shape) != (b, 3, size, size):
+                raise ValueError(f"guides must be [{b}, 3, {size}, {size}] in [-1, 1], got {tuple(guides.shape)}")
+
+
+def _streams(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """(sample, guide, bank) CPU generators for one seed; the sample stream is seeded with it."""
+    guide_seed, bank_seed = np.random.SeedSequence([seed, 0x61637467]).generate_state(2, dtype=np.uint64)
+    return (torch.Generator("cpu").manual_seed(seed),
+            torch.Generator("cpu").manual_seed(int(guide_seed)),
+            torch.Generator("cpu").manual_seed(int(bank_seed)))
+
+
+def _randn(rngs: Sequence[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """One standard-normal draw per sample from its own CPU generator, ``[B, *shape]``."""
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in rngs]).to(device)
+
+
+# -- the Ray batch transform ------------------------------------------------------------------
+
+
+class GuidedRenderer:
+    """Batch transform for Ray ``map_batches``: heavy setup here, one rendered batch per call.
+
+    Args:
+        generator_factory: builds the generator in the worker (e.g. a ``functools.partial`` of
+            ``DiffusersGenerator.from_pretrained``), so only the recipe is pickled.
+        class_names: names in label order.
+        config: guidance settings.
+        classifier_factory: builds the :class:`GuidanceClassifier`; None if no sample is adversarial.
+        prompt_template: ``str.format`` template with one ``{}`` for the class name.
+
+    Input columns: ``label`` (int), ``seed`` (int), ``mode`` (str), optional ``adversarial``
+    (bool), and ``guide`` (uint8 ``[B, H, W, 3]``, or an object array of HWC uint8 arrays of any
+    size; bilinearly resized to the generator's size) unless every row is txt2img. Output: every
+    input column except ``guide``, plus ``image`` (uint8 ``[B, S, S, 3]``, S = generator size)
+    and ``prompt`` (str).
+    """
+
+    def __init__(self, generator_factory: Callable[[], Generator], class_names: Sequence[str],
+                 config: GuidanceConfig, classifier_factory: Callable[[], GuidanceClassifier] | None = None,
+                 prompt_template: str = "a photo of {}"):
+        if prompt_template.count("{}") != 1:
+            raise ValueError(f"prompt_template={prompt_template!r}: needs exactly one '{{}}'")
+        self.class_names = list(class_names)
+        self.prompt_template = prompt_template
+        self.generator = generator_factory()
+        classifier = classifier_factory() if classifier_factory is not None else None
+        self.bank = MemoryBank(config.bank_capacity, config.bank_sample_size)
+        self.sampler = GuidedSampler(self.generator, config, classifier, self.bank)
+
+    def reset_bank(self) -> None:
+        """Start over with an empty memory bank (e.g. one bank per shard, for determinism)."""
+        self.bank = MemoryBank(self.sampler.config.bank_capacity, self.sampler.config.bank_sample_size)
+        self.sampler.bank = self.bank
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # 1. Columns.
+        for col in ("label", "seed", "mode"):
+            if col not in batch:
+                raise ValueError(f"batch has no column {col!r} (columns: {sorted(batch)})")
+        labels = [int(y) for y in batch["label"]]
+        for y in labels:
+            if not 0 <= y < len(self.class_names):
+                raise ValueError(f"label {y} is outside the {len(self.class_names)} class names")
+        modes = [str(m) for m in batch["mode"]]
+        names = [self.class_names[y] for y in labels]
+        prompts = [self.prompt_template.format(n) for n in names]
+        adversarial = [bool(a) for a in batch["adversarial"]] if "adversarial" in batch else None
+
+        # 2. Guides: uint8 HWC -> [-1, 1] CHW at the generator's size (bilinear, as the paper).
+        guides = None
+        if "guide" in batch:
+            guides = _guides_to_tensor(batch["guide"], self.generator.image_size)
+
+        # 3. Render.
+        out = self.sampler.sample(prompts, names, labels, [int(s) for s in batch["seed"]], modes,
+                                  adversarial=adversarial, guides=guides)
+
+        # 4. Images -> uint8 NHWC.
+        images = ((out.images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        result = {k: v for k, v in batch.items() if k != "guide"}
+        result["image"] = images.permute(0, 2, 3, 1).cpu().numpy()
+        result["prompt"] = np.asarray(prompts)
+        return result
+
+
+def _guides_to_tensor(column: np.ndarray, size: int) -> torch.Tensor:
+    out = []
+    for i, img in enumerate(column):
+        a = np.asarray(img)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"guide[{i}]: expected uint8 [H, W, 3], got {a.dtype} {a.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        out.append(F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(out)

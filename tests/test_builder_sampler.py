@@ -1,0 +1,292 @@
+"""The guided sampler: each mechanism shown by its effect on the tiny random generator."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from actgen.builder.generator import build_tiny_generator
+from actgen.builder.sampler import (GuidanceConfig, GuidedRenderer, GuidedSampler, MemoryBank,
+                                    attention_mask, gamma_schedule, leading_timesteps,
+                                    normalize_gradient, posterior_coefficients)
+
+from conftest import BUILDER_CLASS_NAMES
+
+INF = float("inf")
+# Few steps, the guidance schedule given at that count so nothing is rescaled.
+FAST = dict(num_steps=6, reference_steps=6, guidance_steps=3)
+
+
+def _guides(b: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _render(sampler, names, seeds, modes, adversarial=None, guides=None, labels=None, **kw):
+    labels = labels if labels is not None else [BUILDER_CLASS_NAMES.index(n) for n in names]
+    return sampler.sample([f"a photo of {n}" for n in names], names, labels, seeds, modes,
+                          adversarial=adversarial, guides=guides, **kw)
+
+
+# -- pure pieces --------------------------------------------------------------------------------
+
+
+def test_leading_timesteps_match_diffusers():
+    for steps in (40, 7):
+        ref = DDPMScheduler(num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+        ref.set_timesteps(steps)
+        assert leading_timesteps(1000, steps, 1) == ref.timesteps.tolist()
+    assert leading_timesteps(1000, 40, 1)[:2] == [976, 951] and leading_timesteps(1000, 40, 1)[-1] == 1
+
+
+def test_gamma_schedule_and_scaling():
+    cfg = GuidanceConfig()
+    assert cfg.scaled_strength == 12.5 and cfg.scaled_guidance_steps == 10
+    g = gamma_schedule(40, cfg.scaled_strength)
+    for i, v in {0: 1.0, 10: 0.924, 12: 0.622, 13: 0.378, 16: 0.029}.items():
+        assert g[i] == pytest.approx(v, abs=1e-3)
+    assert all(a > b for a, b in zip(g, g[1:]))
+    half = GuidanceConfig(num_steps=20)
+    assert half.scaled_strength == 6.25 and half.scaled_guidance_steps == 5
+    assert gamma_schedule(3, INF) == [1.0, 1.0, 1.0] and gamma_schedule(3, -INF) == [0.0, 0.0, 0.0]
+
+
+def test_posterior_coefficients_last_step_lands_on_x0():
+    c0, ct, sigma = posterior_coefficients(0.99, 1.0)
+    assert (c0, ct, sigma) == (pytest.approx(1.0), 0.0, 0.0)
+    c0, ct, sigma = posterior_coefficients(0.5, 0.6)
+    # Posterior mean weights sum to one on the data scale when x_t = √ᾱ_t x0: c0 + ct√ᾱ_t = √ᾱ_t'.
+    assert c0 + ct * math.sqrt(0.5) == pytest.approx(math.sqrt(0.6))
+    assert sigma > 0
+
+
+def test_config_validation_and_structured_loading():
+    with pytest.raises(ValueError, match="guidance.mask='edges'"):
+        GuidanceConfig(mask="edges")
+    with pytest.raises(ValueError, match="guidance.step_size=-1"):
+        GuidanceConfig(step_size=-1)
+    with pytest.raises(ValueError, match="mask_threshold"):
+        GuidanceConfig(mask_threshold=0.5)
+    schema = OmegaConf.structured(GuidanceConfig)
+    cfg = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.from_dotlist(
+        ["margin=200", "mask=foreground", "mask_threshold=0.3", "guidance_strength=.inf"])))
+    assert cfg.margin == 200 and cfg.mask_threshold == 0.3 and cfg.guidance_strength == INF
+    with pytest.raises(ConfigKeyError, match="marginn"):
+        OmegaConf.merge(schema, {"marginn": 1})
+    with pytest.raises(ValidationError, match="grad_norm"):
+        OmegaConf.merge(schema, {"grad_norm": "l1"})
+
+
+def test_normalize_gradient_variants():
+    g_u = torch.randn(2, 77, 8)
+    g_c = torch.randn(2, 77, 8)
+    g_c[1] = 0                                                   # a sample without a loss
+    tu, tc = normalize_gradient(g_u, g_c, "token")
+    assert torch.allclose(tu.norm(dim=1), torch.ones(2, 8))      # unit norm over tokens, per channel
+    assert torch.equal(tc[1], torch.zeros(77, 8))
+    gu, gc = normalize_gradient(g_u, g_c, "global")
+    per_sample = (gu.pow(2).sum((1, 2)) + gc.pow(2).sum((1, 2))).sqrt()
+    assert torch.allclose(per_sample, torch.ones(2))             # unit norm per sample, both halves
+    assert torch.allclose(gu[0] / gu[0].norm(), g_u[0] / g_u[0].norm())   # direction kept
+
+
+def test_attention_mask_variants_on_synthetic_maps():
+    attn = torch.rand(2, 8, 8)
+    cum = attention_mask(attn, attn * 3, "cumulative", (16, 16))
+    assert cum.shape == (2, 1, 16, 16) and cum.min() >= 1.0
+    fg = attention_mask(attn, attn * 3, "foreground", (8, 8))
+    assert torch.allclose(fg.flatten(1).min(1).values, torch.zeros(2))
+    assert torch.allclose(fg.flatten(1).max(1).values, torch.ones(2))
+    binary = attention_mask(attn, attn, "foreground", (16, 16), threshold=0.5)
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_memory_bank_fifo_and_draws():
+    bank = MemoryBank(capacity=3, sample_size=2)
+    bank.add([0, 0, 1, 0, 0], torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1).expand(5, 4, 2, 2))
+    assert bank.size(0) == 3 and bank.size(1) == 1 and bank.size(7) == 0 and len(bank) == 4
+    assert bank.state_dict()[0][:, 0, 0, 0].tolist() == [1.0, 3.0, 4.0]      # entry 0 evicted first
+    draw = bank.sample(0, torch.Generator().manual_seed(0))
+    assert draw.shape == (2, 4, 2, 2) and draw.dtype == torch.float32
+    assert set(draw[:, 0, 0, 0].tolist()) <= {1.0, 3.0, 4.0} and len(set(draw[:, 0, 0, 0].tolist())) == 2
+    assert bank.sample(7, torch.Generator()) is None
+    restored = MemoryBank(3, 2)
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.state_dict()[0], bank.state_dict()[0])
+
+
+# -- the sampler --------------------------------------------------------------------------------
+
+
+def test_gamma_one_follows_the_guide_and_gamma_zero_ignores_it(tiny_generator):
+    names, seeds, guides = ["cat", "dog"], [11, 12], _guides(2)
+    held = GuidedSampler(tiny_generator, GuidanceConfig(**FAST, guidance_strength=INF))
+    out = _render(held, names, seeds, ["img2img"] * 2, guides=guides)
+    # Every step puts x on x^g; the last DDPM step maps x^g onto z_g exactly (ᾱ_prev = 1).
+    assert torch.allclose(out.latents, out.guide_latents, atol=1e-5)
+    # z_g is a VAE posterior sample of the guide (x scaling factor): standardised, it is N(0, 1) noise.
+    with torch.no_grad():
+        dist = tiny_generator.vae.encode(guides).latent_dist
+    r = (out.guide_latents / tiny_generator.vae.config.scaling_factor - dist.mean) / dist.std
+    assert abs(r.mean()) < 0.1 and 0.9 < r.std() < 1.1
+
+    free = GuidedSampler(tiny_generator, GuidanceConfig(**FAST, guidance_strength=-INF))
+    out0 = _render(free, names, seeds, ["img2img"] * 2, guides=guides)
+    plain = _render(free, names, seeds, ["txt2img"] * 2)
+    assert torch.equal(out0.latents, plain.latents)          # same seed, guide has no say
+    assert (out0.latents - out0.guide_latents).flatten(1).norm(dim=1).min() > 10
+
+
+def test_default_gamma_pulls_towards_the_guide(tiny_generator):
+    names, seeds, guides = ["cat", "dog"], [11, 12], _guides(2)
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(num_steps=8, use_mask=False))
+    guided = _render(sampler, names, seeds, ["img2img"] * 2, guides=guides)
+    plain = _render(sampler, names, seeds, ["txt2img"] * 2)
+    d_guided = (guided.latents - guided.guide_latents).flatten(1).norm(dim=1)
+    d_plain = (plain.latents - guided.guide_latents).flatten(1).norm(dim=1)
+    assert (d_guided < d_plain).all()
+
+
+def test_mask_variants_differ_as_documented(tiny_generator):
+    names, seeds, guides = ["cat", "aquarium_fish"], [3, 4], _guides(2, seed=1)
+    base = dict(**FAST, use_contrastive=False, use_adversarial=False)
+    runs = {}
+    for kind, thr in (("cumulative", None), ("foreground", None), ("foreground", 0.5)):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, mask=kind, mask_threshold=thr))
+        runs[(kind, thr)] = _render(sampler, names, seeds, ["actgen", "img2img"], guides=guides, record_masks=True)
+
+    cum = torch.stack(runs[("cumulative", None)].masks)               # [steps, B, 1, h, w]
+    assert cum.shape == (6, 2, 1, 16, 16)
+    assert (cum[:, 0] > 1).all()                                       # 1 + running attention sum
+    assert (cum[1:, 0] >= cum[:-1, 0] - 1e-6).all() and (cum[-1, 0] > cum[0, 0]).all()   # grows
+    assert (cum[:, 1] == 1).all()                                      # img2img: no mask
+
+    fg = torch.stack(runs[("foreground", None)].masks)[:, 0].flatten(1)
+    assert torch.allclose(fg.min(1).values, torch.zeros(6), atol=1e-6)
+    assert torch.allclose(fg.max(1).values, torch.ones(6), atol=1e-6)
+    thr = torch.stack(runs[("foreground", 0.5)].masks)[:, 0]
+    assert set(thr.unique().tolist()) == {0.0, 1.0}
+
+    # The mask changes the actgen sample only; the img2img sample in the same batch is untouched.
+    a, b = runs[("cumulative", None)].latents, runs[("foreground", None)].latents
+    assert not torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1], atol=1e-5)
+
+
+def test_adversarial_term_raises_the_classifier_loss(tiny_generator, tiny_guidance_classifier):
+    names = ["cat", "dog", "ship", "aquarium_fish"]
+    labels = torch.tensor([BUILDER_CLASS_NAMES.index(n) for n in names])
+    seeds, guides = [21, 22, 23, 24], _guides(4, seed=2)
+    # No image pull (γ = 0) and no other term, so the classifier loss is the only difference.
+    base = dict(**FAST, guidance_strength=-INF, use_mask=False, use_contrastive=False, step_size=0.5)
+
+    def ce(use_adversarial):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, use_adversarial=use_adversarial),
+                                tiny_guidance_classifier)
+        out = _render(sampler, names, seeds, ["actgen"] * 4, adversarial=[True] * 4, guides=guides)
+        with torch.no_grad():
+            return F.cross_entropy(tiny_guidance_classifier.logits(out.images), labels, reduction="none")
+
+    without, with_adv = ce(False), ce(True)
+    assert with_adv.mean() > without.mean() + 1e-3
+    assert (with_adv > without).all()
+
+
+def test_contrastive_term_raises_the_distance_to_the_bank(tiny_generator):
+    plain = GuidedSampler(tiny_generator, GuidanceConfig(**FAST))
+    others = _render(plain, ["cat"] * 6, list(range(100, 106)), ["txt2img"] * 6)
+    bank = MemoryBank(capacity=16, sample_size=16)
+    bank.add([0] * 6, others.latents)
+    names, seeds, guides = ["cat"] * 3, [31, 32, 33], _guides(3, seed=3)
+    base = dict(**FAST, guidance_strength=-INF, use_mask=False, use_adversarial=False, step_size=0.5)
+
+    def distance(**kw):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, **kw), bank=copy.deepcopy(bank))
+        out = _render(sampler, names, seeds, ["actgen"] * 3, guides=guides)
+        return torch.cdist(out.latents.flatten(1), others.latents.flatten(1)).mean(1), out
+
+    without, out_without = distance(use_contrastive=False)
+    active, _ = distance(margin=1e4)                   # hinge active for every bank entry
+    assert (active > without).all()
+    # Beyond the margin the hinge is flat: no gradient, the same image.
+    _, out_inactive = distance(margin=1.0)
+    assert torch.equal(out_inactive.latents, out_without.latents)
+
+
+def test_bank_collects_guided_samples_only(tiny_generator):
+    bank = MemoryBank(capacity=8, sample_size=8)
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(**FAST), bank=bank)
+    out = _render(sampler, ["cat", "dog", "cat"], [1, 2, 3], ["actgen", "txt2img", "img2img"], guides=_guides(3))
+    assert bank.size(0) == 2 and bank.size(1) == 0
+    assert torch.allclose(bank.state_dict()[0].float(), out.latents[[0, 2]], atol=1e-2, rtol=1e-3)
+
+
+def test_same_seed_same_image_whatever_the_batch(tiny_generator, tiny_guidance_classifier):
+    names, modes = ["cat", "dog", "aquarium_fish"], ["actgen", "img2img", "actgen"]
+    adversarial, seeds, guides = [True, False, True], [5, 6, 7], _guides(3, seed=4)
+    others = _render(GuidedSampler(tiny_generator, GuidanceConfig(**FAST)), ["cat", "dog", "aquarium_fish"],
+                     [50, 51, 52], ["txt2img"] * 3)
+    bank = MemoryBank(8, 8)
+    bank.add([0, 1, 3], others.latents)
+
+    def sampler():
+        return GuidedSampler(tiny_generator, GuidanceConfig(**FAST, margin=1e4), tiny_guidance_classifier,
+                             copy.deepcopy(bank))
+
+    first = _render(sampler(), names, seeds, modes, adversarial, guides)
+    again = _render(sampler(), names, seeds, modes, adversarial, guides)
+    assert torch.equal(first.images, again.images) and torch.equal(first.latents, again.latents)
+    for k in range(3):
+        alone = _render(sampler(), names[k:k + 1], seeds[k:k + 1], modes[k:k + 1], adversarial[k:k + 1],
+                        guides[k:k + 1])
+        # Batched kernels may round differently; nothing else may differ.
+        assert torch.allclose(alone.latents, first.latents[k:k + 1], atol=1e-5)
+        assert torch.allclose(alone.images, first.images[k:k + 1], atol=1e-4)
+    other_seeds = _render(sampler(), names, [8, 9, 10], modes, adversarial, guides)
+    assert (other_seeds.latents - first.latents).flatten(1).norm(dim=1).min() > 1
+
+
+def test_input_checks(tiny_generator):
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(**FAST))
+    with pytest.raises(ValueError, match="no classifier"):
+        _render(sampler, ["cat"], [1], ["actgen"], adversarial=[True], guides=_guides(1))
+    with pytest.raises(ValueError, match="guides is None"):
+        _render(sampler, ["cat"], [1], ["img2img"])
+    with pytest.raises(ValueError, match=r"modes\[0\]='dream'"):
+        _render(sampler, ["cat"], [1], ["dream"])
+    with pytest.raises(ValueError, match=r"guides must be \[1, 3, 32, 32\]"):
+        _render(sampler, ["cat"], [1], ["img2img"], guides=torch.zeros(1, 3, 64, 64))
+
+
+# -- the Ray batch transform --------------------------------------------------------------------
+
+
+def test_guided_renderer_batch_transform(tiny_guidance_classifier):
+    cfg = GuidanceConfig(**FAST)
+    renderer = GuidedRenderer(lambda: build_tiny_generator(seed=0), BUILDER_CLASS_NAMES, cfg,
+                              classifier_factory=lambda: tiny_guidance_classifier)
+    rng = np.random.default_rng(0)
+    batch = {
+        "label": np.array([0, 3, 1]), "seed": np.array([7, 8, 9]),
+        "mode": np.array(["actgen", "actgen", "txt2img"]), "adversarial": np.array([True, False, False]),
+        "guide": rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8),       # resized to 32
+        "source_id": np.array(["a", "b", "c"]),
+    }
+    out = renderer(batch)
+    assert set(out) == {"label", "seed", "mode", "adversarial", "source_id", "image", "prompt"}
+    assert out["image"].shape == (3, 32, 32, 3) and out["image"].dtype == np.uint8
+    assert out["prompt"].tolist() == ["a photo of cat", "a photo of aquarium_fish", "a photo of dog"]
+    assert renderer.bank.size(0) == 1 and renderer.bank.size(3) == 1
+
+    fresh = GuidedRenderer(lambda: build_tiny_generator(seed=0), BUILDER_CLASS_NAMES, cfg,
+                           classifier_factory=lambda: tiny_guidance_classifier)
+    single = fresh({k: v[1:2] for k, v in batch.items()})
+    diff = np.abs(single["image"][0].astype(int) - out["image"][1].astype(int))
+    assert diff.max() <= 1                               # float rounding may flip a last bit
+    with pytest.raises(ValueError, match="label 9 is outside the 4 class names"):
+        renderer({**batch, "label": np.array([9, 0, 0])})
