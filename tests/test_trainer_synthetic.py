@@ -1,6 +1,8 @@
 """Consuming a round's shards: the on_missing policies, fetch + verify, the pool."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from actgen.shards.errors import FormatError
@@ -50,6 +52,15 @@ def test_on_missing_error_and_skip(tmp_path):
     with pytest.raises(FileNotFoundError, match="round 2's synthetic data set at .*none is not finished"):
         wait_until_finished(where, SyntheticConfig(on_missing="error"), round=2)
     assert wait_until_finished(where, SyntheticConfig(on_missing="skip"), round=2) is False
+
+
+def test_skip_warns_on_the_first_look_only(tmp_path, caplog):
+    cfg = SyntheticConfig(on_missing="skip")
+    with caplog.at_level(logging.DEBUG, logger="actgen.trainer.synthetic"):
+        assert not wait_until_finished(str(tmp_path / "r0"), cfg, round=0, first_look=True)
+        assert not wait_until_finished(str(tmp_path / "r0"), cfg, round=0, first_look=False)
+    levels = [r.levelno for r in caplog.records if "round 0" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG]
 
 
 def test_on_missing_wait_polls_until_the_data_set_appears(tmp_path, write_digit_shards):

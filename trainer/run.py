@@ -173,7 +173,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         # 7a. Synthetic data sets due by now join the pool.
         if cfg.synthetic.source == "shards":
             for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
-                entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names)
+                entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names,
+                                       first_look=epoch == schedule.consume_epoch(r))
                 if entry is not None:
                     progress.pool.append(entry)
         # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
@@ -298,13 +299,13 @@ def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLo
 
 
 def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: int,
-                   class_names: list[str]) -> Optional[PoolEntry]:
+                   class_names: list[str], first_look: bool = True) -> Optional[PoolEntry]:
     """Rank 0 waits for, fetches and verifies the data set; every rank gets the outcome."""
     location = round_location(cfg.synthetic.pattern, run_dir, round)
     outcome: Any = None
     if rt.is_main:
         try:
-            if wait_until_finished(location, cfg.synthetic, round):
+            if wait_until_finished(location, cfg.synthetic, round, first_look=first_look):
                 outcome = acquire(location, run_dir, round, epoch, class_names)
         except Exception as e:
             if rt.distributed:  # let the other ranks stop too instead of hanging in the broadcast

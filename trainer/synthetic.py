@@ -80,8 +80,12 @@ def is_finished(location: str) -> bool:
 
 
 def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
-                        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> bool:
+                        sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                        first_look: bool = True) -> bool:
     """Apply ``synthetic.on_missing``; True once the data set is finished, False to go on without.
+
+    ``first_look``: under ``skip`` a missing data set is a warning the first time only; later
+    looks at every epoch start log at debug level, so a run without a builder stays readable.
 
     Raises:
         FileNotFoundError: ``on_missing: error`` and nothing there.
@@ -93,7 +97,8 @@ def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
     if cfg.on_missing == "error":
         raise FileNotFoundError(f"{what}; synthetic.on_missing is 'error'")
     if cfg.on_missing == "skip":
-        _logger.warning("%s; going on without it (looking again next epoch)", what)
+        _logger.log(logging.WARNING if first_look else logging.DEBUG,
+                    "%s; going on without it (looking again next epoch)", what)
         return False
     _logger.info("%s; waiting up to %.0f s", what, cfg.timeout_s)
     deadline = clock() + cfg.timeout_s
