@@ -331,6 +331,10 @@ class GuidedSampler:
         #    x^g_T and the VAE posterior sample from the guide stream; the bank draw from its own.
         x = _randn(rngs, (c, h, w), dev)
         x_guide = _randn([st[1] for st in streams], (c, h, w), dev)
+        # Every step's noise now, in the order the loop uses it (the same draws as step by step),
+        # moved to the device in one copy: a copy per step would make the host wait for the GPU
+        # at every step.
+        step_noise = torch.stack([_randn(rngs, (c, h, w), "cpu") for _ in range(cfg.num_steps)]).to(dev)  # [S, B, C, h, w]
 
         # 2. Guide latents z_g.
         z_guide = torch.zeros(b, c, h, w, device=dev)
@@ -390,7 +394,7 @@ class GuidedSampler:
 
             # 6c. DDPM posterior step of the sample and of the guide trajectory, same noise.
             c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
-            noise = _randn(rngs, (c, h, w), dev)
+            noise = step_noise[i]                                                 # [B, C, h, w]
             x_prev = c0 * x0_hat + ct * x + sigma * noise
             x_guide = c0 * z_guide + ct * x_guide + sigma * noise
 

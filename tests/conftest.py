@@ -198,3 +198,69 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# build: a trainer round directory (classifier bundle + hard-sample manifest over builtin:digits)
+# for actgen-build runs, and fast build configs
+
+BUILD_FAST = (
+    "generator.path=tiny", "guidance.num_steps=3", "guidance.reference_steps=3", "guidance.guidance_steps=1",
+    "guidance.guidance_strength=1.5", "batch_size=2", "output.samples_per_shard=2", "output.contact_sheet=4",
+    "ray.executor=local", "bank_scope=shard",
+)
+
+
+def _write_round(directory, class_names=None, num_hard: int = 5, round: int = 1, input_size: int = 16,
+                 weights_seed: int = 0):
+    """``directory/checkpoint`` (random timm ``test_resnet`` bundle) and ``directory/hard_samples.json``
+    (``num_hard`` digits rows, recorded as misclassified) -> ``(directory, checkpoint sha256)``."""
+    import dataclasses
+
+    import timm
+    import torch
+
+    from actgen.shards.bundle import BundleConfig, write_bundle
+    from actgen.shards.manifest import HardSample, HardSampleManifest, ManifestHeader, write_manifest
+    from actgen.shards.sources import DataSource, load_source
+
+    images = load_source(DataSource())
+    names = list(class_names or images.class_names)
+    torch.manual_seed(weights_seed)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(names))
+    sha = write_bundle(directory / "checkpoint", model.state_dict(), BundleConfig(
+        architecture="test_resnet", num_classes=len(names), class_names=names, input_size=(3, input_size, input_size),
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear",
+        dataset_fingerprint=images.fingerprint, round=round, epoch=round))
+    rows = range(0, 13 * num_hard, 13)
+    samples = [HardSample(id=images.sample_id(i), label=images.label(i),
+                          class_name=images.class_names[images.label(i)], predicted=(images.label(i) + 1) % 10,
+                          prob_true=0.1, loss=2.3) for i in rows]
+    header = ManifestHeader(dataset=dataclasses.asdict(images.source), dataset_fingerprint=images.fingerprint,
+                            class_names=images.class_names, split_seed=0, holdout_fraction=0.1, num_evaluated=180,
+                            checkpoint_sha256=sha, round=round, epoch=round)
+    write_manifest(directory / "hard_samples.json", HardSampleManifest(header=header, samples=samples))
+    return directory, sha
+
+
+@pytest.fixture(scope="session")
+def build_round(tmp_path_factory):
+    """A round directory (``checkpoint/``, ``hard_samples.json``) of round 1 over builtin:digits with
+    5 hard samples. Shared: tests must write their output elsewhere."""
+    directory, _ = _write_round(tmp_path_factory.mktemp("round") / "1")
+    return directory
+
+
+@pytest.fixture
+def build_config(build_round, tmp_path):
+    """Factory: ``build_config(*overrides, output=None) -> BuildConfig`` over ``build_round``, tiny
+    generator, 3 steps, local executor, 2 images per shard; output defaults to ``tmp_path/shards``."""
+    from actgen.builder.config import load_config
+
+    def make(*overrides: str, output=None):
+        return load_config(None, [f"checkpoint={build_round / 'checkpoint'}",
+                                  f"manifest={build_round / 'hard_samples.json'}",
+                                  f"output.path={output or tmp_path / 'shards'}", "budget=6", *BUILD_FAST,
+                                  *overrides])
+
+    return make

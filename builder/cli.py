@@ -1,0 +1,122 @@
+"""``actgen-build``: parse, load the config, set up logging, call :func:`actgen.builder.pipeline.run`."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+_logger = logging.getLogger(__name__)
+
+# The trainer's round layout (trainer/rounds.py and synthetic.pattern's default); repeated here
+# because the two programs share only actgen.shards.
+ROUND_CHECKPOINT = "checkpoint"
+ROUND_MANIFEST = "hard_samples.json"
+ROUND_SHARDS = "shards"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("PIL", "datasets", "fsspec", "urllib3", "filelock", "timm", "diffusers", "transformers",
+                  "ray", "ray.data"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+EPILOG = """\b
+Examples:
+  actgen-build --config configs/build-smoke.yaml --round-dir runs/digits/rounds/0
+  actgen-build --config configs/build-sd21-base.yaml --round-dir runs/c10/rounds/3 \\
+      --set generator.path=/models/sd21-base --set ray.address=auto
+  actgen-build --config configs/build-smoke.yaml --checkpoint ckpt/ --manifest hard_samples.json \\
+      --output out/ --set budget=32 --set mode=img2img --set ray.executor=local
+
+\b
+--round-dir R reads R/checkpoint/ and R/hard_samples.json (what actgen-train writes after each
+round) and writes R/shards/, where the trainer looks for them. The output holds WebDataset shards,
+index.json (written last), _info.json, a dataset card, build.json and contact_sheet.png.
+A rerun after a crash renders only the missing shards; bad input exits with status 2.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config (see configs/build-*.yaml); defaults when omitted.")
+@click.option("--round-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A trainer round directory: sets checkpoint, manifest and output.path inside it.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Classifier bundle directory.")
+@click.option("--manifest", type=click.Path(path_type=Path), help="Hard-sample manifest (hard_samples.json).")
+@click.option("--output", type=click.Path(path_type=Path), help="Output directory of the shard data set.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set budget=64 --set guidance.margin=200 (repeatable).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
+         manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], print_config: bool,
+         verbose: bool) -> None:
+    """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
+
+    Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
+    samples the round's image budget from the hard samples (a random permutation, cycled when
+    there are fewer), renders each image with the guided sampler (txt2img, img2img or actgen,
+    see the config's mode and guidance sections) on a Ray actor pool, and writes a WebDataset
+    shard data set with provenance for every image.
+    """
+    _setup_logging(verbose)
+    try:
+        from .config import config_to_yaml, load_config
+
+        paths = _paths(round_dir, checkpoint, manifest, output)
+        cfg = load_config(config_path, [*paths, *overrides])
+        if print_config:
+            click.echo(config_to_yaml(cfg), nl=False)
+            return
+        from .pipeline import run
+
+        result = run(cfg)
+        click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "
+                   f"({len(result.rendered)} rendered, {len(result.kept)} kept)")
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        click.echo("actgen-build: interrupted; rerun the same command to finish the missing shards", err=True)
+        sys.exit(130)
+    except (ValueError, OSError, TimeoutError) as e:  # bad input: one line, no traceback
+        # FormatError and config errors are ValueErrors; missing or unwritable paths are OSErrors.
+        if verbose:
+            _logger.exception("failed")
+        click.echo(f"actgen-build: error: {_one_line(e)}", err=True)
+        sys.exit(2)
+    except RuntimeError as e:  # a failure while rendering (device, worker)
+        if verbose:
+            _logger.exception("failed")
+        click.echo(f"actgen-build: failed: {_one_line(e)}", err=True)
+        sys.exit(1)
+
+
+def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Optional[Path],
+           output: Optional[Path]) -> list[str]:
+    """Overrides for the three paths; explicit options win over --round-dir."""
+    if round_dir is not None:
+        checkpoint = checkpoint or round_dir / ROUND_CHECKPOINT
+        manifest = manifest or round_dir / ROUND_MANIFEST
+        output = output or round_dir / ROUND_SHARDS
+    out = []
+    for key, value in (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)):
+        if value is not None:
+            # Quoted, so that OmegaConf reads any path (with ':' or '=') as a string.
+            out.append(f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"')
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text or type(e).__name__
+
+
+if __name__ == "__main__":  # python -m actgen.builder.cli ...
+    main()

@@ -1,0 +1,269 @@
+"""``actgen-build``'s configuration: a frozen dataclass tree loaded from YAML, overridable by dotlist.
+
+OmegaConf's structured configs reject unknown keys and mistyped values, naming the full key;
+ranges and cross-field rules are checked in ``__post_init__`` with a ``ValueError`` naming the
+key and the value. Derived values (the round, the shard count, the data source) are computed by
+:mod:`actgen.builder.inputs` and never written back onto the config.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from actgen.shards.sources import DataSource
+
+from .sampler import GuidanceConfig
+from .schedules import Mode
+
+TINY = "tiny"
+"""``generator.path`` value for the in-process random tiny generator (tests, smoke runs)."""
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The diffusion model.
+
+    Attributes:
+        path: a local Stable Diffusion 1.x/2.x directory (``unet/ vae/ text_encoder/ tokenizer/
+            scheduler/``), a hub id, or ``tiny`` (random weights built in-process; tests, smoke runs).
+        device: ``auto`` = CUDA when the worker has a GPU, else CPU.
+        dtype: ``auto`` = float16 on a GPU, float32 on the CPU (the CPU runs float32 only).
+        attention_resolution: side of the captured cross-attention maps; null = image side / 32.
+        local_files_only: never touch the network for a hub id.
+        tiny_seed, tiny_image_size: the ``tiny`` generator's weight seed and image side.
+        prompt_template: ``str.format`` template with one ``{}`` for the class name.
+    """
+
+    path: str = TINY
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    attention_resolution: Optional[int] = None
+    local_files_only: bool = True
+    tiny_seed: int = 0
+    tiny_image_size: int = 32
+    prompt_template: str = "a photo of {}"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "generator.path", self.path, "a directory, a hub id or 'tiny'")
+        _check(self.attention_resolution is None or self.attention_resolution >= 1,
+               "generator.attention_resolution", self.attention_resolution, "null or an int >= 1")
+        _check(self.tiny_image_size >= 8 and self.tiny_image_size % 4 == 0, "generator.tiny_image_size",
+               self.tiny_image_size, "a multiple of 4, at least 8")
+        _check(self.prompt_template.count("{}") == 1, "generator.prompt_template", self.prompt_template,
+               "a template with exactly one '{}' for the class name")
+        _check(not (self.device == "cpu" and self.dtype in ("float16", "bfloat16")), "generator.dtype",
+               self.dtype, "float32 or auto with generator.device=cpu (the CPU runs float32 only)")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The per-round mixing of method digest §1.3.
+
+    Attributes:
+        enabled: draw each image's mode: plain text-to-image with a share falling from 0.5 at round
+            0 to 0 at round ``horizon - 1``, the adversarial term with a probability rising from 0
+            to 0.5. Off: every image uses ``mode`` and, for ``actgen``, every image the adversarial term.
+        horizon: number of generation rounds R (the paper: half the epochs, e.g. 150 of 300).
+    """
+
+    enabled: bool = False
+    horizon: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            _check(self.horizon is not None and self.horizon >= 2, "schedule.horizon", self.horizon,
+                   "an int >= 2 (the number of generation rounds) when schedule.enabled")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and how the shard data set is written.
+
+    Attributes:
+        path: the data-set directory (the trainer reads ``<run_dir>/rounds/<r>/shards``).
+        resize: stored image size: ``none`` keeps the rendered size; ``classifier`` resizes to the
+            checkpoint's input size; ``fixed`` to ``size`` x ``size`` (the paper stores 32 for
+            CIFAR, 256 for ImageNet).
+        size: side for ``resize: fixed``.
+        resample: PIL filter for resizing (the paper uses PIL's default, bicubic).
+        image_format: image member of each sample.
+        prefix: shard names ``<prefix>-000000.tar``.
+        samples_per_shard: at most this many images per shard.
+        min_shards: at least this many shards (reader ranks x loader workers).
+        overwrite: replace a finished or foreign data set at ``path``; without it a finished data
+            set built with the same settings is left alone and an unfinished one is resumed.
+        contact_sheet: guide/render pairs on ``contact_sheet.png`` (0: none).
+        name: data-set name in the index and dataset card.
+    """
+
+    path: str = ""
+    resize: Literal["none", "classifier", "fixed"] = "none"
+    size: Optional[int] = None
+    resample: Literal["bicubic", "bilinear", "lanczos", "nearest"] = "bicubic"
+    image_format: Literal["png", "jpg", "webp"] = "png"
+    prefix: str = "synth"
+    samples_per_shard: int = 256
+    min_shards: int = 1
+    overwrite: bool = False
+    contact_sheet: int = 16
+    name: str = "actgen-synthetic"
+
+    def __post_init__(self) -> None:
+        if self.resize == "fixed":
+            _check(self.size is not None and self.size >= 1, "output.size", self.size,
+                   "an int >= 1 with output.resize=fixed")
+        else:
+            _check(self.size is None, "output.size", self.size, "null unless output.resize=fixed")
+        _check(re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix) is not None, "output.prefix", self.prefix,
+               "letters, digits, '_' and '-' only")
+        _check(self.samples_per_shard >= 1, "output.samples_per_shard", self.samples_per_shard, "an int >= 1")
+        _check(self.min_shards >= 1, "output.min_shards", self.min_shards, "an int >= 1")
+        _check(self.contact_sheet >= 0, "output.contact_sheet", self.contact_sheet, "an int >= 0")
+        _check(bool(self.name), "output.name", self.name, "a non-empty name")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where the rendering runs.
+
+    Attributes:
+        executor: ``ray``: Ray Data actor pools (one actor per GPU, or CPU actors); ``local``: the
+            same shard writer, one shard after another in this process (debugging, no Ray).
+        address: join this Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``); null starts
+            a local one (unless this process already called ``ray.init``).
+        num_cpus: CPUs of a local cluster; null = all.
+        workers: actor pool size; null = the cluster's GPUs when rendering on CUDA, else 1.
+        cpus_per_worker: CPUs reserved per actor (also its torch thread count on a CPU-only worker).
+        gpus_per_worker: GPUs per actor; null = 1 when rendering on CUDA, else 0.
+    """
+
+    executor: Literal["ray", "local"] = "ray"
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    workers: Optional[int] = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, "null or an int >= 1")
+        _check(self.workers is None or self.workers >= 1, "ray.workers", self.workers, "null or an int >= 1")
+        _check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "a number > 0")
+        _check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "ray.gpus_per_worker",
+               self.gpus_per_worker, "null or a number >= 0")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything ``actgen-build`` needs; written resolved into ``build.json`` and the index.
+
+    Attributes:
+        checkpoint: the classifier bundle directory (``rounds/<r>/checkpoint``).
+        manifest: the hard-sample manifest (``rounds/<r>/hard_samples.json``).
+        dataset: the data set the manifest's ids point into; null = the manifest header's.
+        generator: the diffusion model.
+        guidance: sampler and guidance settings (defaults: the paper code's).
+        mode: ``txt2img`` (random baseline), ``img2img`` (image guidance only) or ``actgen``.
+        schedule: per-round mode mixing (§1.3).
+        budget: images this round (sampled from the hard samples, cycled when there are fewer).
+        seed: run seed; with the manifest and budget it fixes the plan and every image's noise.
+        round: the round for keys, schedules and provenance; null = the manifest's.
+        batch_size: images per sampler call (memory-bound on a GPU).
+        bank_scope: memory bank of the contrastive term. ``worker``: one bank per actor for the
+            whole build, as in the paper (per GPU process): an image then depends on which shards
+            its actor rendered before, which Ray's scheduling decides. ``shard``: a fresh bank per
+            shard: every image is a function of the plan and settings alone, for any worker count
+            and across resumed builds.
+        check_checkpoint: the checkpoint's sha256 must be the manifest's ``checkpoint_sha256``.
+        output: where and how to write.
+        ray: where to render.
+    """
+
+    checkpoint: str = ""
+    manifest: str = ""
+    dataset: Optional[DataSource] = None
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    mode: Mode = "actgen"
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    budget: int = 64
+    seed: int = 0
+    round: Optional[int] = None
+    batch_size: int = 4
+    bank_scope: Literal["worker", "shard"] = "worker"
+    check_checkpoint: bool = True
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.checkpoint), "checkpoint", self.checkpoint, "a classifier bundle directory")
+        _check(bool(self.manifest), "manifest", self.manifest, "a hard_samples.json path")
+        _check(bool(self.output.path), "output.path", self.output.path, "a directory for the shard data set")
+        _check(self.budget >= 1, "budget", self.budget, "an int >= 1 (images to render this round)")
+        _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
+        _check(self.round is None or self.round >= 0, "round", self.round, "null or an int >= 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        _check(self.output.min_shards <= self.budget, "output.min_shards", self.output.min_shards,
+               f"at most budget = {self.budget} (every shard holds at least one image)")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
+    """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unknown key, a mistyped value, a malformed override or a value out of
+            range; the message names the file or the key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = OmegaConf.structured(BuildConfig)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
+            raise ValueError(f"{path}: not a valid YAML config ({' '.join(str(e).split())})") from None
+    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+    if bad:
+        raise ValueError(f"override {bad[0]!r}: expected key.sub=value")
+    where = str(path) if path is not None else "defaults"
+    try:
+        merged = OmegaConf.merge(*layers)
+        if overrides:
+            where = "overrides"
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ValueError(f"{where}: {_omegaconf_message(e)}") from None
+
+
+def config_to_dict(cfg: BuildConfig) -> dict:
+    """The resolved config as plain JSON-able values (``inf`` stays a float)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def config_to_yaml(cfg: BuildConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _omegaconf_message(e: Exception) -> str:
+    """OmegaConf's message with the offending key folded in, on one line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    head = lines[0] if lines else type(e).__name__
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    return head if (not key or key in head) else f"key '{key}': {head}"

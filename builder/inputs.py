@@ -1,0 +1,175 @@
+"""Check every input of a build before anything is written (method: validate at the boundary).
+
+:func:`resolve_inputs` reads the manifest, the data set it points into, the checkpoint bundle,
+the generator location and the output location, and raises one error naming the file, the
+field and both sides of a disagreement: a data set whose fingerprint is not the manifest's, a
+checkpoint with other class names, a generator directory without a component, an output that
+cannot be written. It creates nothing (a writability probe is removed at once).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from actgen.shards.bundle import CONFIG_FILE, BundleConfig, bundle_sha256, load_classifier
+from actgen.shards.errors import FormatError
+from actgen.shards.manifest import HardSampleManifest, read_manifest
+from actgen.shards.sources import DataSource, LabeledImages, load_source
+from actgen.shards.writer import file_sha256
+
+from .config import TINY, BuildConfig, GeneratorConfig
+from .generator import COMPONENTS
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """The checked inputs of one build.
+
+    Attributes:
+        manifest: the hard-sample manifest.
+        manifest_sha256: sha256 of the manifest file.
+        images: the data set the manifest's ids point into (guide images).
+        bundle: the checkpoint's config.
+        checkpoint_sha256: sha256 of the checkpoint's ``model.safetensors``.
+        class_names: names in label order (the same in manifest, data set and checkpoint).
+        round: the round being built.
+        output: the data-set directory.
+        stored_size: ``(H, W)`` of stored images when fixed by the config, None for the rendered size.
+    """
+
+    manifest: HardSampleManifest
+    manifest_sha256: str
+    images: LabeledImages
+    bundle: BundleConfig
+    checkpoint_sha256: str
+    class_names: list[str]
+    round: int
+    output: Path
+    stored_size: Optional[tuple[int, int]]
+
+
+def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
+    """Check every input; raise FormatError/ValueError/FileNotFoundError naming what is wrong."""
+    # 1. The manifest, and the data set it points into.
+    manifest_path = Path(cfg.manifest)
+    manifest = read_manifest(manifest_path)
+    header = manifest.header
+    if not manifest.samples:
+        raise FormatError(str(manifest_path), "lists no hard samples (the classifier got every hold-out "
+                                              "sample right); there is nothing to render near")
+    images = load_dataset(cfg.dataset, manifest, manifest_path)
+    # 2. The checkpoint: same class names as the manifest, and the one that made the manifest.
+    bundle_dir = Path(cfg.checkpoint)
+    if not bundle_dir.is_dir():
+        raise FileNotFoundError(f"{bundle_dir}: checkpoint bundle directory not found (config key 'checkpoint')")
+    _model, bundle = load_classifier(bundle_dir, device="cpu")   # also proves the weights load
+    del _model
+    where = str(bundle_dir / CONFIG_FILE)
+    if list(bundle.class_names) != list(header.class_names):
+        raise FormatError(where, f"class names differ: checkpoint has {list(bundle.class_names)}, manifest "
+                                 f"{manifest_path} has {list(header.class_names)}")
+    if bundle.input_size[0] != 3:
+        raise FormatError(where, f"field 'input_size' is {list(bundle.input_size)}: the builder feeds the "
+                                 "classifier RGB images, so it needs 3 input channels")
+    checkpoint_sha256 = bundle_sha256(bundle_dir)
+    if cfg.check_checkpoint and checkpoint_sha256 != header.checkpoint_sha256:
+        raise FormatError(str(bundle_dir), f"model.safetensors has sha256 {checkpoint_sha256[:12]}, but manifest "
+                                           f"{manifest_path} was made by checkpoint {header.checkpoint_sha256[:12]} "
+                                           "(header.checkpoint_sha256); pass check_checkpoint=false to guide "
+                                           "with another classifier on purpose")
+    # 3. The generator location.
+    check_generator(cfg.generator)
+    # 4. The output location: creatable and writable (probed, nothing left behind).
+    # Absolute, because workers on other nodes run elsewhere (they need the same shared path).
+    output = Path(cfg.output.path).expanduser().absolute()
+    check_writable(output)
+    stored = None
+    if cfg.output.resize == "classifier":
+        stored = (int(bundle.input_size[1]), int(bundle.input_size[2]))
+    elif cfg.output.resize == "fixed":
+        stored = (cfg.output.size, cfg.output.size)
+    round = cfg.round if cfg.round is not None else header.round
+    return BuildInputs(manifest=manifest, manifest_sha256=file_sha256(manifest_path), images=images, bundle=bundle,
+                       checkpoint_sha256=checkpoint_sha256, class_names=list(header.class_names), round=round,
+                       output=output, stored_size=stored)
+
+
+def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, manifest_path: Path) -> LabeledImages:
+    """The configured data set, or the manifest header's; its fingerprint and names must match."""
+    header = manifest.header
+    if source is None:
+        try:
+            source = DataSource(**header.dataset)
+        except TypeError as e:
+            raise FormatError(str(manifest_path), f"field 'header.dataset' is not a data source ({e}); "
+                                                  "give config key 'dataset' instead") from None
+    local = Path(source.path).expanduser()
+    glob = any(c in source.path for c in "*?[")
+    if not source.path.startswith("builtin:") and (local.exists() or (glob and local.parent.is_dir())):
+        # Absolute, so that workers elsewhere open the same files (globs included).
+        source = dataclasses.replace(source, path=str(local.absolute()))
+    images = load_source(source)
+    if images.fingerprint != header.dataset_fingerprint:
+        raise FormatError(str(manifest_path),
+                          f"data-set fingerprint {header.dataset_fingerprint[:12]} (header.dataset_fingerprint) does "
+                          f"not match the data set given ({source.path!r} split {source.split!r}: "
+                          f"{images.fingerprint[:12]}); the hard-sample ids point into another data set")
+    if images.class_names != list(header.class_names):
+        raise FormatError(str(manifest_path), f"class names differ: manifest has {list(header.class_names)}, "
+                                              f"data set {source.path!r} has {images.class_names}")
+    return images
+
+
+def check_generator(cfg: GeneratorConfig) -> None:
+    """A local directory must hold every Stable Diffusion component; a hub id must be cached when
+    ``local_files_only`` (nothing is downloaded here)."""
+    if cfg.path == TINY:
+        if cfg.dtype in ("float16", "bfloat16"):
+            raise ValueError(f"config key 'generator.dtype' = {cfg.dtype!r}: the tiny generator runs float32 only")
+        return
+    local = Path(cfg.path).expanduser()
+    if local.is_dir():
+        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{local}: missing component '{missing[0]}/' (a Stable Diffusion 1.x/2.x "
+                                    f"directory needs {', '.join(c + '/' for c in COMPONENTS)}; generator.path)")
+        return
+    if local.exists() or cfg.path.startswith(("/", ".", "~")) or cfg.path.count("/") != 1:
+        raise FileNotFoundError(f"{cfg.path}: generator.path is neither a Stable Diffusion directory nor a "
+                                "hub id ('owner/name')")
+    if cfg.local_files_only:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(cfg.path, "unet/config.json"), str):
+            raise FileNotFoundError(f"{cfg.path}: hub id not in the local Hugging Face cache and "
+                                    "generator.local_files_only is true")
+
+
+def check_writable(output: Path) -> None:
+    """``output`` is a directory we can write into, or can be created; probe by making (and removing)
+    a temporary directory in it or in its nearest existing ancestor."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output}: output.path exists and is not a directory")
+    anchor = output
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise NotADirectoryError(f"{output}: cannot create output.path, {anchor} is a file, not a directory")
+    try:
+        probe = tempfile.mkdtemp(prefix=".actgen-build-probe-", dir=anchor)
+    except OSError as e:
+        what = "write into output.path" if anchor == output else f"create output.path under {anchor}"
+        raise PermissionError(f"{output}: cannot {what} ({e.strerror or e})") from None
+    os.rmdir(probe)
+
+
+def source_dict(images: LabeledImages) -> dict:
+    """The data source as recorded in ``build.json``."""
+    return dataclasses.asdict(images.source)

@@ -1,0 +1,292 @@
+"""Render one planned shard and write it: the unit of work a Ray actor (or this process) runs.
+
+:class:`ShardWriter` is a callable class in Ray's ``map_batches`` convention: the generator, the
+classifier and the guide images are set up once in ``__init__``; each call takes a batch of
+shard numbers, renders each shard in sampler batches of ``batch_size`` and streams its samples
+into ``shards.writer.write_shard`` (a hidden temporary file, fsync, rename). A call returns only
+the shards' records (name, count, sha256, size), never the images, so nothing large travels back
+to the driver, and a worker killed mid-shard leaves no shard behind.
+
+The pure pieces (provenance, resizing, the contact sheet) are plain functions.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from actgen.shards.samples import SyntheticSample
+from actgen.shards.sources import DataSource, LabeledImages, load_source
+from actgen.shards.writer import write_shard
+
+from .config import TINY, GeneratorConfig
+from .plan import BuildPlan, PlannedSample
+from .sampler import GuidanceClassifier, GuidanceConfig, GuidedRenderer
+
+_logger = logging.getLogger(__name__)
+
+_RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "lanczos": "LANCZOS", "nearest": "NEAREST"}
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything a worker needs, resolved by the driver (picklable, small).
+
+    Attributes:
+        plan: the round's work list.
+        output_dir: the data-set directory the shards are written into (shared by all workers).
+        class_names: names in label order (manifest = checkpoint = data set).
+        generator: how to load the generator.
+        device: ``cpu`` or ``cuda`` (resolved by the driver for the workers it starts).
+        guidance: sampler settings.
+        batch_size: images per sampler call.
+        bank_scope: ``worker`` (one memory bank per worker) or ``shard`` (fresh bank per shard).
+        dataset, dataset_fingerprint: where the guide images are, and the fingerprint they must have.
+        checkpoint, checkpoint_sha256: the classifier bundle (loaded only if some image is adversarial).
+        resize_to: stored ``(H, W)``, or None to keep the rendered size.
+        resample: PIL filter name for resizing.
+        image_format: ``png``, ``jpg`` or ``webp``.
+        round, build_seed, tool_version: recorded in provenance.
+        expected_generator_sha256: the generator hash recorded in shards kept from an earlier
+            attempt; a worker whose generator hashes differently refuses to render.
+    """
+
+    plan: BuildPlan
+    output_dir: str
+    class_names: tuple[str, ...]
+    generator: GeneratorConfig
+    device: str
+    guidance: GuidanceConfig
+    batch_size: int
+    bank_scope: str
+    dataset: DataSource
+    dataset_fingerprint: str
+    checkpoint: str
+    checkpoint_sha256: str
+    resize_to: Optional[tuple[int, int]]
+    resample: str
+    image_format: str
+    round: int
+    build_seed: int
+    tool_version: str
+    expected_generator_sha256: Optional[str] = None
+
+    @property
+    def needs_classifier(self) -> bool:
+        return self.guidance.use_adversarial and any(
+            s.adversarial and s.mode == "actgen" for s in self.plan.samples)
+
+
+# -- pure pieces -----------------------------------------------------------------------------
+
+
+def jsonable(value):
+    """Non-finite floats become strings ('inf'), so provenance is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def guidance_record(guidance: GuidanceConfig, sample: PlannedSample, bank_scope: str) -> dict:
+    """What guided this image: its mode, the terms it really got, and every sampler setting."""
+    actgen = sample.mode == "actgen"
+    return jsonable({
+        "mode": sample.mode,
+        "mask": actgen and guidance.use_mask,
+        "contrastive": actgen and guidance.use_contrastive,
+        "adversarial": actgen and guidance.use_adversarial and sample.adversarial,
+        "bank_scope": bank_scope,
+        "settings": asdict(guidance),
+    })
+
+
+def provenance(sample: PlannedSample, prompt: str, generator: dict, spec: RenderSpec,
+               rendered_size: int, stored_size: tuple[int, int]) -> dict:
+    """The ``json`` member of one image (``shards.samples.REQUIRED_PROVENANCE`` and more)."""
+    return {
+        "class_name": sample.class_name,
+        "label": sample.label,
+        "source_id": sample.source_id,
+        "sample_index": sample.index,
+        "generator": generator,
+        "prompt": prompt,
+        "seed": sample.seed,
+        "guidance": guidance_record(spec.guidance, sample, spec.bank_scope),
+        "checkpoint_sha256": spec.checkpoint_sha256,
+        "dataset_fingerprint": spec.dataset_fingerprint,
+        "round": spec.round,
+        "build_seed": spec.build_seed,
+        "rendered_size": [rendered_size, rendered_size],
+        "stored_size": list(stored_size),
+        "tool_version": spec.tool_version,
+    }
+
+
+def resize_image(image, size: Optional[tuple[int, int]], resample: str):
+    """PIL image resized to ``(H, W)`` with the named filter, or unchanged for None."""
+    from PIL import Image
+
+    if size is None or (image.height, image.width) == tuple(size):
+        return image
+    return image.resize((size[1], size[0]), resample=getattr(Image.Resampling, _RESAMPLE[resample]))
+
+
+def contact_sheet(pairs: Sequence[tuple[object, object, str]], columns: int = 4, cell: int | None = None):
+    """Guide images beside what was rendered from them.
+
+    Args:
+        pairs: ``(guide PIL image, rendered PIL image, caption)``.
+        columns: pairs per row.
+        cell: side of each image cell; default the rendered size clamped to 96..256 pixels.
+
+    Returns:
+        An RGB PIL image: per pair, guide on the left, render on the right, caption below.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not pairs:
+        raise ValueError("contact_sheet: no pairs")
+    if cell is None:
+        cell = min(max(pairs[0][1].width, 96), 256)
+    caption_h, pad = 14, 4
+    columns = min(columns, len(pairs))
+    rows = math.ceil(len(pairs) / columns)
+    pair_w, pair_h = 2 * cell + pad, cell + caption_h
+    sheet = Image.new("RGB", (columns * (pair_w + 2 * pad), rows * (pair_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (guide, rendered, caption) in enumerate(pairs):
+        x0 = (k % columns) * (pair_w + 2 * pad) + pad
+        y0 = (k // columns) * (pair_h + pad) + pad
+        # Nearest for upscaling keeps tiny images' pixels visible; bicubic for downscaling.
+        for j, image in enumerate((guide, rendered)):
+            filt = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.BICUBIC
+            sheet.paste(image.convert("RGB").resize((cell, cell), filt), (x0 + j * (cell + pad), y0))
+        draw.text((x0, y0 + cell + 1), caption[: 2 * cell // 6], fill="black", font=font)
+    return sheet
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load_generator(cfg: GeneratorConfig, device: str):
+    """The generator of ``generator.path`` on ``device`` (``cpu`` or ``cuda``)."""
+    from .generator import DiffusersGenerator, build_tiny_generator
+
+    if cfg.path == TINY:
+        return build_tiny_generator(seed=cfg.tiny_seed, image_size=cfg.tiny_image_size, device=device)
+    return DiffusersGenerator.from_pretrained(cfg.path, device=device, dtype=None if cfg.dtype == "auto" else cfg.dtype,
+                                              attention_resolution=cfg.attention_resolution,
+                                              local_files_only=cfg.local_files_only)
+
+
+def load_guidance_classifier(checkpoint: str, device: str) -> GuidanceClassifier:
+    """The bundle's timm model with the input size and normalisation it was trained with."""
+    from actgen.shards.bundle import load_classifier
+
+    model, config = load_classifier(checkpoint, device=device)
+    return GuidanceClassifier(model=model, input_size=tuple(config.input_size[1:]), mean=tuple(config.mean),
+                              std=tuple(config.std))
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Renders planned shards and writes each one atomically (Ray ``map_batches`` callable class).
+
+    Args:
+        spec: what to render and where.
+        images: the guide data set when it is already loaded in this process (local executor);
+            workers load it from ``spec.dataset`` and check its fingerprint.
+
+    Input column ``shard`` (shard numbers of ``spec.plan``); output columns ``shard``,
+    ``filename``, ``num_samples``, ``sha256``, ``size_bytes``, ``height``, ``width``,
+    ``generator_sha256``, ``seconds``.
+    """
+
+    def __init__(self, spec: RenderSpec, images: LabeledImages | None = None):
+        self.spec = spec
+        # 1. Guide images, checked against the data set the plan was made from.
+        self.images = images if images is not None else load_source(spec.dataset)
+        if self.images.fingerprint != spec.dataset_fingerprint:
+            raise ValueError(f"worker: data set {spec.dataset.path!r} has fingerprint {self.images.fingerprint[:12]}, "
+                             f"the plan was made for {spec.dataset_fingerprint[:12]} (is it the same on every node?)")
+        # 2. Generator and, only when some image gets the adversarial term, the classifier.
+        generator = load_generator(spec.generator, spec.device)
+        classifier = load_guidance_classifier(spec.checkpoint, spec.device) if spec.needs_classifier else None
+        self.generator_record = {"id": getattr(generator, "name", spec.generator.path),
+                                 "weights_sha256": generator.weights_hash(),
+                                 "dtype": str(generator.dtype).removeprefix("torch."),
+                                 "image_size": generator.image_size}
+        expected = spec.expected_generator_sha256
+        if expected is not None and expected != self.generator_record["weights_sha256"]:
+            raise ValueError(f"generator {spec.generator.path!r} hashes to {self.generator_record['weights_sha256'][:12]}, "
+                             f"but the shards already in {spec.output_dir} were rendered by {expected[:12]}; "
+                             "pass output.overwrite=true to start over")
+        # 3. The batch transform; its memory bank lives as long as this worker (bank_scope=worker).
+        self.renderer = GuidedRenderer(lambda: generator, spec.class_names, spec.guidance,
+                                       classifier_factory=(lambda: classifier) if classifier is not None else None,
+                                       prompt_template=spec.generator.prompt_template)
+        _logger.info("worker ready: %s on %s (%s), weights %s, classifier %s", self.generator_record["id"],
+                     spec.device, self.generator_record["dtype"], self.generator_record["weights_sha256"][:12],
+                     "loaded" if classifier is not None else "not needed")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [self.write(int(n)) for n in batch["shard"]]
+        return {k: np.asarray([r[k] for r in rows]) for k in rows[0]}
+
+    def write(self, number: int) -> dict:
+        """Render shard ``number`` of the plan and write it; return its record."""
+        spec = self.spec
+        shard = spec.plan.shards[number]
+        start = time.perf_counter()
+        if spec.bank_scope == "shard":
+            self.renderer.reset_bank()
+        sizes: list[tuple[int, int]] = []
+
+        def samples() -> Iterator[SyntheticSample]:
+            for first in range(0, len(shard.samples), spec.batch_size):
+                chunk = shard.samples[first:first + spec.batch_size]
+                for sample in self._render(chunk):
+                    sizes.append((sample.image.height, sample.image.width))
+                    yield sample
+
+        info = write_shard(spec.output_dir, shard.filename, samples(), image_format=spec.image_format)
+        seconds = time.perf_counter() - start
+        _logger.info("wrote %s: %d images in %.1f s (%.2f images/s)", shard.filename, info.num_samples, seconds,
+                     info.num_samples / seconds)
+        return {"shard": number, "filename": info.filename, "num_samples": info.num_samples, "sha256": info.sha256,
+                "size_bytes": info.size_bytes, "height": sizes[0][0], "width": sizes[0][1],
+                "generator_sha256": self.generator_record["weights_sha256"], "seconds": seconds}
+
+    def _render(self, chunk: Sequence[PlannedSample]) -> list[SyntheticSample]:
+        from PIL import Image
+
+        spec = self.spec
+        # 1. The batch transform's columns; guides only when some image is image-guided.
+        batch = {"label": np.array([s.label for s in chunk]), "seed": np.array([s.seed for s in chunk]),
+                 "mode": np.array([s.mode for s in chunk]), "adversarial": np.array([s.adversarial for s in chunk])}
+        if any(s.mode != "txt2img" for s in chunk):
+            batch["guide"] = [np.array(self.images.image(self.images.index_of(s.source_id))) for s in chunk]
+        # 2. Render (uint8 NHWC at the generator's size).
+        out = self.renderer(batch)
+        # 3. Samples: resized for storage, with full provenance.
+        rendered = self.generator_record["image_size"]
+        result = []
+        for s, pixels, prompt in zip(chunk, out["image"], out["prompt"]):
+            image = resize_image(Image.fromarray(pixels, "RGB"), spec.resize_to, spec.resample)
+            result.append(SyntheticSample(
+                key=s.key, image=image, label=s.label,
+                provenance=provenance(s, str(prompt), self.generator_record, spec, rendered,
+                                      (image.height, image.width))))
+        return result

@@ -1,0 +1,127 @@
+"""``run(cfg)`` end to end in this process (``ray.executor=local``): a verified data set with
+provenance and a contact sheet, determinism, resuming, and refusing other settings."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from actgen.builder.pipeline import BUILD_FILE, CONTACT_SHEET_FILE, run
+from actgen.shards.errors import FormatError
+from actgen.shards.manifest import read_manifest
+from actgen.shards.reader import ShardRandomAccess
+from actgen.shards.samples import REQUIRED_PROVENANCE
+from actgen.shards.sources import DIGIT_NAMES
+from actgen.shards.verify import verify
+from actgen.shards.writer import INDEX_FILE, file_sha256
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _shas(directory) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(directory.glob("synth-*.tar"))}
+
+
+def test_run_writes_a_verified_data_set_with_provenance(build_config, build_round, tiny_generator, tmp_path):
+    cfg = build_config("output.resize=classifier", "schedule.enabled=true", "schedule.horizon=3", "budget=7")
+    result = run(cfg)
+    out = tmp_path / "shards"
+    report = verify(out, class_names=list(DIGIT_NAMES))
+    assert report.num_samples == 7 and report.num_shards == 4          # ceil(7 / 2 per shard)
+    assert result.rendered == [f"synth-{i:06d}.tar" for i in range(4)] and result.kept == []
+    assert result.index.image_size == (16, 16)                         # the classifier's input size
+    assert result.index.created["round"] == 1
+
+    manifest = read_manifest(build_round / "hard_samples.json")
+    labels = {s.id: s.label for s in manifest.samples}
+    sha = manifest.header.checkpoint_sha256
+    data = ShardRandomAccess(out)
+    modes = set()
+    for i in range(len(data)):
+        sample = data.sample(i)
+        prov = sample.provenance
+        assert set(REQUIRED_PROVENANCE) <= set(prov)
+        assert sample.label == labels[prov["source_id"]] and prov["class_name"] == DIGIT_NAMES[sample.label]
+        assert prov["generator"]["weights_sha256"] == tiny_generator.weights_hash()
+        assert prov["checkpoint_sha256"] == sha and prov["round"] == 1
+        assert prov["prompt"] == f"a photo of {prov['class_name']}"
+        assert sample.key == f"r0001_{prov['source_id']}_i{prov['sample_index']:06d}_s{prov['seed']}"
+        assert prov["guidance"]["settings"]["num_steps"] == 3 and prov["stored_size"] == [16, 16]
+        modes.add(prov["guidance"]["mode"])
+    assert "actgen" in modes                                           # round 1 of 3: a mix
+
+    # The contact sheet beside the index, and the settings in build.json.
+    with Image.open(out / CONTACT_SHEET_FILE) as sheet:
+        assert sheet.format == "PNG" and sheet.width > 4 * 96
+    settings = json.loads((out / BUILD_FILE).read_text())["settings"]
+    assert settings["checkpoint_sha256"] == sha and settings["budget"] == 7
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]    # no temporaries left
+
+    # A second run finds the finished build and leaves it alone.
+    before = _shas(out)
+    again = run(cfg)
+    assert again.rendered == [] and again.index == result.index and _shas(out) == before
+
+
+def test_resume_renders_only_what_is_missing_and_the_same_images(build_config, tmp_path):
+    cfg = build_config()
+    run(cfg)
+    out = tmp_path / "shards"
+    first = _shas(out)
+    assert len(first) == 3
+    # A crash: no index, one shard never written, one cut short, a writer's temporary left behind.
+    (out / INDEX_FILE).unlink()
+    (out / "synth-000001.tar").unlink()
+    data = (out / "synth-000002.tar").read_bytes()
+    (out / "synth-000002.tar").write_bytes(data[: len(data) // 3])
+    stray = out / ".synth-000001.tar.partial-123-deadbeef"
+    stray.write_bytes(b"half a tar")
+    with pytest.raises(FormatError, match="no finished data set"):
+        verify(out)
+
+    result = run(cfg)
+    assert result.kept == ["synth-000000.tar"]
+    assert sorted(result.rendered) == ["synth-000001.tar", "synth-000002.tar"]
+    assert not stray.exists()
+    assert _shas(out) == first                       # same seed and settings: the same bytes
+    assert verify(out).num_samples == 6
+
+
+def test_other_settings_are_refused_unless_overwrite(build_config, tmp_path):
+    run(build_config())
+    out = tmp_path / "shards"
+    with pytest.raises(FileExistsError, match=r"finished build with other settings \(differs in: guidance.margin\)"):
+        run(build_config("guidance.margin=200"))
+    assert verify(out).num_samples == 6              # untouched
+    result = run(build_config("guidance.margin=200", "output.overwrite=true"))
+    assert len(result.rendered) == 3
+    assert json.loads((out / BUILD_FILE).read_text())["settings"]["guidance"]["margin"] == 200.0
+    # The worker count, batch size and executor are not settings: a rerun with others is a no-op.
+    assert run(build_config("guidance.margin=200", "batch_size=1", "ray.workers=3")).rendered == []
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds no actgen-build output"):
+        run(build_config(output=foreign))
+    assert os.listdir(foreign) == ["notes.txt"]
+
+
+def test_resume_refuses_a_generator_whose_weights_changed_in_place(build_config, tmp_path):
+    from actgen.builder.generator import build_tiny_generator
+
+    sd = tmp_path / "sd"
+    build_tiny_generator(seed=0).save_pretrained(sd)
+    cfg = build_config(f"generator.path={sd}", "generator.attention_resolution=8")   # tiny: latent / 2
+    run(cfg)
+    out = tmp_path / "shards"
+    (out / INDEX_FILE).unlink()
+    (out / "synth-000002.tar").unlink()
+    shutil.rmtree(sd)
+    build_tiny_generator(seed=1).save_pretrained(sd)        # same path and settings, other weights
+    with pytest.raises(ValueError, match="but the shards already in .* were rendered by"):
+        run(cfg)
+    assert not (out / "synth-000002.tar").exists() and not (out / INDEX_FILE).exists()
