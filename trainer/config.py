@@ -310,8 +310,9 @@ class SyntheticConfig:
 
     Attributes:
         source: ``shards`` reads data sets written by ``actgen-build`` (or anything else using
-            ``actgen.shards.writer``); ``none`` trains on real images only. An inline builder
-            (generating inside the trainer process) would be a third value here.
+            ``actgen.shards.writer``) running as its own job; ``inline`` runs ``actgen-build``
+            itself at the end of every round, as a subprocess on this machine, so that one
+            command runs the whole active loop; ``none`` trains on real images only.
         pattern: location of round r's data set: a local path or an http(s) URL, with
             ``{run_dir}`` and ``{round}`` placeholders (format specs allowed: ``{round:04d}``).
         on_missing: when round r's data set is not finished (no readable ``index.json``) at the
@@ -323,18 +324,29 @@ class SyntheticConfig:
             ``fraction`` gives every batch exactly ``round(fraction * batch_size)`` synthetic
             images once the pool is non-empty, an epoch then being one pass over the real images.
         fraction: the synthetic share for ``mixing: fraction``.
+        build_config: ``inline`` only: the ``actgen-build`` YAML config (null = its defaults).
+        build_overrides: ``inline`` only: extra ``--set key=value`` overrides for it.
+        build_command: ``inline`` only: the builder's console script, looked up beside this
+            Python interpreter first, then on PATH.
     """
 
-    source: Literal["shards", "none"] = "shards"
+    source: Literal["shards", "inline", "none"] = "shards"
     pattern: str = "{run_dir}/rounds/{round}/shards"
     on_missing: Literal["wait", "skip", "error"] = "skip"
     timeout_s: float = 3600.0
     poll_s: float = 10.0
     mixing: Literal["uniform", "fraction"] = "uniform"
     fraction: float = 0.25
+    build_config: Optional[str] = None
+    build_overrides: list[str] = field(default_factory=list)
+    build_command: str = "actgen-build"
 
     def __post_init__(self) -> None:
         _check_pattern(self.pattern)
+        _check(self.source != "inline" or "://" not in self.pattern, "synthetic.pattern", self.pattern,
+               "a local path when synthetic.source is 'inline' (the builder writes there)")
+        _check(all("=" in o for o in self.build_overrides), "synthetic.build_overrides", self.build_overrides,
+               "a list of key=value strings")
         _check(self.timeout_s >= 0, "synthetic.timeout_s", self.timeout_s, "a number >= 0")
         _check(self.poll_s > 0, "synthetic.poll_s", self.poll_s, "a number > 0")
         _check(0.0 < self.fraction < 1.0, "synthetic.fraction", self.fraction, "a number in (0, 1)")

@@ -39,6 +39,7 @@ from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, buil
                    shard_for_rank, split_indices)
 from .distributed import Runtime
 from .evaluate import Predictions, predict
+from .inline import build_round
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog
 from .model import create_model, export_state_dict, unwrap
@@ -171,7 +172,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         epoch = progress.epoch
         t0 = time.perf_counter()
         # 7a. Synthetic data sets due by now join the pool.
-        if cfg.synthetic.source == "shards":
+        if cfg.synthetic.source in ("shards", "inline"):
             for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
                 entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names,
                                        first_look=epoch == schedule.consume_epoch(r))
@@ -214,6 +215,11 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         if r is not None:
             round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc)
             progress.rounds_done.append(round_info)
+            if cfg.synthetic.source == "inline":
+                if rt.is_main:
+                    build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r),
+                                horizon=schedule.num_rounds)
+                dist_utils.barrier(rt)
         # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
         progress.epoch = epoch + 1
         row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,

@@ -1,0 +1,63 @@
+"""synthetic.source: inline — the trainer runs actgen-build on each round as a subprocess."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from actgen.shards.bundle import bundle_sha256
+from actgen.shards.reader import ShardRandomAccess, read_index
+from actgen.trainer.config import SyntheticConfig
+from actgen.trainer.inline import builder_argv, resolve_command
+from actgen.trainer.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_builder_argv_points_the_builder_at_the_round(tmp_path):
+    cfg = SyntheticConfig(source="inline", build_config="configs/build-smoke.yaml",
+                          build_overrides=["budget=8", "ray.executor=local"])
+    argv = builder_argv(cfg, tmp_path / "rounds" / "3", str(tmp_path / "out"), horizon=5)
+    assert Path(argv[0]).name == "actgen-build"
+    assert argv[1:3] == ["--config", "configs/build-smoke.yaml"]
+    assert argv[argv.index("--round-dir") + 1] == str(tmp_path / "rounds" / "3")
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "out")
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert sets == ["schedule.horizon=5", "budget=8", "ray.executor=local"]  # the config's own win: last
+
+
+def test_a_missing_builder_command_is_named():
+    with pytest.raises(FileNotFoundError, match="'no-such-actgen-build'"):
+        resolve_command("no-such-actgen-build")
+    assert Path(resolve_command("actgen-build")).parent == Path(sys.executable).parent
+
+
+def test_inline_needs_a_local_pattern():
+    with pytest.raises(ValueError, match="synthetic.pattern"):
+        SyntheticConfig(source="inline", pattern="http://host/{round}")
+
+
+@pytest.mark.slow
+def test_one_command_runs_the_active_loop(tiny_train_config, torch_one_thread):
+    cfg = tiny_train_config("synthetic.source=inline", f"synthetic.build_config={REPO}/configs/build-smoke.yaml",
+                            "synthetic.build_overrides=[ray.executor=local,budget=8,output.min_shards=2]",
+                            "synthetic.on_missing=error")
+    summary = run(cfg)
+    run_dir = cfg.resolved_run_dir()
+    # Rounds 0 and 1 were each built by actgen-build and consumed by the next epoch.
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["synthetic_pool"] == 16
+    for r in (0, 1):
+        built = run_dir / "rounds" / str(r) / "shards"
+        index = read_index(built)
+        assert index.num_samples == 8 and len(index.shards) == 2
+        sample = ShardRandomAccess(built).sample(0)
+        # Provenance ties every image to the round's checkpoint and a hard sample of its manifest.
+        assert sample.provenance["checkpoint_sha256"] == bundle_sha256(run_dir / "rounds" / str(r) / "checkpoint")
+        manifest = json.loads((run_dir / "rounds" / str(r) / "hard_samples.json").read_text())
+        assert sample.provenance["source_id"] in {s["id"] for s in manifest["samples"]}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["synthetic_pool"] for row in rows] == [0, 8, 16, 16]
+    assert all(row["synthetic_seen"] > 0 for row in rows[1:])

@@ -1,0 +1,63 @@
+"""``synthetic.source: inline``: run ``actgen-build`` on each finished round, on this machine.
+
+The trainer never imports builder code (the two programs meet only in ``shards/``): it runs the
+builder's console script on the round folder it has just written, exactly as a separate job
+would, and the next epoch takes the finished data set through the usual path (wait, fetch,
+verify). A rerun after a crash is cheap: the builder keeps complete shards of an unfinished build
+with the same settings, and a finished one is left alone; since resume is exact, a re-run round
+writes the same checkpoint, so its settings match.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import SyntheticConfig
+
+_logger = logging.getLogger(__name__)
+
+
+def resolve_command(name: str) -> str:
+    """The builder's executable: beside this interpreter first (a venv need not be activated for
+    its scripts to run), then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"synthetic.build_command {name!r}: not found beside {sys.executable} nor on PATH; "
+                                "install actgen (it provides actgen-build) or set synthetic.source: shards")
+    return found
+
+
+def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str, horizon: int) -> list[str]:
+    """The command line that builds round ``round_dir``'s data set into ``output``.
+
+    ``horizon`` (the number of rounds) feeds the builder's §1.3 schedules; the config's own
+    ``build_overrides`` come last, so they win.
+    """
+    argv = [resolve_command(cfg.build_command)]
+    if cfg.build_config is not None:
+        argv += ["--config", cfg.build_config]
+    argv += ["--round-dir", str(round_dir), "--output", str(output), "--set", f"schedule.horizon={horizon}"]
+    for override in cfg.build_overrides:
+        argv += ["--set", override]
+    return argv
+
+
+def build_round(cfg: SyntheticConfig, round_dir: Path, output: str, horizon: int) -> None:
+    """Run the builder for one round; its output goes to this process's stdout/stderr.
+
+    Raises:
+        RuntimeError: the builder failed (its own error line is above, on stderr).
+    """
+    argv = builder_argv(cfg, round_dir, output, horizon)
+    _logger.info("building round %s inline: %s", round_dir.name, " ".join(argv))
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"inline actgen-build for {round_dir} failed with exit status {result.returncode} "
+                           f"(command: {' '.join(argv)})")
