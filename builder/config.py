@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+from actgen.shards.config import load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
 
 from .sampler import GuidanceConfig
@@ -221,49 +222,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ValueError: an unknown key, a mistyped value, a malformed override or a value out of
             range; the message names the file or the key.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    schema = OmegaConf.structured(BuildConfig)
-    layers = [schema]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
-            raise ValueError(f"{path}: not a valid YAML config ({' '.join(str(e).split())})") from None
-    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
-    if bad:
-        raise ValueError(f"override {bad[0]!r}: expected key.sub=value")
-    where = str(path) if path is not None else "defaults"
-    try:
-        merged = OmegaConf.merge(*layers)
-        if overrides:
-            where = "overrides"
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ValueError(f"{where}: {_omegaconf_message(e)}") from None
+    return load_structured(BuildConfig, path, overrides)
 
 
 def config_to_dict(cfg: BuildConfig) -> dict:
     """The resolved config as plain JSON-able values (``inf`` stays a float)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
+    return to_dict(cfg)
 
 
 def config_to_yaml(cfg: BuildConfig) -> str:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def _omegaconf_message(e: Exception) -> str:
-    """OmegaConf's message with the offending key folded in, on one line."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    head = lines[0] if lines else type(e).__name__
-    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
-    return head if (not key or key in head) else f"key '{key}': {head}"
+    return to_yaml(cfg)

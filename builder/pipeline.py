@@ -35,6 +35,7 @@ from typing import Optional
 
 from actgen.shards import __version__
 from actgen.shards.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
+from actgen.shards.config import diff_keys
 from actgen.shards.errors import FormatError
 from actgen.shards.reader import read_index, read_member, scan_tar
 from actgen.shards.samples import decode_image, decode_provenance
@@ -190,7 +191,7 @@ def prepare_output(output: Path, settings: dict, plan: BuildPlan, overwrite: boo
             if previous is None:
                 what = "is not empty and holds no actgen-build output (no build.json)"
             else:
-                changed = ", ".join(_diff(previous.get("settings", {}), settings["settings"])) or "format"
+                changed = ", ".join(diff_keys(previous.get("settings", {}), settings["settings"])) or "format"
                 what = (f"holds a{' finished' if finished else 'n unfinished'} build with other settings "
                         f"(differs in: {changed})")
             raise FileExistsError(f"{output}: output.path {what}; pass output.overwrite=true to replace it "
@@ -231,15 +232,6 @@ def _read_build_file(output: Path) -> Optional[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"format": "unreadable"}
     return data if isinstance(data, dict) and data.get("format") == BUILD_FORMAT else {"format": "unknown"}
-
-
-def _diff(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _finished_index(output: Path, plan: BuildPlan) -> Optional[DatasetIndex]:

@@ -8,12 +8,12 @@ and never written back onto the config.
 """
 from __future__ import annotations
 
-import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+from actgen.shards.config import diff_keys, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -428,103 +428,18 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ValueError: an unknown key, a mistyped value, a malformed override or a value out of
             range; the message names the file or the key.
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    schema = OmegaConf.structured(Config)
-    layers = [schema]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            layers.append(OmegaConf.load(path))
-        except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
-            raise ValueError(f"{path}: not a valid YAML config ({_first_line(e)})") from None
-    bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
-    if bad:
-        raise ValueError(f"override {bad[0]!r}: expected key.sub=value")
-    where, layer = (str(path), layers[-1]) if path is not None else ("defaults", None)
-    try:
-        merged = OmegaConf.merge(*layers)
-        if overrides:
-            where = "--set overrides"
-            layer = OmegaConf.from_dotlist(list(overrides))
-            merged = OmegaConf.merge(merged, layer)
-    except OmegaConfBaseException as e:
-        raise ValueError(f"{where}: {_omegaconf_message(e, schema, layer)}") from None
-    try:
-        return OmegaConf.to_object(merged)  # runs every __post_init__ check
-    except OmegaConfBaseException as e:
-        raise ValueError(f"{where}: {_omegaconf_message(e, schema, None)}") from None
-    except ValueError as e:
-        origin = " + ".join(filter(None, [str(path) if path is not None else "", "--set" if overrides else ""]))
-        raise ValueError(f"{origin or 'defaults'}: {e}") from None
+    return load_structured(Config, path, overrides)
 
 
 def config_to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what ``<run_dir>/config.yaml`` holds)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return to_yaml(cfg)
 
 
 def config_to_dict(cfg: Config) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
+    return to_dict(cfg)
 
 
-def diff_configs(a: Config, b: Config, prefix: str = "") -> list[str]:
+def diff_configs(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-    return _diff(config_to_dict(a), config_to_dict(b), prefix)
-
-
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _first_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
-def _omegaconf_message(e: Exception, schema: Any, layer: Any) -> str:
-    """OmegaConf's message with the offending key folded in, on one line."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    head = lines[0] if lines else type(e).__name__
-    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
-    if not key and layer is not None:
-        # OmegaConf names no key for a bad list element (and leaves '$VALUE' in the text):
-        # find the key by merging the layer's entries one at a time.
-        key, value = _locate_bad_entry(schema, layer)
-        head = re.sub(r"Value '\$VALUE' of type '\$VALUE_TYPE'", "an element", head)
-        if key:
-            return f"key '{key}' = {value!r}: {head}"
-    return head if (not key or key in head) else f"key '{key}': {head}"
-
-
-def _locate_bad_entry(schema: Any, layer: Any) -> tuple[str, Any]:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    def leaves(node: Any, prefix: str):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from leaves(v, f"{prefix}{k}.")
-        else:
-            yield prefix.rstrip("."), node
-
-    for dotted, value in leaves(OmegaConf.to_container(layer), ""):
-        nested: Any = value
-        for part in reversed(dotted.split(".")):
-            nested = {part: nested}
-        try:
-            OmegaConf.merge(schema, OmegaConf.create(nested))
-        except OmegaConfBaseException:
-            return dotted, value
-    return "", None
+    return diff_keys(to_dict(a), to_dict(b))
