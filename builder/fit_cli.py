@@ -1,0 +1,81 @@
+"""``actgen-fit-generator``: parse, load the config, set up logging, call :func:`actgen.builder.fit.run`."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .cli import _one_line, _setup_logging
+
+_logger = logging.getLogger(__name__)
+
+EPILOG = """\b
+Examples:
+  actgen-fit-generator --config configs/fit-digits.yaml
+  actgen-fit-generator --config configs/fit-digits.yaml --output /tmp/g --set train.steps=200
+  actgen-fit-generator --config configs/fit-digits.yaml --resume      # after an interruption
+  actgen-fit-generator --lora --output /tmp/g --set base=/models/sd21-base --set steps=2000
+
+\b
+The output directory is a Stable Diffusion-layout generator (unet/ vae/ text_encoder/ tokenizer/
+scheduler/) plus fit_record.json, samples/step-*.png (one row per class) and checkpoints/last.pt.
+Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.attention_resolution=R
+(R is in fit_record.json, builder_settings).
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config (see configs/fit-*.yaml); defaults when omitted.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Generator directory.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.steps=500 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.pt.")
+@click.option("--lora", is_flag=True, help="LoRA-fine-tune an existing SD 1.x/2.x generator instead "
+              "(config keys: actgen.builder.lora.LoraFitConfig, e.g. --set base=/models/sd21-base).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], resume: bool,
+         lora: bool, verbose: bool) -> None:
+    """Fit a small text-conditional diffusion model on a labeled data set, from scratch.
+
+    Trains a pixel-space UNet with cross-attention to a CLIP text encoder on prompts made from the
+    class names (with prompt dropout, for classifier-free guidance), keeps an EMA of the weights,
+    writes per-class sample grids and checkpoints, and saves a generator the builder loads.
+    """
+    _setup_logging(verbose)
+    try:
+        extra = [f"output='{output}'"] if output is not None else []
+        if lora:
+            if resume:
+                raise click.UsageError("--resume applies to fits from scratch, not to --lora")
+            from .lora import load_lora_config, run_lora
+
+            result = run_lora(load_lora_config(config_path, [*extra, *overrides]))
+            click.echo(f"{result.output}: LoRA fine-tuned in {len(result.losses)} steps "
+                       f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
+            return
+        from .fit import run
+        from .fit_config import load_fit_config
+
+        cfg = load_fit_config(config_path, [*extra, *overrides])
+        result = run(cfg, resume=resume)
+        click.echo(f"{result.output}: generator fitted in {result.step} steps "
+                   f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        click.echo("actgen-fit-generator: interrupted; rerun with --resume to continue from the last checkpoint",
+                   err=True)
+        sys.exit(130)
+    except (ValueError, OSError) as e:  # bad input: one line, no traceback
+        if verbose:
+            _logger.exception("failed")
+        click.echo(f"actgen-fit-generator: error: {_one_line(e)}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # python -m actgen.builder.fit_cli ...
+    main()
