@@ -8,6 +8,8 @@ from typing import Optional
 
 import click
 
+from actgen.shards.errors import one_line
+
 _logger = logging.getLogger(__name__)
 
 # The trainer's round layout (trainer/rounds.py and synthetic.pattern's default); repeated here
@@ -87,12 +89,12 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
         # FormatError and config errors are ValueErrors; missing or unwritable paths are OSErrors.
         if verbose:
             _logger.exception("failed")
-        click.echo(f"actgen-build: error: {_one_line(e)}", err=True)
+        click.echo(f"actgen-build: error: {one_line(e)}", err=True)
         sys.exit(2)
     except RuntimeError as e:  # a failure while rendering (device, worker)
         if verbose:
             _logger.exception("failed")
-        click.echo(f"actgen-build: failed: {_one_line(e)}", err=True)
+        click.echo(f"actgen-build: failed: {one_line(e)}", err=True)
         sys.exit(1)
 
 
@@ -109,13 +111,6 @@ def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Opti
             # Quoted, so that OmegaConf reads any path (with ':' or '=') as a string.
             out.append(f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"')
     return out
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{e.filename}: {text}"
-    return text or type(e).__name__
 
 
 if __name__ == "__main__":  # python -m actgen.builder.cli ...

@@ -8,7 +8,9 @@ from typing import Optional
 
 import click
 
-from .cli import _one_line, _setup_logging
+from actgen.shards.errors import one_line
+
+from .cli import _setup_logging
 
 _logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
     except (ValueError, OSError) as e:  # bad input: one line, no traceback
         if verbose:
             _logger.exception("failed")
-        click.echo(f"actgen-fit-generator: error: {_one_line(e)}", err=True)
+        click.echo(f"actgen-fit-generator: error: {one_line(e)}", err=True)
         sys.exit(2)
 
 

@@ -13,3 +13,12 @@ class FormatError(ValueError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as the one line both CLIs print for bad input (the file name folded in for
+    OSErrors whose message lacks it)."""
+    text = " ".join(str(e).split())
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
+    return text or type(e).__name__

@@ -9,6 +9,8 @@ from typing import Optional
 
 import click
 
+from actgen.shards.errors import one_line
+
 _logger = logging.getLogger(__name__)
 
 
@@ -74,7 +76,7 @@ def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optio
         # FormatError and config errors are ValueErrors; missing files are OSErrors.
         if verbose:
             _logger.exception("failed")
-        click.echo(f"actgen-train: error: {_one_line(e)}", err=True)
+        click.echo(f"actgen-train: error: {one_line(e)}", err=True)
         sys.exit(2)
 
 
@@ -90,13 +92,6 @@ def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Opti
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: not found; is {run_dir} a run directory?")
     return load_config(config_path, list(overrides) + extra)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{e.filename}: {text}"
-    return text or type(e).__name__
 
 
 if __name__ == "__main__":  # torchrun -m actgen.trainer.cli ...
