@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
-from actgen.shards.config import load_structured, to_dict, to_yaml
+from actgen.shards.config import check_value as _check, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
 
 from .sampler import GuidanceConfig
@@ -20,11 +20,6 @@ from .schedules import Mode
 
 TINY = "tiny"
 """``generator.path`` value for the in-process random tiny generator (tests, smoke runs)."""
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence
 
-from actgen.shards.config import load_structured, to_dict
+from actgen.shards.config import check_value as _check, load_structured, to_dict
 from actgen.shards.sources import DataSource
 
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True)

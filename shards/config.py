@@ -55,6 +55,12 @@ def load_structured(schema_cls: type[T], path: str | Path | None = None, overrid
         raise ValueError(f"{origin or 'defaults'}: {e}") from None
 
 
+def check_value(ok: bool, key: str, value: Any, expected: str) -> None:
+    """A range check for ``__post_init__``: ValueError naming the key, the value and what was expected."""
+    if not ok:
+        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
+
+
 def to_dict(cfg: Any) -> dict:
     """A config dataclass as plain containers (what gets written and compared)."""
     from omegaconf import OmegaConf

@@ -13,16 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from actgen.shards.config import diff_keys, load_structured, to_dict, to_yaml
+from actgen.shards.config import check_value as _check, diff_keys, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"config key '{key}' = {value!r}: expected {expected}")
 
 
 @dataclass(frozen=True)
