@@ -9,14 +9,10 @@ from typing import Optional
 import click
 
 from actgen.shards.errors import one_line
+from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
 
 _logger = logging.getLogger(__name__)
 
-# The trainer's round layout (trainer/rounds.py and synthetic.pattern's default); repeated here
-# because the two programs share only actgen.shards.
-ROUND_CHECKPOINT = "checkpoint"
-ROUND_MANIFEST = "hard_samples.json"
-ROUND_SHARDS = "shards"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -40,6 +36,14 @@ Examples:
 round) and writes R/shards/, where the trainer looks for them. The output holds WebDataset shards,
 index.json (written last), _info.json, a dataset card, build.json and contact_sheet.png.
 A rerun after a crash renders only the missing shards; bad input exits with status 2.
+
+\b
+Two-job mode: --watch RUN_DIR builds every round of a training run as its manifest appears
+(actgen-train with synthetic.on_missing: wait), marks each in rounds/<r>/build_status.json, and
+stops once all rounds of the run's schedule are built. Kill it and start it again at any time:
+finished rounds are skipped and an interrupted one keeps its finished shards.
+  actgen-build --config configs/build-smoke.yaml --watch runs/digits
+  actgen-build --config configs/build-sd21-base.yaml --watch /shared/runs/c10 --set ray.address=auto
 """
 
 
@@ -53,11 +57,17 @@ A rerun after a crash renders only the missing shards; bad input exits with stat
 @click.option("--output", type=click.Path(path_type=Path), help="Output directory of the shard data set.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set budget=64 --set guidance.margin=200 (repeatable).")
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Two-job mode: build each round of this training run directory as it appears.")
+@click.option("--poll", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="With --watch: seconds between looks for a new round.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With --watch: fail after this long without a new round (default: wait for ever).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
-         manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], print_config: bool,
-         verbose: bool) -> None:
+         manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
+         poll: float, idle_timeout: Optional[float], print_config: bool, verbose: bool) -> None:
     """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
 
     Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
@@ -70,6 +80,16 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
     try:
         from .config import config_to_yaml, load_config
 
+        if watch_dir is not None:
+            clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
+                                          ("--manifest", manifest), ("--output", output)) if v is not None]
+            if clash or print_config:
+                raise click.UsageError(f"--watch sets each round's paths itself; drop {clash or ['--print-config']}")
+            from .watch import WatchOptions, watch
+
+            built = watch(config_path, overrides, WatchOptions(watch_dir, poll_s=poll, idle_timeout_s=idle_timeout))
+            click.echo(f"{watch_dir}: every round built ({len(built)} by this run)")
+            return
         paths = _paths(round_dir, checkpoint, manifest, output)
         cfg = load_config(config_path, [*paths, *overrides])
         if print_config:
@@ -102,9 +122,9 @@ def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Opti
            output: Optional[Path]) -> list[str]:
     """Overrides for the three paths; explicit options win over --round-dir."""
     if round_dir is not None:
-        checkpoint = checkpoint or round_dir / ROUND_CHECKPOINT
-        manifest = manifest or round_dir / ROUND_MANIFEST
-        output = output or round_dir / ROUND_SHARDS
+        checkpoint = checkpoint or round_dir / CHECKPOINT_DIR
+        manifest = manifest or round_dir / MANIFEST_FILE
+        output = output or round_dir / SHARDS_DIR
     out = []
     for key, value in (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)):
         if value is not None:

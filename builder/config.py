@@ -66,7 +66,8 @@ class ScheduleConfig:
         enabled: draw each image's mode: plain text-to-image with a share falling from 0.5 at round
             0 to 0 at round ``horizon - 1``, the adversarial term with a probability rising from 0
             to 0.5. Off: every image uses ``mode`` and, for ``actgen``, every image the adversarial term.
-        horizon: number of generation rounds R (the paper: half the epochs, e.g. 150 of 300).
+        horizon: number of generation rounds R (the paper: half the epochs, e.g. 150 of 300);
+            null = the manifest's ``header.num_rounds`` (what the trainer's schedule has).
     """
 
     enabled: bool = False
@@ -74,8 +75,8 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.enabled:
-            _check(self.horizon is not None and self.horizon >= 2, "schedule.horizon", self.horizon,
-                   "an int >= 2 (the number of generation rounds) when schedule.enabled")
+            _check(self.horizon is None or self.horizon >= 2, "schedule.horizon", self.horizon,
+                   "null (the manifest's) or an int >= 2 (the number of generation rounds) when schedule.enabled")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def run(cfg: BuildConfig) -> BuildResult:
     """Build one round's synthetic shard data set (see the module docstring)."""
     # 1. Inputs; nothing is written before they pass.
     inputs = resolve_inputs(cfg)
+    cfg = resolve_horizon(cfg, inputs)
     # 2. Plan.
     shards = num_shards(cfg.budget, cfg.output.samples_per_shard, cfg.output.min_shards)
     plan = make_plan(inputs.manifest.samples, cfg.budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
@@ -140,6 +141,21 @@ def run(cfg: BuildConfig) -> BuildResult:
 
 
 # -- settings and the output directory ---------------------------------------------------------
+
+
+def resolve_horizon(cfg: BuildConfig, inputs: BuildInputs) -> BuildConfig:
+    """``schedule.horizon: null`` takes the manifest's ``header.num_rounds`` (recorded in build.json)."""
+    if not cfg.schedule.enabled or cfg.schedule.horizon is not None:
+        return cfg
+    num_rounds = inputs.manifest.header.num_rounds
+    if num_rounds is None:
+        raise ValueError(f"config key 'schedule.horizon' is null and manifest {cfg.manifest} has no "
+                         "'header.num_rounds' (it predates the field); set schedule.horizon to the run's "
+                         "number of rounds")
+    if num_rounds < 2:
+        raise ValueError(f"manifest {cfg.manifest}: 'header.num_rounds' is {num_rounds}, but schedule.enabled "
+                         "needs at least 2 generation rounds; set schedule.enabled=false for this run")
+    return dataclasses.replace(cfg, schedule=dataclasses.replace(cfg.schedule, horizon=num_rounds))
 
 
 def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan) -> dict:

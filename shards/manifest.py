@@ -8,6 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from . import __version__
 from ._schema import check_format, dumps, from_jsonable, read_json_file, utc_now
@@ -40,6 +41,9 @@ class ManifestHeader:
     checkpoint_sha256: str      # sha256 of the bundle's model.safetensors
     round: int
     epoch: int
+    # Rounds the run's schedule has in all; the builder's §1.3 schedules need it. Optional so
+    # that manifests written before it existed still read.
+    num_rounds: Optional[int] = None
     format: str = MANIFEST_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -65,6 +69,9 @@ def _check(manifest: HardSampleManifest, where: str) -> None:
     if header.num_evaluated < len(manifest.samples):
         raise FormatError(where, f"field 'header.num_evaluated' ({header.num_evaluated}) is smaller than the "
                                  f"number of hard samples ({len(manifest.samples)})")
+    if header.num_rounds is not None and not header.round < header.num_rounds:
+        raise FormatError(where, f"field 'header.num_rounds' ({header.num_rounds}) must exceed "
+                                 f"'header.round' ({header.round})")
     fp12 = header.dataset_fingerprint[:12]
     seen: dict[str, int] = {}
     for i, s in enumerate(manifest.samples):

@@ -102,7 +102,7 @@ def test_config_loading_and_errors(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         load_config(None, paths + ["mode=dream"])
     with pytest.raises(ValueError, match="schedule.horizon"):
-        load_config(None, paths + ["schedule.enabled=true"])
+        load_config(None, paths + ["schedule.enabled=true", "schedule.horizon=1"])
     with pytest.raises(ValueError, match="output.size"):
         load_config(None, paths + ["output.resize=fixed"])
     with pytest.raises(ValueError, match="config key 'checkpoint'"):

@@ -125,3 +125,25 @@ def test_resume_refuses_a_generator_whose_weights_changed_in_place(build_config,
     with pytest.raises(ValueError, match="but the shards already in .* were rendered by"):
         run(cfg)
     assert not (out / "synth-000002.tar").exists() and not (out / INDEX_FILE).exists()
+
+
+def test_a_null_horizon_takes_the_manifests_round_count(build_config, build_round, tmp_path):
+    import dataclasses
+    import json
+
+    from actgen.shards.manifest import write_manifest
+
+    # A manifest without header.num_rounds (the fixture's) cannot feed the §1.3 schedules.
+    with pytest.raises(ValueError, match=r"'schedule.horizon' is null .* no 'header.num_rounds'"):
+        run(build_config("schedule.enabled=true", output=tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
+    # With it, the build is the one an explicit horizon gives: same plan, horizon recorded.
+    manifest = read_manifest(build_round / "hard_samples.json")
+    counted = tmp_path / "hard_samples.json"
+    write_manifest(counted, dataclasses.replace(manifest, header=dataclasses.replace(manifest.header, num_rounds=3)))
+    implicit = run(build_config("schedule.enabled=true", "budget=8", f"manifest={counted}", output=tmp_path / "a"))
+    explicit = run(build_config("schedule.enabled=true", "schedule.horizon=3", "budget=8", output=tmp_path / "b"))
+    settings = [json.loads((r.output / "build.json").read_text())["settings"] for r in (implicit, explicit)]
+    assert settings[0]["schedule"]["horizon"] == 3
+    assert settings[0]["plan_sha256"] == settings[1]["plan_sha256"]
+    assert _shas(implicit.output) == _shas(explicit.output)

@@ -19,13 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_builder_argv_points_the_builder_at_the_round(tmp_path):
     cfg = SyntheticConfig(source="inline", build_config="configs/build-smoke.yaml",
                           build_overrides=["budget=8", "ray.executor=local"])
-    argv = builder_argv(cfg, tmp_path / "rounds" / "3", str(tmp_path / "out"), horizon=5)
+    argv = builder_argv(cfg, tmp_path / "rounds" / "3", str(tmp_path / "out"))
     assert Path(argv[0]).name == "actgen-build"
     assert argv[1:3] == ["--config", "configs/build-smoke.yaml"]
     assert argv[argv.index("--round-dir") + 1] == str(tmp_path / "rounds" / "3")
     assert argv[argv.index("--output") + 1] == str(tmp_path / "out")
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert sets == ["schedule.horizon=5", "budget=8", "ray.executor=local"]  # the config's own win: last
+    assert sets == ["budget=8", "ray.executor=local"]  # the config's own win: last
 
 
 def test_a_missing_builder_command_is_named():

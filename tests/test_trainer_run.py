@@ -60,6 +60,7 @@ def test_rounds_with_a_builder_running_alongside(tiny_train_config, write_digit_
         bundle = run_dir / "rounds" / str(r) / "checkpoint"
         h = manifest.header
         assert (h.round, h.epoch, h.split_seed, h.num_evaluated) == (r, r, 42, len(split.holdout))
+        assert h.num_rounds == 2  # the builder's §1.3 schedules read the round count here
         assert h.dataset_fingerprint == digits.fingerprint and h.dataset["path"] == "builtin:digits"
         assert h.checkpoint_sha256 == bundle_sha256(bundle)
         # 2. The hard samples are exactly the hold-out images the bundled model gets wrong.

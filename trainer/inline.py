@@ -34,28 +34,28 @@ def resolve_command(name: str) -> str:
     return found
 
 
-def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str, horizon: int) -> list[str]:
+def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str) -> list[str]:
     """The command line that builds round ``round_dir``'s data set into ``output``.
 
-    ``horizon`` (the number of rounds) feeds the builder's §1.3 schedules; the config's own
-    ``build_overrides`` come last, so they win.
+    The builder reads the number of rounds for its §1.3 schedules from the manifest; the
+    config's own ``build_overrides`` come last, so they win.
     """
     argv = [resolve_command(cfg.build_command)]
     if cfg.build_config is not None:
         argv += ["--config", cfg.build_config]
-    argv += ["--round-dir", str(round_dir), "--output", str(output), "--set", f"schedule.horizon={horizon}"]
+    argv += ["--round-dir", str(round_dir), "--output", str(output)]
     for override in cfg.build_overrides:
         argv += ["--set", override]
     return argv
 
 
-def build_round(cfg: SyntheticConfig, round_dir: Path, output: str, horizon: int) -> None:
+def build_round(cfg: SyntheticConfig, round_dir: Path, output: str) -> None:
     """Run the builder for one round; its output goes to this process's stdout/stderr.
 
     Raises:
         RuntimeError: the builder failed (its own error line is above, on stderr).
     """
-    argv = builder_argv(cfg, round_dir, output, horizon)
+    argv = builder_argv(cfg, round_dir, output)
     _logger.info("building round %s inline: %s", round_dir.name, " ".join(argv))
     result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
     if result.returncode != 0:

@@ -12,23 +12,21 @@ from pathlib import Path
 import torch
 
 from actgen.shards.bundle import BundleConfig, write_bundle
-from actgen.shards.manifest import HardSample, HardSampleManifest, ManifestHeader, write_manifest
+from actgen.shards.errors import FormatError
+from actgen.shards.manifest import HardSample, HardSampleManifest, ManifestHeader, read_manifest, write_manifest
+from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, round_dir
 
 from .config import Config
 from .model import model_kwargs
 
 _logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "hard_samples.json"
-CHECKPOINT_DIR = "checkpoint"
-
-
-def round_dir(run_dir: str | Path, round: int) -> Path:
-    return Path(run_dir) / "rounds" / str(round)
+__all__ = ["CHECKPOINT_DIR", "MANIFEST_FILE", "round_dir", "write_round"]
 
 
 def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_dict: dict[str, torch.Tensor],
-                images, hard_samples: list[HardSample], num_evaluated: int, metrics: dict[str, float]) -> Path:
+                images, hard_samples: list[HardSample], num_evaluated: int, metrics: dict[str, float],
+                num_rounds: int) -> Path:
     """Write round ``round``'s bundle and manifest; return the manifest path.
 
     Args:
@@ -41,6 +39,7 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         hard_samples: the misclassified hold-out samples.
         num_evaluated: hold-out size.
         metrics: recorded in the bundle (finite floats only).
+        num_rounds: rounds in the run's schedule (the builder's §1.3 schedules need it).
     """
     directory = round_dir(run_dir, round)
     size = cfg.input.image_size
@@ -54,9 +53,28 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         dataset=dataclasses.asdict(images.source), dataset_fingerprint=images.fingerprint,
         class_names=list(images.class_names), split_seed=cfg.data.split_seed,
         holdout_fraction=cfg.data.holdout_fraction, num_evaluated=num_evaluated, checkpoint_sha256=sha256,
-        round=round, epoch=epoch)
+        round=round, epoch=epoch, num_rounds=num_rounds)
     path = directory / MANIFEST_FILE
-    write_manifest(path, HardSampleManifest(header=header, samples=list(hard_samples)))
+    manifest = HardSampleManifest(header=header, samples=list(hard_samples))
+    if _same_as_written(path, manifest):
+        # A resumed run that redoes this epoch writes the same round again: keep the file, so
+        # that a builder that already started on it (its sha256 is in build.json) carries on.
+        _logger.info("round %d: %s unchanged (epoch %d redone after a resume)", round, path, epoch)
+        return path
+    write_manifest(path, manifest)
     _logger.info("round %d (after epoch %d): %d hard samples of %d hold-out images -> %s", round, epoch,
                  len(hard_samples), num_evaluated, path)
     return path
+
+
+def _same_as_written(path: Path, manifest: HardSampleManifest) -> bool:
+    """Whether ``path`` already holds ``manifest``, apart from when and by which version it was written."""
+    if not path.is_file():
+        return False
+    try:
+        old = read_manifest(path)
+    except FormatError:
+        return False
+    stamp = {"created": "", "tool_version": ""}
+    return (dataclasses.replace(old.header, **stamp) == dataclasses.replace(manifest.header, **stamp)
+            and old.samples == manifest.samples)

@@ -213,12 +213,12 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         round_info = None
         r = schedule.round_ending_at(epoch)
         if r is not None:
-            round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc)
+            round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
+                                    schedule.num_rounds)
             progress.rounds_done.append(round_info)
             if cfg.synthetic.source == "inline":
                 if rt.is_main:
-                    build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r),
-                                horizon=schedule.num_rounds)
+                    build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r))
                 dist_utils.barrier(rt)
         # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
         progress.epoch = epoch + 1
@@ -324,14 +324,14 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
 
 
 def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
-               images: LabeledImages, holdout: Optional[Predictions], test_acc: float) -> dict:
+               images: LabeledImages, holdout: Optional[Predictions], test_acc: float, num_rounds: int) -> dict:
     assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
     hard = holdout.hard_samples(images, list(images.class_names))
     info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
             "manifest": str(round_dir(run_dir, r) / "hard_samples.json")}
     if rt.is_main:
         write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
-                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc})
+                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds)
     dist_utils.barrier(rt)
     return info
 

@@ -1,0 +1,162 @@
+"""Two-job mode: watch a training run's round folders, build each new round, mark it done.
+
+``actgen-train`` (with ``synthetic.source: shards`` and ``on_missing: wait``) writes
+``rounds/<r>/checkpoint/`` and then ``rounds/<r>/hard_samples.json``; this loop, in another process
+or on a Ray cluster, notices the manifest, builds ``rounds/<r>/shards/`` with the same
+:func:`~.pipeline.run` as a one-off build, and marks the round in ``rounds/<r>/build_status.json``
+(the layout is ``actgen.shards.rounds``'s, the contract both programs share).
+
+Either side may be killed at any moment and restarted:
+
+- the trainer resumes from its ``last.pt`` and waits for whatever round it needs next;
+- the watcher skips rounds marked ``done`` whose index reads, and rebuilds the rest: a round killed
+  half way keeps its complete shards (the pipeline's resume), so no finished work is redone.
+
+The watcher stops once every round of the run's schedule is built (the manifests record how many
+there are: ``header.num_rounds``), or with an error after ``idle_timeout_s`` without a new round.
+One watcher per run directory: two would render the same shards twice (harmlessly, each shard
+being written atomically, but wastefully).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from actgen.shards.errors import FormatError, one_line
+from actgen.shards.manifest import read_manifest
+from actgen.shards.reader import read_index
+from actgen.shards.writer import file_sha256
+from actgen.shards.rounds import (CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, BuildStatus, list_rounds, read_status,
+                                  round_dir, write_status)
+
+from .config import BuildConfig, load_config
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """How to watch.
+
+    Attributes:
+        run_dir: the training run directory (the one holding ``rounds/``); it may not exist yet.
+        poll_s: seconds between looks for a new round.
+        idle_timeout_s: give up (TimeoutError) after this long without a new round to build;
+            None waits for ever.
+    """
+
+    run_dir: Path
+    poll_s: float = 10.0
+    idle_timeout_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.poll_s <= 0:
+            raise ValueError(f"--poll = {self.poll_s}: expected a number of seconds > 0")
+        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
+            raise ValueError(f"--idle-timeout = {self.idle_timeout_s}: expected a number of seconds > 0")
+
+
+def round_paths(directory: Path) -> list[str]:
+    """``--set`` overrides pointing a build at one round folder (quoted: paths may hold ':' or '=')."""
+    pairs = (("checkpoint", directory / CHECKPOINT_DIR), ("manifest", directory / MANIFEST_FILE),
+             ("output.path", directory / SHARDS_DIR))
+    return [f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"' for key, value in pairs]
+
+
+def is_built(directory: Path) -> bool:
+    """Marked done, its index reads, and it was built from the manifest now in the folder.
+
+    A status without its data set is not trusted; a data set built from an earlier manifest (a
+    trainer killed before its checkpoint redoes the epoch and may write the round anew) is stale.
+    """
+    status = read_status(directory)
+    if status is None or status.state != "done":
+        return False
+    try:
+        index = read_index(directory / SHARDS_DIR)
+    except FormatError:
+        return False
+    return index.created.get("manifest_sha256") == file_sha256(directory / MANIFEST_FILE)
+
+
+def expected_rounds(run_dir: Path, ready: Sequence[int]) -> Optional[int]:
+    """How many rounds the run's schedule has, from its latest manifest (None: not recorded yet)."""
+    if not ready:
+        return None
+    return read_manifest(round_dir(run_dir, ready[-1]) / MANIFEST_FILE).header.num_rounds
+
+
+def build_one(config_path: Optional[Path], overrides: Sequence[str], directory: Path,
+              build: Callable[[BuildConfig], object]) -> BuildStatus:
+    """Build one round folder and mark it; a failure is marked ``failed`` and raised.
+
+    A kill leaves the status at ``building``; the next attempt resumes the round's shards.
+    """
+    previous = read_status(directory)
+    attempts = previous.attempts + 1 if previous is not None else 1
+    round_number = int(directory.name)
+    try:
+        # overwrite: the folder belongs to the run, so an unfinished build of the same settings is
+        # resumed (its shards kept) and one made from an earlier manifest is replaced.
+        cfg = load_config(config_path, [*round_paths(directory), "output.overwrite=true", *overrides])
+    except (ValueError, OSError) as e:
+        write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts, error=one_line(e)))
+        raise
+    write_status(directory, BuildStatus(state="building", round=round_number, attempts=attempts))
+    started = time.perf_counter()
+    try:
+        result = build(cfg)
+    except Exception as e:  # marked, then raised unchanged for the CLI's exit status
+        write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts, error=one_line(e)))
+        raise
+    images = result.index.num_samples if hasattr(result, "index") else 0
+    return write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts, images=images,
+                                               seconds=round(time.perf_counter() - started, 3)))
+
+
+def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,
+          build: Optional[Callable[[BuildConfig], object]] = None, sleep: Callable[[float], None] = time.sleep,
+          clock: Callable[[], float] = time.monotonic) -> list[int]:
+    """Build every round of ``opts.run_dir`` as it appears; return the rounds this call built.
+
+    Raises:
+        TimeoutError: nothing new for ``opts.idle_timeout_s``.
+        ValueError, OSError, RuntimeError: a round failed to build (marked ``failed`` first).
+    """
+    if build is None:
+        from .pipeline import run as build
+    # Check the config once up front, so a typo fails now and not at the first round.
+    load_config(config_path, [*round_paths(Path("round")), *overrides])
+    run_dir = Path(opts.run_dir)
+    built: list[int] = []
+    last_news = clock()
+    waiting_for = None
+    while True:
+        ready = list_rounds(run_dir)
+        for r in ready:
+            directory = round_dir(run_dir, r)
+            if is_built(directory):
+                continue
+            _logger.info("round %d: building %s", r, directory / SHARDS_DIR)
+            status = build_one(config_path, overrides, directory, build)
+            _logger.info("round %d: done, %d images in %.1f s (attempt %d)", r, status.images, status.seconds,
+                         status.attempts)
+            built.append(r)
+            last_news = clock()
+        expected = expected_rounds(run_dir, ready)
+        if expected is not None and all(is_built(round_dir(run_dir, r)) for r in range(expected)):
+            _logger.info("%s: all %d rounds built (%d by this watcher); stopping", run_dir, expected, len(built))
+            return built
+        nxt = next((r for r in range(expected or len(ready) + 1) if r not in ready), len(ready))
+        if nxt != waiting_for:
+            total = f" of {expected}" if expected is not None else ""
+            _logger.info("waiting for round %d%s in %s (looking every %.0f s)", nxt, total, run_dir / "rounds",
+                         opts.poll_s)
+            waiting_for = nxt
+        if opts.idle_timeout_s is not None and clock() - last_news > opts.idle_timeout_s:
+            raise TimeoutError(f"{run_dir}: no new round to build for {opts.idle_timeout_s:.0f} s "
+                               f"(--idle-timeout); round {nxt} never appeared")
+        sleep(opts.poll_s)
