@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/actgen-train --config configs/train-digits.yaml --run-dir runs/demo
+	$(BIN)/actgen-demo --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -97,7 +97,13 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
             return
         from .pipeline import run
 
-        result = run(cfg)
+        if round_dir is not None and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve():
+            # A trainer round folder: mark it in build_status.json, as the watcher does.
+            from .watch import build_one
+
+            _, result = build_one(round_dir, cfg, run)
+        else:
+            result = run(cfg)
         click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "
                    f"({len(result.rendered)} rendered, {len(result.kept)} kept)")
     except click.ClickException:

@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 from actgen.shards.errors import FormatError, one_line
 from actgen.shards.manifest import read_manifest
@@ -35,6 +35,7 @@ from actgen.shards.rounds import (CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, Bui
 from .config import BuildConfig, load_config
 
 _logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,32 +90,38 @@ def expected_rounds(run_dir: Path, ready: Sequence[int]) -> Optional[int]:
     return read_manifest(round_dir(run_dir, ready[-1]) / MANIFEST_FILE).header.num_rounds
 
 
-def build_one(config_path: Optional[Path], overrides: Sequence[str], directory: Path,
-              build: Callable[[BuildConfig], object]) -> BuildStatus:
-    """Build one round folder and mark it; a failure is marked ``failed`` and raised.
+def build_one(directory: Path, cfg: BuildConfig, build: Callable[[BuildConfig], T]) -> tuple[BuildStatus, T]:
+    """Build one round folder with ``cfg`` and mark it; return the status and what ``build`` returned.
+
+    A failure is marked ``failed`` and raised.
 
     A kill leaves the status at ``building``; the next attempt resumes the round's shards.
     """
     previous = read_status(directory)
     attempts = previous.attempts + 1 if previous is not None else 1
-    round_number = int(directory.name)
-    try:
-        # overwrite: the folder belongs to the run, so an unfinished build of the same settings is
-        # resumed (its shards kept) and one made from an earlier manifest is replaced.
-        cfg = load_config(config_path, [*round_paths(directory), "output.overwrite=true", *overrides])
-    except (ValueError, OSError) as e:
-        write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts, error=one_line(e)))
-        raise
+    round_number = int(directory.name) if directory.name.isdigit() else -1
     write_status(directory, BuildStatus(state="building", round=round_number, attempts=attempts))
     started = time.perf_counter()
     try:
         result = build(cfg)
-    except Exception as e:  # marked, then raised unchanged for the CLI's exit status
-        write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts, error=one_line(e)))
+    except BaseException as e:  # marked, then raised unchanged for the CLI's exit status
+        if not isinstance(e, KeyboardInterrupt):   # an interrupt stays "building": resumable
+            write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
+                                                error=one_line(e)))
         raise
     images = result.index.num_samples if hasattr(result, "index") else 0
-    return write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts, images=images,
-                                               seconds=round(time.perf_counter() - started, 3)))
+    status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts, images=images,
+                                                 seconds=round(time.perf_counter() - started, 3)))
+    return status, result
+
+
+def load_round_config(config_path: Optional[Path], overrides: Sequence[str], directory: Path) -> BuildConfig:
+    """The config of one round folder in watch mode.
+
+    ``output.overwrite``: the folder belongs to the run, so an unfinished build of the same
+    settings is resumed (its shards kept) and one made from an earlier manifest is replaced.
+    """
+    return load_config(config_path, [*round_paths(directory), "output.overwrite=true", *overrides])
 
 
 def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,
@@ -129,7 +136,7 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
     if build is None:
         from .pipeline import run as build
     # Check the config once up front, so a typo fails now and not at the first round.
-    load_config(config_path, [*round_paths(Path("round")), *overrides])
+    load_round_config(config_path, overrides, Path("round"))
     run_dir = Path(opts.run_dir)
     built: list[int] = []
     last_news = clock()
@@ -141,7 +148,7 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
             if is_built(directory):
                 continue
             _logger.info("round %d: building %s", r, directory / SHARDS_DIR)
-            status = build_one(config_path, overrides, directory, build)
+            status, _ = build_one(directory, load_round_config(config_path, overrides, directory), build)
             _logger.info("round %d: done, %d images in %.1f s (attempt %d)", r, status.images, status.seconds,
                          status.attempts)
             built.append(r)

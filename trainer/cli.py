@@ -78,6 +78,11 @@ def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optio
             _logger.exception("failed")
         click.echo(f"actgen-train: error: {one_line(e)}", err=True)
         sys.exit(2)
+    except RuntimeError as e:  # a failure while running (an inline build, a worker)
+        if verbose:
+            _logger.exception("failed")
+        click.echo(f"actgen-train: failed: {one_line(e)}", err=True)
+        sys.exit(1)
 
 
 def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool):

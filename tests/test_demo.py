@@ -1,0 +1,76 @@
+"""``actgen-demo``: the whole loop from one command (fit, active run with inline builds, baseline,
+report), resumable, refusing a generator fitted on other data. Tiny sizes throughout."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from actgen.builder.fit_config import load_fit_config
+from actgen.shards.config import to_yaml
+from actgen.shards.rounds import read_status
+from actgen.trainer.config import config_to_yaml
+from actgen.trainer.demo import DemoConfig, run
+
+from test_fit_generator import TINY_FIT
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture
+def demo_config(tiny_train_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the fit and build subprocesses
+    train = tmp_path / "train.yaml"
+    train.write_text(config_to_yaml(tiny_train_config()))   # 4 epochs: rounds after epochs 0 and 1
+    fit = tmp_path / "fit.yaml"
+    fit.write_text(to_yaml(load_fit_config(None, ["output=unused", *TINY_FIT, "model.attention_resolution=4"])))
+    return DemoConfig(output=str(tmp_path / "demo"), train_config=str(train), build_config="configs/build-smoke.yaml",
+                      build_overrides=["ray.executor=local", "budget=8", "schedule.horizon=null",
+                                       "generator.attention_resolution=4"],
+                      generator=str(tmp_path / "gen"), fit_config=str(fit))
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_to_a_report_and_resumes(demo_config, tmp_path):
+    report = run(demo_config)
+    out = tmp_path / "demo"
+    active = json.loads((out / "active" / "summary.json").read_text())
+    baseline = json.loads((out / "baseline" / "summary.json").read_text())
+    # The generator was fitted, every round built by it and consumed; the baseline saw none.
+    record = json.loads((tmp_path / "gen" / "fit_record.json").read_text())
+    assert active["complete"] and baseline["complete"]
+    assert [e["round"] for e in active["pool"]] == [0, 1] and active["synthetic_pool"] == 16
+    assert baseline["synthetic_pool"] == 0
+    for r in (0, 1):
+        assert read_status(out / "active" / "rounds" / str(r)).state == "done"   # inline builds are marked too
+        built = json.loads((out / "active" / "rounds" / str(r) / "shards" / "build.json").read_text())
+        assert built["settings"]["generator"]["path"] == str((tmp_path / "gen").absolute())
+        assert record["weights_sha256"]
+    # The report states the runs' own numbers and draws both figures.
+    text = report.read_text()
+    final = re.search(r"Final test accuracy: \*\*([\d.]+)%\*\* with synthetic data, ([\d.]+)% without", text)
+    assert final, text
+    assert float(final.group(1)) == pytest.approx(100 * active["final"]["test_acc"], abs=0.006)
+    assert float(final.group(2)) == pytest.approx(100 * baseline["final"]["test_acc"], abs=0.006)
+    assert text.count("\n| ") >= 2 + 4                       # round rows + per-epoch rows
+    for png in ("accuracy.png", "hard_vs_rendered.png"):
+        assert f"]({png})" in text
+        with Image.open(out / png) as image:
+            assert image.size[0] > 200 and image.size[1] > 50
+    # A rerun reuses the generator and the finished runs: nothing is fitted or trained again.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "gen" / "fit_record.json", out / "active" / "last.pt",
+                                                 out / "baseline" / "last.pt")}
+    run(demo_config)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert "generator (reused)" in report.read_text() and "finished earlier" in report.read_text()
+
+
+def test_demo_refuses_a_generator_fitted_on_other_data(demo_config, tmp_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "fit_record.json").write_text(json.dumps({"data": {"fingerprint": "f" * 64}}))
+    with pytest.raises(ValueError, match=r"fit_record.json: this generator was fitted on data set ffffffffffff"):
+        run(demo_config)
+    assert not (tmp_path / "demo").exists()
