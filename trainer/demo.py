@@ -152,7 +152,22 @@ def load_demo_config(path: Optional[Path], overrides: Sequence[str] = ()) -> Dem
     return load_structured(DemoConfig, path, overrides)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EPILOG = """\b
+Examples:
+  actgen-demo                                        # configs/demo.yaml: the embedded digits
+  actgen-demo --set output=runs/demo2 --set baseline=false
+  actgen-demo --set 'train_overrides=["train.epochs=10"]'
+
+\b
+Writes into OUTPUT:
+  active/     the actgen-train run with inline builds (rounds/<r>/shards: what was rendered)
+  baseline/   the same run on real images only
+  report.md   with accuracy.png and hard_vs_rendered.png
+The generator directory is reused on later runs; delete it to fit again.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default="configs/demo.yaml", show_default=True, help="Demo config (see configs/demo.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
