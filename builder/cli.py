@@ -14,7 +14,6 @@ from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
 _logger = logging.getLogger(__name__)
 
 
-
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -131,12 +130,10 @@ def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Opti
         checkpoint = checkpoint or round_dir / CHECKPOINT_DIR
         manifest = manifest or round_dir / MANIFEST_FILE
         output = output or round_dir / SHARDS_DIR
-    out = []
-    for key, value in (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)):
-        if value is not None:
-            # Quoted, so that OmegaConf reads any path (with ':' or '=') as a string.
-            out.append(f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"')
-    return out
+    from .config import path_override
+
+    return [path_override(key, value) for key, value in
+            (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)) if value is not None]
 
 
 if __name__ == "__main__":  # python -m actgen.builder.cli ...

@@ -210,6 +210,12 @@ class BuildConfig:
                f"at most budget = {self.budget} (every shard holds at least one image)")
 
 
+def path_override(key: str, value: str | Path) -> str:
+    """A ``key=value`` override for a path, quoted so that OmegaConf reads any path (with ':' or
+    '=') as a string."""
+    return f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"'
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 

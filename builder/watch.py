@@ -28,11 +28,11 @@ from typing import Callable, Optional, Sequence, TypeVar
 from actgen.shards.errors import FormatError, one_line
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import read_index
-from actgen.shards.writer import file_sha256
 from actgen.shards.rounds import (CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, BuildStatus, list_rounds, read_status,
                                   round_dir, write_status)
+from actgen.shards.writer import file_sha256
 
-from .config import BuildConfig, load_config
+from .config import BuildConfig, load_config, path_override
 
 _logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,10 +61,10 @@ class WatchOptions:
 
 
 def round_paths(directory: Path) -> list[str]:
-    """``--set`` overrides pointing a build at one round folder (quoted: paths may hold ':' or '=')."""
-    pairs = (("checkpoint", directory / CHECKPOINT_DIR), ("manifest", directory / MANIFEST_FILE),
-             ("output.path", directory / SHARDS_DIR))
-    return [f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"' for key, value in pairs]
+    """``--set`` overrides pointing a build at one round folder."""
+    return [path_override("checkpoint", directory / CHECKPOINT_DIR),
+            path_override("manifest", directory / MANIFEST_FILE),
+            path_override("output.path", directory / SHARDS_DIR)]
 
 
 def is_built(directory: Path) -> bool:
@@ -139,13 +139,27 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
     load_round_config(config_path, overrides, Path("round"))
     run_dir = Path(opts.run_dir)
     built: list[int] = []
+    # Rounds seen built, by their manifest's mtime: a long run has many rounds, and hashing every
+    # manifest at every poll would cost more than the poll.
+    confirmed: dict[int, int] = {}
+
+    def built_now(r: int) -> bool:
+        manifest = round_dir(run_dir, r) / MANIFEST_FILE
+        stamp = manifest.stat().st_mtime_ns if manifest.is_file() else -1
+        if confirmed.get(r) == stamp:
+            return True
+        if is_built(round_dir(run_dir, r)):
+            confirmed[r] = stamp
+            return True
+        return False
+
     last_news = clock()
     waiting_for = None
     while True:
         ready = list_rounds(run_dir)
         for r in ready:
             directory = round_dir(run_dir, r)
-            if is_built(directory):
+            if built_now(r):
                 continue
             _logger.info("round %d: building %s", r, directory / SHARDS_DIR)
             status, _ = build_one(directory, load_round_config(config_path, overrides, directory), build)
@@ -154,7 +168,7 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
             built.append(r)
             last_news = clock()
         expected = expected_rounds(run_dir, ready)
-        if expected is not None and all(is_built(round_dir(run_dir, r)) for r in range(expected)):
+        if expected is not None and all(built_now(r) for r in range(expected)):
             _logger.info("%s: all %d rounds built (%d by this watcher); stopping", run_dir, expected, len(built))
             return built
         nxt = next((r for r in range(expected or len(ready) + 1) if r not in ready), len(ready))
