@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +189,6 @@ def write_report(output: str | Path, active_dir: str | Path, baseline_dir: Optio
 
 
 def _relative(path: Path, start: Path) -> str:
-    import os
-
     return os.path.relpath(path, start)
 
 
