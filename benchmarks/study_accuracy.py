@@ -10,7 +10,8 @@ product exactly as a user runs it.
 The study is resumable: a finished run (``summary.json`` complete) is read, not rerun; an
 interrupted one is resumed from its ``last.pt``.
 
-    python benchmarks/study_accuracy.py                        # the whole study (~1 h on 2 cores)
+    python benchmarks/study_accuracy.py                        # the whole study: 24 runs, 94 min
+                                                               # here with --threads 1
     python benchmarks/study_accuracy.py --conditions real,actgen --seeds 0
     python benchmarks/study_accuracy.py --report-only          # table + plot from finished runs
 
