@@ -8,10 +8,8 @@ from typing import Optional
 
 import click
 
-from actgen.shards.errors import one_line
+from actgen.shards.errors import cli_errors
 from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
-
-_logger = logging.getLogger(__name__)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -76,7 +74,8 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
     shard data set with provenance for every image.
     """
     _setup_logging(verbose)
-    try:
+    with cli_errors("actgen-build", verbose,
+                    interrupted="interrupted; rerun the same command to finish the missing shards"):
         from .config import config_to_yaml, load_config
 
         if watch_dir is not None:
@@ -96,8 +95,10 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
             return
         from .pipeline import run
 
-        if round_dir is not None and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve():
-            # A trainer round folder: mark it in build_status.json, as the watcher does.
+        if (round_dir is not None and (round_dir / MANIFEST_FILE).is_file()
+                and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve()):
+            # A trainer round folder: mark it in build_status.json, as the watcher does. (Without
+            # a manifest it is no round folder, and the pipeline's input checks name what is missing.)
             from .watch import build_one
 
             _, result = build_one(round_dir, cfg, run)
@@ -105,22 +106,6 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
             result = run(cfg)
         click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "
                    f"({len(result.rendered)} rendered, {len(result.kept)} kept)")
-    except click.ClickException:
-        raise
-    except KeyboardInterrupt:
-        click.echo("actgen-build: interrupted; rerun the same command to finish the missing shards", err=True)
-        sys.exit(130)
-    except (ValueError, OSError, TimeoutError) as e:  # bad input: one line, no traceback
-        # FormatError and config errors are ValueErrors; missing or unwritable paths are OSErrors.
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-build: error: {one_line(e)}", err=True)
-        sys.exit(2)
-    except RuntimeError as e:  # a failure while rendering (device, worker)
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-build: failed: {one_line(e)}", err=True)
-        sys.exit(1)
 
 
 def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Optional[Path],

@@ -124,3 +124,9 @@ def test_missing_manifest_and_unknown_key(build_round, tmp_path):
     _assert_one_error_line(result, "none.json: file not found")
     _assert_one_error_line(_build(build_round, tmp_path / "out", "guidance.marginn=3"), "marginn")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_round_dir_that_is_no_round_folder_is_named_and_left_untouched(tmp_path):
+    # Nothing there: the missing manifest is named, and no build status or output is written.
+    _assert_one_error_line(_invoke("--round-dir", str(tmp_path / "no-round")), "no-round/hard_samples.json")
+    assert not (tmp_path / "no-round").exists()
