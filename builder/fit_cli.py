@@ -1,18 +1,15 @@
 """``actgen-fit-generator``: parse, load the config, set up logging, call :func:`actgen.builder.fit.run`."""
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from actgen.shards.errors import one_line
+from actgen.shards.errors import cli_errors
 
 from .cli import _setup_logging
 
-_logger = logging.getLogger(__name__)
 
 EPILOG = """\b
 Examples:
@@ -48,7 +45,8 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
     writes per-class sample grids and checkpoints, and saves a generator the builder loads.
     """
     _setup_logging(verbose)
-    try:
+    with cli_errors("actgen-fit-generator", verbose, bad_input=(ValueError, OSError), failures=(),
+                    interrupted="interrupted; rerun with --resume to continue from the last checkpoint"):
         extra = [f"output='{output}'"] if output is not None else []
         if lora:
             if resume:
@@ -66,17 +64,6 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
         result = run(cfg, resume=resume)
         click.echo(f"{result.output}: generator fitted in {result.step} steps "
                    f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
-    except click.ClickException:
-        raise
-    except KeyboardInterrupt:
-        click.echo("actgen-fit-generator: interrupted; rerun with --resume to continue from the last checkpoint",
-                   err=True)
-        sys.exit(130)
-    except (ValueError, OSError) as e:  # bad input: one line, no traceback
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-fit-generator: error: {one_line(e)}", err=True)
-        sys.exit(2)
 
 
 if __name__ == "__main__":  # python -m actgen.builder.fit_cli ...

@@ -9,9 +9,7 @@ from typing import Optional
 
 import click
 
-from actgen.shards.errors import one_line
-
-_logger = logging.getLogger(__name__)
+from actgen.shards.errors import cli_errors
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -62,28 +60,11 @@ def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optio
     config.yaml, last.pt, metrics.csv/jsonl and summary.json into the run directory.
     """
     _setup_logging(verbose)
-    try:
+    with cli_errors("actgen-train", verbose):
         cfg = _load(config_path, overrides, run_dir, resume)
         from .run import run
 
         run(cfg, resume=resume, stop_after=stop_after)
-    except click.ClickException:
-        raise
-    except KeyboardInterrupt:
-        click.echo("actgen-train: interrupted", err=True)
-        sys.exit(130)
-    except (ValueError, OSError, TimeoutError) as e:  # bad input: one line, no traceback
-        # FormatError and config errors are ValueErrors; missing files are OSErrors.
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-train: error: {one_line(e)}", err=True)
-        sys.exit(2)
-    except RuntimeError as e:  # a failure while running (an inline build, a worker)
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-train: failed: {one_line(e)}", err=True)
-        sys.exit(1)
-
 
 def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool):
     from .config import load_config

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,11 +23,11 @@ from typing import Optional, Sequence
 import click
 
 from actgen.shards.config import load_structured
-from actgen.shards.errors import one_line
+from actgen.shards.errors import cli_errors
 from actgen.shards.sources import LabeledImages, load_source
 
 from .config import Config, load_config
-from .inline import resolve_command
+from .inline import resolve_command, run_script
 from .report import write_report
 
 _logger = logging.getLogger(__name__)
@@ -95,10 +94,7 @@ def ensure_generator(cfg: DemoConfig, images: LabeledImages) -> str:
     if resume:
         argv.append("--resume")
     _logger.info("fitting the generator: %s", " ".join(argv))
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"actgen-fit-generator failed with exit status {result.returncode} "
-                           f"(command: {' '.join(argv)})")
+    run_script(argv, "actgen-fit-generator")
     return "resumed" if resume else "fitted"
 
 
@@ -184,20 +180,7 @@ def main(config_path: Path, overrides: tuple[str, ...], verbose: bool) -> None:
     from .cli import _setup_logging
 
     _setup_logging(verbose)
-    try:
+    with cli_errors("actgen-demo", verbose, interrupted="interrupted; rerun the same command to continue"):
         cfg = load_demo_config(config_path, overrides)
         report = run(cfg, command=" ".join(["actgen-demo", *sys.argv[1:]]))
         click.echo(f"report: {report}")
-    except KeyboardInterrupt:
-        click.echo("actgen-demo: interrupted; rerun the same command to continue", err=True)
-        sys.exit(130)
-    except (ValueError, OSError, TimeoutError) as e:
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-demo: error: {one_line(e)}", err=True)
-        sys.exit(2)
-    except RuntimeError as e:
-        if verbose:
-            _logger.exception("failed")
-        click.echo(f"actgen-demo: failed: {one_line(e)}", err=True)
-        sys.exit(1)
