@@ -24,9 +24,10 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from actgen.trainer.inline import resolve_command  # the console scripts beside this interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,8 @@ def ensure_generator(args: argparse.Namespace) -> None:
     if (path / "fit_record.json").is_file():
         return
     print(f"generator {path} missing: fitting it with {args.fit_config} (~20 min on 2 cores)", flush=True)
-    subprocess.run([_script("actgen-fit-generator"), "--config", args.fit_config, "--output", str(path)], check=True)
+    subprocess.run([resolve_command("actgen-fit-generator"), "--config", args.fit_config, "--output", str(path)],
+                   check=True)
 
 
 def run_one(args: argparse.Namespace, condition: str, seed: int, env: dict) -> dict:
@@ -92,7 +94,7 @@ def run_one(args: argparse.Namespace, condition: str, seed: int, env: dict) -> d
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text())["complete"]:
         return json.loads(summary_path.read_text())
-    argv = [_script("actgen-train")]
+    argv = [resolve_command("actgen-train")]
     if (run_dir / "last.pt").is_file():
         argv += ["--run-dir", str(run_dir), "--resume"]
     else:
@@ -110,11 +112,6 @@ def run_one(args: argparse.Namespace, condition: str, seed: int, env: dict) -> d
     print(f"  {condition:<24} seed {seed}: test {100 * summary['final']['test_acc']:.2f}% "
           f"({summary['synthetic_pool']} synthetic, {time.perf_counter() - t0:.0f} s)", flush=True)
     return summary
-
-
-def _script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else name
 
 
 def read_curve(run_dir: Path) -> list[float]:

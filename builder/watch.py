@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from actgen.shards.errors import FormatError, one_line
 from actgen.shards.manifest import read_manifest
@@ -34,8 +34,10 @@ from actgen.shards.writer import file_sha256
 
 from .config import BuildConfig, load_config, path_override
 
+if TYPE_CHECKING:  # the pipeline imports torch and Ray; a watcher loads it only to build
+    from .pipeline import BuildResult
+
 _logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def expected_rounds(run_dir: Path, ready: Sequence[int]) -> Optional[int]:
     return read_manifest(round_dir(run_dir, ready[-1]) / MANIFEST_FILE).header.num_rounds
 
 
-def build_one(directory: Path, cfg: BuildConfig, build: Callable[[BuildConfig], T]) -> tuple[BuildStatus, T]:
+def build_one(directory: Path, cfg: BuildConfig,
+              build: Callable[[BuildConfig], BuildResult]) -> tuple[BuildStatus, BuildResult]:
     """Build one round folder with ``cfg`` and mark it; return the status and what ``build`` returned.
 
     A failure is marked ``failed`` and raised.
@@ -109,8 +112,8 @@ def build_one(directory: Path, cfg: BuildConfig, build: Callable[[BuildConfig], 
             write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
                                                 error=one_line(e)))
         raise
-    images = result.index.num_samples if hasattr(result, "index") else 0
-    status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts, images=images,
+    status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts,
+                                                 images=result.index.num_samples,
                                                  seconds=round(time.perf_counter() - started, 3)))
     return status, result
 
@@ -125,7 +128,7 @@ def load_round_config(config_path: Optional[Path], overrides: Sequence[str], dir
 
 
 def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,
-          build: Optional[Callable[[BuildConfig], object]] = None, sleep: Callable[[float], None] = time.sleep,
+          build: Optional[Callable[[BuildConfig], BuildResult]] = None, sleep: Callable[[float], None] = time.sleep,
           clock: Callable[[], float] = time.monotonic) -> list[int]:
     """Build every round of ``opts.run_dir`` as it appears; return the rounds this call built.
 

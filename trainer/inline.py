@@ -57,7 +57,15 @@ def build_round(cfg: SyntheticConfig, round_dir: Path, output: str) -> None:
     """
     argv = builder_argv(cfg, round_dir, output)
     _logger.info("building round %s inline: %s", round_dir.name, " ".join(argv))
+    run_script(argv, f"inline actgen-build for {round_dir}")
+
+
+def run_script(argv: list[str], what: str) -> None:
+    """Run one of the builder's console scripts here; its output goes to this process's.
+
+    Raises:
+        RuntimeError: it failed (its own error line is above, on stderr).
+    """
     result = subprocess.run(argv, stdin=subprocess.DEVNULL, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"inline actgen-build for {round_dir} failed with exit status {result.returncode} "
-                           f"(command: {' '.join(argv)})")
+        raise RuntimeError(f"{what} failed with exit status {result.returncode} (command: {' '.join(argv)})")
