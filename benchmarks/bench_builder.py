@@ -119,7 +119,8 @@ def diffusers_pipeline(gen, plain_unet):
 # ------------------------------------------------------------------------------ timing
 def make_callers(gen, plain_unet, classifier, steps: int, batch: int):
     """One zero-argument callable per mode, each rendering one batch."""
-    from actgen.builder.sampler import GuidanceConfig, GuidedSampler, MemoryBank
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidedSampler, MemoryBank
 
     dev = gen.device
     size = gen.image_size
@@ -202,7 +203,7 @@ def bench_arch(arch: str, device: str, steps: int, batch: int, repeats: int, siz
 
 
 def _cfg(steps):
-    from actgen.builder.sampler import GuidanceConfig
+    from actgen.builder.config import GuidanceConfig
 
     return GuidanceConfig(num_steps=steps)
 

@@ -1,23 +1,14 @@
 """``actgen-build``: parse, load the config, set up logging, call :func:`actgen.builder.pipeline.run`."""
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from actgen.shards.errors import cli_errors
+from actgen.shards.runtime import setup_logging
 from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("PIL", "datasets", "fsspec", "urllib3", "filelock", "timm", "diffusers", "transformers",
-                  "ray", "ray.data"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 EPILOG = """\b
@@ -73,7 +64,7 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
     see the config's mode and guidance sections) on a Ray actor pool, and writes a WebDataset
     shard data set with provenance for every image.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with cli_errors("actgen-build", verbose,
                     interrupted="interrupted; rerun the same command to finish the missing shards"):
         from .config import config_to_yaml, load_config
@@ -99,9 +90,9 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
                 and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve()):
             # A trainer round folder: mark it in build_status.json, as the watcher does. (Without
             # a manifest it is no round folder, and the pipeline's input checks name what is missing.)
-            from .watch import build_one
+            from .pipeline import build_round
 
-            _, result = build_one(round_dir, cfg, run)
+            _, result = build_round(round_dir, cfg)
         else:
             result = run(cfg)
         click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "

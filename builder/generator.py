@@ -23,10 +23,9 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .attention import AttentionStore, install_attention_capture
+from .config import check_components
 
 _logger = logging.getLogger(__name__)
-
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # Words the tiny tokenizer knows as whole tokens; any other lower-case ASCII word still
 # tokenizes, into single-character tokens (which is how the tests get multi-token names).
@@ -156,11 +155,7 @@ class DiffusersGenerator:
 
         local = Path(path_or_id)
         if local.is_dir():
-            for comp in COMPONENTS:
-                if not (local / comp).is_dir():
-                    raise FileNotFoundError(
-                        f"{local}: missing component '{comp}/' (a Stable Diffusion 1.x/2.x directory "
-                        f"needs {', '.join(c + '/' for c in COMPONENTS)})")
+            check_components(local, key=None)
 
         def load(comp, fn, **kw):
             try:

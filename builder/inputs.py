@@ -22,8 +22,7 @@ from actgen.shards.manifest import HardSampleManifest, read_manifest
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import file_sha256
 
-from .config import TINY, BuildConfig, GeneratorConfig
-from .generator import COMPONENTS
+from .config import TINY, BuildConfig, GeneratorConfig, check_components
 
 _logger = logging.getLogger(__name__)
 
@@ -136,10 +135,7 @@ def check_generator(cfg: GeneratorConfig) -> None:
         return
     local = Path(cfg.path).expanduser()
     if local.is_dir():
-        missing = [c for c in COMPONENTS if not (local / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"{local}: missing component '{missing[0]}/' (a Stable Diffusion 1.x/2.x "
-                                    f"directory needs {', '.join(c + '/' for c in COMPONENTS)}; generator.path)")
+        check_components(local)
         return
     if local.exists() or cfg.path.startswith(("/", ".", "~")) or cfg.path.count("/") != 1:
         raise FileNotFoundError(f"{cfg.path}: generator.path is neither a Stable Diffusion directory nor a "

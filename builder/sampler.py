@@ -20,86 +20,17 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import GuidanceConfig
 from .generator import Generator
 from .schedules import MODES, Mode
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """Sampling and guidance settings; defaults are the paper code's (digest §2).
-
-    Attributes:
-        num_steps: DDPM steps ("leading" spacing, the scheduler config's ``steps_offset``).
-        cfg_scale: classifier-free guidance scale (paper code 7.5; the paper text says 15).
-        guidance_strength: s in γ_i = sigmoid(s − i), given at ``reference_steps`` steps and
-            scaled by num_steps / reference_steps. ``inf`` holds γ at 1, ``-inf`` at 0.
-        guidance_steps: K, the number of leading steps with embedding-gradient guidance, given
-            at ``reference_steps`` and scaled likewise (rounded).
-        reference_steps: the step count at which ``guidance_strength``/``guidance_steps`` hold.
-        step_size: ν in c ← c − ν·ĝ.
-        adversarial_weight: λ in L = L_contra − λ·CE.
-        margin: ρ in the hinge max(0, ρ − ‖x̂0 − z_k‖₂) (paper code 100; the paper text says 200).
-        bank_sample_size: at most this many memory-bank latents of the class are compared.
-        bank_capacity: per-class memory-bank size; the oldest entries are evicted first.
-        mask: ``"cumulative"``: M_i = 1 + Σ_{j≤i} A_j as in the paper code (≥ 1 everywhere, the
-            background is guided too); ``"foreground"``: M_i = min-max-normalised A_i (in [0, 1]).
-        mask_threshold: with ``mask="foreground"``, binarise M_i at this value (None: keep soft).
-        grad_norm: ``"token"``: F.normalize over the token axis per channel, as in the paper code;
-            ``"global"``: divide each sample's gradient by its L2 norm, as in the paper text.
-        use_mask, use_contrastive, use_adversarial: ablation switches for the ``actgen`` mode.
-    """
-
-    num_steps: int = 40
-    cfg_scale: float = 7.5
-    guidance_strength: float = 12.5
-    guidance_steps: int = 10
-    reference_steps: int = 40
-    step_size: float = 0.05
-    adversarial_weight: float = 0.1
-    margin: float = 100.0
-    bank_sample_size: int = 1024
-    bank_capacity: int = 1024
-    mask: Literal["cumulative", "foreground"] = "cumulative"
-    mask_threshold: Optional[float] = None
-    grad_norm: Literal["token", "global"] = "token"
-    use_mask: bool = True
-    use_contrastive: bool = True
-    use_adversarial: bool = True
-
-    def __post_init__(self):
-        for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("guidance_steps", "step_size", "adversarial_weight", "margin", "cfg_scale"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"guidance.{name}={value}: must be finite and >= 0")
-        if math.isnan(self.guidance_strength):
-            raise ValueError("guidance.guidance_strength=nan: must be a number (±inf allowed)")
-        if self.mask not in ("cumulative", "foreground"):
-            raise ValueError(f"guidance.mask={self.mask!r}: expected 'cumulative' or 'foreground'")
-        if self.grad_norm not in ("token", "global"):
-            raise ValueError(f"guidance.grad_norm={self.grad_norm!r}: expected 'token' or 'global'")
-        if self.mask_threshold is not None and self.mask != "foreground":
-            raise ValueError(f"guidance.mask_threshold={self.mask_threshold}: only applies to mask='foreground'")
-
-    @property
-    def scaled_strength(self) -> float:
-        """s at ``num_steps`` (12.5 at 40 steps)."""
-        return self.guidance_strength * self.num_steps / self.reference_steps
-
-    @property
-    def scaled_guidance_steps(self) -> int:
-        """K at ``num_steps`` (10 at 40 steps)."""
-        return min(self.num_steps, round(self.guidance_steps * self.num_steps / self.reference_steps))
 
 
 @dataclass(frozen=True)

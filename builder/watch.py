@@ -2,9 +2,9 @@
 
 ``actgen-train`` (with ``synthetic.source: shards`` and ``on_missing: wait``) writes
 ``rounds/<r>/checkpoint/`` and then ``rounds/<r>/hard_samples.json``; this loop, in another process
-or on a Ray cluster, notices the manifest, builds ``rounds/<r>/shards/`` with the same
-:func:`~.pipeline.run` as a one-off build, and marks the round in ``rounds/<r>/build_status.json``
-(the layout is ``actgen.shards.rounds``'s, the contract both programs share).
+or on a Ray cluster, notices the manifest, builds ``rounds/<r>/shards/`` and marks
+the round in ``rounds/<r>/build_status.json`` with :func:`~.pipeline.build_round`, as a one-off
+``--round-dir`` build does (the layout is ``actgen.shards.rounds``'s, the contract both programs share).
 
 Either side may be killed at any moment and restarted:
 
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from actgen.shards.errors import FormatError, one_line
+from actgen.shards.errors import FormatError
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import read_index
-from actgen.shards.rounds import (CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, BuildStatus, list_rounds, read_status,
-                                  round_dir, write_status)
+from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, list_rounds, read_status, round_dir
 from actgen.shards.writer import file_sha256
 
 from .config import BuildConfig, load_config, path_override
@@ -92,32 +91,6 @@ def expected_rounds(run_dir: Path, ready: Sequence[int]) -> Optional[int]:
     return read_manifest(round_dir(run_dir, ready[-1]) / MANIFEST_FILE).header.num_rounds
 
 
-def build_one(directory: Path, cfg: BuildConfig,
-              build: Callable[[BuildConfig], BuildResult]) -> tuple[BuildStatus, BuildResult]:
-    """Build one round folder with ``cfg`` and mark it; return the status and what ``build`` returned.
-
-    A failure is marked ``failed`` and raised.
-
-    A kill leaves the status at ``building``; the next attempt resumes the round's shards.
-    """
-    previous = read_status(directory)
-    attempts = previous.attempts + 1 if previous is not None else 1
-    round_number = int(directory.name) if directory.name.isdigit() else -1
-    write_status(directory, BuildStatus(state="building", round=round_number, attempts=attempts))
-    started = time.perf_counter()
-    try:
-        result = build(cfg)
-    except BaseException as e:  # marked, then raised unchanged for the CLI's exit status
-        if not isinstance(e, KeyboardInterrupt):   # an interrupt stays "building": resumable
-            write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
-                                                error=one_line(e)))
-        raise
-    status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts,
-                                                 images=result.index.num_samples,
-                                                 seconds=round(time.perf_counter() - started, 3)))
-    return status, result
-
-
 def load_round_config(config_path: Optional[Path], overrides: Sequence[str], directory: Path) -> BuildConfig:
     """The config of one round folder in watch mode.
 
@@ -136,8 +109,9 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
         TimeoutError: nothing new for ``opts.idle_timeout_s``.
         ValueError, OSError, RuntimeError: a round failed to build (marked ``failed`` first).
     """
-    if build is None:
-        from .pipeline import run as build
+    from .pipeline import build_round, run   # torch and Ray: loaded once there may be a round to build
+
+    build = build or run
     # Check the config once up front, so a typo fails now and not at the first round.
     load_round_config(config_path, overrides, Path("round"))
     run_dir = Path(opts.run_dir)
@@ -165,7 +139,7 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
             if built_now(r):
                 continue
             _logger.info("round %d: building %s", r, directory / SHARDS_DIR)
-            status, _ = build_one(directory, load_round_config(config_path, overrides, directory), build)
+            status, _ = build_round(directory, load_round_config(config_path, overrides, directory), build)
             _logger.info("round %d: done, %d images in %.1f s (attempt %d)", r, status.images, status.seconds,
                          status.attempts)
             built.append(r)

@@ -46,6 +46,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(_format_first(to_jsonable(obj)), indent=2, ensure_ascii=False) + "\n"
 
 
+def jsonable(value):
+    """Non-finite floats become strings ('inf'), so provenance is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def utc_now() -> str:
     """Current UTC time, ISO-8601 with a 'Z' suffix, whole seconds."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -24,10 +24,10 @@ from typing import Optional
 from ._schema import check_format, dumps, from_jsonable, read_json_file, utc_now
 from .atomic import atomic_write_text
 from .errors import FormatError
+from .manifest import MANIFEST_FILE  # noqa: F401  (a round folder's manifest; re-exported for both programs)
 
 ROUNDS_DIR = "rounds"
 CHECKPOINT_DIR = "checkpoint"
-MANIFEST_FILE = "hard_samples.json"
 SHARDS_DIR = "shards"
 STATUS_FILE = "build_status.json"
 

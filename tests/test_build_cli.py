@@ -9,27 +9,17 @@ from click.testing import CliRunner
 
 from actgen.builder.cli import main
 
-from conftest import BUILD_FAST, _write_round
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI configures the root logger onto CliRunner's stream; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def _build(round_dir, output, *sets: str):
+def _build(round_dir, output, build_fast, *sets: str):
     args = ["--round-dir", str(round_dir), "--output", str(output)]
-    for s in (*BUILD_FAST, "budget=4", *sets):
+    for s in (*build_fast, "budget=4", *sets):
         args += ["--set", s]
     return _invoke(*args)
 
@@ -61,12 +51,12 @@ def test_print_config_shows_the_resolved_config(build_round, tmp_path):
     assert not (build_round / "shards").exists()
 
 
-def test_budget_of_zero(build_round, tmp_path):
-    _assert_one_error_line(_build(build_round, tmp_path / "out", "budget=0"), "config key 'budget' = 0")
+def test_budget_of_zero(build_round, tmp_path, build_fast):
+    _assert_one_error_line(_build(build_round, tmp_path / "out", build_fast, "budget=0"), "config key 'budget' = 0")
     assert not (tmp_path / "out").exists()
 
 
-def test_data_set_with_another_fingerprint(build_round, tmp_path):
+def test_data_set_with_another_fingerprint(build_round, tmp_path, build_fast):
     import datasets
     import numpy as np
 
@@ -77,52 +67,52 @@ def test_data_set_with_another_fingerprint(build_round, tmp_path):
     ds = datasets.Dataset.from_dict({"image": list(pixels), "label": [0, 1, 2]}, features=datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(DIGIT_NAMES))}))
     ds.save_to_disk(str(tmp_path / "other"))
-    result = _build(build_round, tmp_path / "out", f"dataset.path={tmp_path / 'other'}")
+    result = _build(build_round, tmp_path / "out", build_fast, f"dataset.path={tmp_path / 'other'}")
     _assert_one_error_line(result, "hard_samples.json", "data-set fingerprint 1a9d3bd31280", "does not match")
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_with_other_class_names(build_round, tmp_path):
+def test_checkpoint_with_other_class_names(build_round, tmp_path, build_fast, write_round):
     names = [f"class{i}" for i in range(10)]
-    other, _ = _write_round(tmp_path / "other", class_names=names)
+    other, _ = write_round(tmp_path / "other", class_names=names)
     result = _invoke("--checkpoint", str(other / "checkpoint"), "--manifest", str(build_round / "hard_samples.json"),
-                     "--output", str(tmp_path / "out"), *[a for s in BUILD_FAST for a in ("--set", s)])
+                     "--output", str(tmp_path / "out"), *[a for s in build_fast for a in ("--set", s)])
     line = _assert_one_error_line(result, "config.json: class names differ", "checkpoint has ['class0', 'class1'",
                                   "has ['zero', 'one'")
     assert "class9" in line and "nine" in line                     # both lists, whole
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_that_did_not_make_the_manifest(build_round, tmp_path):
-    other, _ = _write_round(tmp_path / "other", weights_seed=1)     # same names, other weights
+def test_checkpoint_that_did_not_make_the_manifest(build_round, tmp_path, build_fast, write_round):
+    other, _ = write_round(tmp_path / "other", weights_seed=1)     # same names, other weights
     result = _invoke("--checkpoint", str(other / "checkpoint"), "--manifest", str(build_round / "hard_samples.json"),
-                     "--output", str(tmp_path / "out"), *[a for s in BUILD_FAST for a in ("--set", s)])
+                     "--output", str(tmp_path / "out"), *[a for s in build_fast for a in ("--set", s)])
     _assert_one_error_line(result, "header.checkpoint_sha256", "check_checkpoint=false")
     assert not (tmp_path / "out").exists()
 
 
-def test_generator_directory_missing_a_component(build_round, tiny_generator, tmp_path):
+def test_generator_directory_missing_a_component(build_round, tiny_generator, tmp_path, build_fast):
     tiny_generator.save_pretrained(tmp_path / "sd")
     shutil.rmtree(tmp_path / "sd" / "vae")
-    result = _build(build_round, tmp_path / "out", f"generator.path={tmp_path / 'sd'}")
+    result = _build(build_round, tmp_path / "out", build_fast, f"generator.path={tmp_path / 'sd'}")
     _assert_one_error_line(result, f"{tmp_path / 'sd'}: missing component 'vae/'")
     assert not (tmp_path / "out").exists()
 
 
-def test_unwritable_output(build_round, tmp_path):
+def test_unwritable_output(build_round, tmp_path, build_fast):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    _assert_one_error_line(_build(build_round, blocker / "out"), "a-file is a file, not a directory")
-    _assert_one_error_line(_build(build_round, blocker), "exists and is not a directory")
+    _assert_one_error_line(_build(build_round, blocker / "out", build_fast), "a-file is a file, not a directory")
+    _assert_one_error_line(_build(build_round, blocker, build_fast), "exists and is not a directory")
     # A directory nobody may create entries in (root included): /proc.
-    _assert_one_error_line(_build(build_round, "/proc/actgen-build-test"), "cannot create output.path under /proc")
+    _assert_one_error_line(_build(build_round, "/proc/actgen-build-test", build_fast), "cannot create output.path under /proc")
 
 
-def test_missing_manifest_and_unknown_key(build_round, tmp_path):
+def test_missing_manifest_and_unknown_key(build_round, tmp_path, build_fast):
     result = _invoke("--checkpoint", str(build_round / "checkpoint"), "--manifest", str(tmp_path / "none.json"),
                      "--output", str(tmp_path / "out"))
     _assert_one_error_line(result, "none.json: file not found")
-    _assert_one_error_line(_build(build_round, tmp_path / "out", "guidance.marginn=3"), "marginn")
+    _assert_one_error_line(_build(build_round, tmp_path / "out", build_fast, "guidance.marginn=3"), "marginn")
     assert not (tmp_path / "out").exists()
 
 

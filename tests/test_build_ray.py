@@ -22,7 +22,6 @@ from actgen.shards.sources import DIGIT_NAMES
 from actgen.shards.verify import verify
 from actgen.shards.writer import INDEX_FILE, file_sha256
 
-from conftest import BUILD_FAST
 
 pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -47,9 +46,9 @@ def _shas(directory) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(Path(directory).glob("synth-*.tar"))}
 
 
-def test_killed_build_is_finished_by_a_rerun(ray_cluster, build_config, build_round, tmp_path):
+def test_killed_build_is_finished_by_a_rerun(ray_cluster, build_config, build_round, build_fast, tmp_path):
     out = tmp_path / "shards"
-    sets = [f"--set={s}" for s in (*BUILD_FAST, "budget=12", "guidance.num_steps=6", "guidance.reference_steps=6")]
+    sets = [f"--set={s}" for s in (*build_fast, "budget=12", "guidance.num_steps=6", "guidance.reference_steps=6")]
     cmd = [sys.executable, "-m", "actgen.builder.cli", "--round-dir", str(build_round), "--output", str(out), *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

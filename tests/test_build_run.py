@@ -9,7 +9,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from actgen.builder.pipeline import BUILD_FILE, CONTACT_SHEET_FILE, run
+from actgen.builder.contact_sheet import CONTACT_SHEET_FILE
+from actgen.builder.outputs import BUILD_FILE
+from actgen.builder.pipeline import run
 from actgen.shards.errors import FormatError
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import ShardRandomAccess

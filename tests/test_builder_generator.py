@@ -86,7 +86,8 @@ def test_half_precision_on_cpu_is_rejected(tmp_path):
 def test_half_precision_on_gpu_renders(tiny_generator, tiny_guidance_classifier, tmp_path):
     import copy
 
-    from actgen.builder.sampler import GuidanceClassifier, GuidanceConfig, GuidedSampler, MemoryBank
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidanceClassifier, GuidedSampler, MemoryBank
 
     tiny_generator.save_pretrained(tmp_path / "sd")
     g = DiffusersGenerator.from_pretrained(str(tmp_path / "sd"), device="cuda", attention_resolution=8,

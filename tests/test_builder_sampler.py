@@ -12,14 +12,22 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from actgen.builder.config import GuidanceConfig
 from actgen.builder.generator import build_tiny_generator
-from actgen.builder.sampler import (GuidanceConfig, GuidedRenderer, GuidedSampler, MemoryBank,
+from actgen.builder.sampler import (GuidedRenderer, GuidedSampler, MemoryBank,
                                     attention_mask, gamma_schedule, leading_timesteps,
                                     normalize_gradient, posterior_coefficients)
 
-from conftest import BUILDER_CLASS_NAMES
 
 INF = float("inf")
+BUILDER_CLASS_NAMES: list[str] = []     # the tiny classifier's classes, from conftest's fixture
+
+
+@pytest.fixture(autouse=True)
+def _class_names(builder_class_names):
+    BUILDER_CLASS_NAMES[:] = builder_class_names
+
+
 # Few steps, the guidance schedule given at that count so nothing is rescaled.
 FAST = dict(num_steps=6, reference_steps=6, guidance_steps=3)
 

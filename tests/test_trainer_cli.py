@@ -21,15 +21,6 @@ TINY = ["data.test_fraction=0.5", "input.image_size=16", "model.name=test_resnet
         "train.device=cpu", "train.progress=false", "train.log_interval=100"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI configures the root logger onto CliRunner's stream; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
-
-
 def _invoke(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

@@ -1,26 +1,13 @@
 """``actgen-train``: parse, load the config, set up logging, call :func:`actgen.trainer.run.run`."""
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from actgen.shards.errors import cli_errors
-
-
-def _setup_logging(verbose: bool) -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    # Other ranks only report problems; rank 0 tells the story.
-    level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else \
-        f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    for noisy in ("PIL", "datasets", "fsspec", "urllib3", "filelock", "timm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+from actgen.shards.runtime import setup_logging
 
 
 EPILOG = """\b
@@ -49,9 +36,10 @@ and from the next epoch on trains on the shards found at synthetic.pattern.
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir exactly from its last.pt.")
 @click.option("--stop-after", type=click.IntRange(min=1), metavar="N",
               help="Stop once N epochs are complete (resumable later with --resume).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool,
-         stop_after: Optional[int], verbose: bool) -> None:
+         stop_after: Optional[int], print_config: bool, verbose: bool) -> None:
     """Train an image classifier in active-generation rounds (ActGen).
 
     Trains a timm model on a labeled image data set with a stratified hold-out. After each
@@ -59,16 +47,20 @@ def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optio
     synthetic images actgen-build renders from them join training in the next round. Writes
     config.yaml, last.pt, metrics.csv/jsonl and summary.json into the run directory.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with cli_errors("actgen-train", verbose):
         cfg = _load(config_path, overrides, run_dir, resume)
+        if print_config:
+            from .config import config_to_yaml
+
+            click.echo(config_to_yaml(cfg), nl=False)
+            return
         from .run import run
 
         run(cfg, resume=resume, stop_after=stop_after)
 
 def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool):
-    from .config import load_config
-    from .run import CONFIG_FILE
+    from .config import CONFIG_FILE, load_config
 
     extra = [f"run_dir={run_dir}"] if run_dir is not None else []
     if config_path is None:

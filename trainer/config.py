@@ -20,6 +20,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+CONFIG_FILE = "config.yaml"
+"""The resolved config inside a run directory (``--resume`` reads it back)."""
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images to train on and how they are split.
@@ -292,6 +295,12 @@ class RoundsConfig:
     horizon: Optional[int] = None
     merge_epoch: Optional[int] = None
 
+    def resolve(self, epochs: int) -> tuple[int, int]:
+        """``(horizon, merge_epoch)`` for a run of ``epochs``, nulls at the paper's ``int(0.5 * epochs)``."""
+        half = int(0.5 * epochs)
+        return (self.horizon if self.horizon is not None else half,
+                self.merge_epoch if self.merge_epoch is not None else half)
+
     def __post_init__(self) -> None:
         _check(self.every >= 1, "rounds.every", self.every, "an int >= 1")
         _check(self.horizon is None or self.horizon >= 1, "rounds.horizon", self.horizon, "null or an int >= 1")
@@ -389,8 +398,7 @@ class Config:
         except (KeyError, ValueError, IndexError):
             raise ValueError(f"config key 'run_dir' = {self.run_dir!r}: only the placeholder {{name}} is allowed") from None
         epochs = self.train.epochs
-        horizon = self.rounds.horizon if self.rounds.horizon is not None else int(0.5 * epochs)
-        merge = self.rounds.merge_epoch if self.rounds.merge_epoch is not None else int(0.5 * epochs)
+        horizon, merge = self.rounds.resolve(epochs)
         if self.rounds.enabled:
             _check(self.data.holdout_fraction > 0, "data.holdout_fraction", self.data.holdout_fraction,
                    "> 0 when rounds.enabled (rounds search the hold-out for hard samples)")

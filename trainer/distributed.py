@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from actgen.shards import runtime
+
 _logger = logging.getLogger(__name__)
 
 
@@ -41,11 +43,9 @@ class Runtime:
 
 
 def resolve_device(preference: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when available; asking for ``cuda`` without one is an error."""
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+    """``auto`` picks CUDA when available, this rank's GPU; asking for ``cuda`` without one is an error."""
+    if runtime.resolve_device(preference, key="train.device") == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("config key 'train.device' = 'cuda': no CUDA device is available")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

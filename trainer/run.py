@@ -30,11 +30,12 @@ import torch
 
 from actgen.shards.atomic import atomic_write_text
 from actgen.shards.errors import FormatError
+from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
 from .checkpoint import CHECKPOINT_FILE, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import Config, config_to_yaml, diff_configs, load_config
+from .config import CONFIG_FILE, Config, config_to_yaml, diff_configs, load_config
 from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, build_eval_transform, make_train_loader,
                    shard_for_rank, split_indices)
 from .distributed import Runtime
@@ -50,7 +51,6 @@ from .task import Task
 
 _logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 
 # Settings that may change when a run is resumed: they do not affect what is computed.
@@ -328,7 +328,7 @@ def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, mode
     assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
     hard = holdout.hard_samples(images, list(images.class_names))
     info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
-            "manifest": str(round_dir(run_dir, r) / "hard_samples.json")}
+            "manifest": str(round_dir(run_dir, r) / MANIFEST_FILE)}
     if rt.is_main:
         write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
                     {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds)

@@ -33,14 +33,9 @@ class RoundSchedule:
 
     @classmethod
     def from_config(cls, rounds: RoundsConfig, epochs: int) -> "RoundSchedule":
-        half = int(0.5 * epochs)
-        return cls(
-            epochs=epochs,
-            every=rounds.every,
-            horizon=rounds.horizon if rounds.horizon is not None else half,
-            merge_epoch=rounds.merge_epoch if rounds.merge_epoch is not None else half,
-            enabled=rounds.enabled,
-        )
+        horizon, merge_epoch = rounds.resolve(epochs)
+        return cls(epochs=epochs, every=rounds.every, horizon=horizon, merge_epoch=merge_epoch,
+                   enabled=rounds.enabled)
 
     @property
     def num_rounds(self) -> int:

@@ -1,5 +1,9 @@
 """Render one planned shard and write it: the unit of work a Ray actor (or this process) runs.
 
+The stage between the plan (:mod:`.plan`) and the finished data set (:mod:`.pipeline`): load the
+generator (and, for the adversarial term, the classifier), render each planned image with the
+guided sampler (:mod:`.sampler`), and stream the samples into one atomic shard.
+
 :class:`ShardWriter` is a callable class in Ray's ``map_batches`` convention: the generator, the
 classifier and the guide images are set up once in ``__init__``; each call takes a batch of
 shard numbers, renders each shard in sampler batches of ``batch_size`` and streams its samples
@@ -7,12 +11,11 @@ into ``shards.writer.write_shard`` (a hidden temporary file, fsync, rename). A c
 the shards' records (name, count, sha256, size), never the images, so nothing large travels back
 to the driver, and a worker killed mid-shard leaves no shard behind.
 
-The pure pieces (provenance, resizing, the contact sheet) are plain functions.
+The pure pieces (provenance, resizing) are plain functions.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -20,13 +23,14 @@ from typing import Optional
 
 import numpy as np
 
+from actgen.shards._schema import jsonable
 from actgen.shards.samples import SyntheticSample
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import write_shard
 
-from .config import TINY, GeneratorConfig
+from .config import TINY, GeneratorConfig, GuidanceConfig
 from .plan import BuildPlan, PlannedSample
-from .sampler import GuidanceClassifier, GuidanceConfig, GuidedRenderer
+from .sampler import GuidanceClassifier, GuidedRenderer
 
 _logger = logging.getLogger(__name__)
 
@@ -85,17 +89,6 @@ class RenderSpec:
 # -- pure pieces -----------------------------------------------------------------------------
 
 
-def jsonable(value):
-    """Non-finite floats become strings ('inf'), so provenance is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def guidance_record(guidance: GuidanceConfig, sample: PlannedSample, bank_scope: str) -> dict:
     """What guided this image: its mode, the terms it really got, and every sampler setting."""
     actgen = sample.mode == "actgen"
@@ -138,41 +131,6 @@ def resize_image(image, size: Optional[tuple[int, int]], resample: str):
     if size is None or (image.height, image.width) == tuple(size):
         return image
     return image.resize((size[1], size[0]), resample=getattr(Image.Resampling, _RESAMPLE[resample]))
-
-
-def contact_sheet(pairs: Sequence[tuple[object, object, str]], columns: int = 4, cell: int | None = None):
-    """Guide images beside what was rendered from them.
-
-    Args:
-        pairs: ``(guide PIL image, rendered PIL image, caption)``.
-        columns: pairs per row.
-        cell: side of each image cell; default the rendered size clamped to 96..256 pixels.
-
-    Returns:
-        An RGB PIL image: per pair, guide on the left, render on the right, caption below.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    if not pairs:
-        raise ValueError("contact_sheet: no pairs")
-    if cell is None:
-        cell = min(max(pairs[0][1].width, 96), 256)
-    caption_h, pad = 14, 4
-    columns = min(columns, len(pairs))
-    rows = math.ceil(len(pairs) / columns)
-    pair_w, pair_h = 2 * cell + pad, cell + caption_h
-    sheet = Image.new("RGB", (columns * (pair_w + 2 * pad), rows * (pair_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for k, (guide, rendered, caption) in enumerate(pairs):
-        x0 = (k % columns) * (pair_w + 2 * pad) + pad
-        y0 = (k // columns) * (pair_h + pad) + pad
-        # Nearest for upscaling keeps tiny images' pixels visible; bicubic for downscaling.
-        for j, image in enumerate((guide, rendered)):
-            filt = Image.Resampling.NEAREST if image.width < cell else Image.Resampling.BICUBIC
-            sheet.paste(image.convert("RGB").resize((cell, cell), filt), (x0 + j * (cell + pad), y0))
-        draw.text((x0, y0 + cell + 1), caption[: 2 * cell // 6], fill="black", font=font)
-    return sheet
 
 
 # -- loading ---------------------------------------------------------------------------------
