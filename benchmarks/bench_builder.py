@@ -49,11 +49,12 @@ MODES = ("txt2img", "img2img", "actgen", "diffusers-img2img")
 
 
 # ------------------------------------------------------------------------------ components
-def build_components(arch: str, device: str, dtype: torch.dtype, size: int = 512):
+def build_components(arch: str, device: str, dtype: torch.dtype, size: int = 512, init_device: str = "cpu"):
     """-> (our generator, a UNet copy with diffusers' default SDPA processors) on ``device``.
 
     ``size`` (sd21 only) changes nothing but the UNet's ``sample_size``: a quick check of the code
-    path on a CPU, not a figure to report.
+    path on a CPU, not a figure to report. ``init_device`` (sd21 only): where the random weights
+    are drawn (``cuda`` takes seconds off building 1.3B parameters; the weights differ from the CPU's).
     """
     from actgen.builder.generator import DiffusersGenerator, build_tiny_generator, tiny_tokenizer
 
@@ -65,10 +66,11 @@ def build_components(arch: str, device: str, dtype: torch.dtype, size: int = 512
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(SD21_ARCH / "unet")),
-                                             "sample_size": size // 8})
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(SD21_ARCH / "vae")))
-    te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(SD21_ARCH / "text_encoder")))
+    with torch.device(init_device):
+        unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(SD21_ARCH / "unet")),
+                                                 "sample_size": size // 8})
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(SD21_ARCH / "vae")))
+        te = CLIPTextModel(CLIPTextConfig.from_pretrained(str(SD21_ARCH / "text_encoder")))
     sched = json.loads((SD21_ARCH / "scheduler" / "scheduler_config.json").read_text())
     # No tokenizer ships with the architecture: the tiny one's ids all lie inside CLIP's vocabulary,
     # and the cost per step does not depend on which ids they are.
@@ -120,7 +122,8 @@ def diffusers_pipeline(gen, plain_unet):
 def make_callers(gen, plain_unet, classifier, steps: int, batch: int):
     """One zero-argument callable per mode, each rendering one batch."""
     from actgen.builder.config import GuidanceConfig
-    from actgen.builder.sampler import GuidedSampler, MemoryBank
+    from actgen.builder.bank import MemoryBank
+    from actgen.builder.sampler import GuidedSampler
 
     dev = gen.device
     size = gen.image_size

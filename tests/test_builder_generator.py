@@ -87,7 +87,8 @@ def test_half_precision_on_gpu_renders(tiny_generator, tiny_guidance_classifier,
     import copy
 
     from actgen.builder.config import GuidanceConfig
-    from actgen.builder.sampler import GuidanceClassifier, GuidedSampler, MemoryBank
+    from actgen.builder.bank import MemoryBank
+    from actgen.builder.sampler import GuidanceClassifier, GuidedSampler
 
     tiny_generator.save_pretrained(tmp_path / "sd")
     g = DiffusersGenerator.from_pretrained(str(tmp_path / "sd"), device="cuda", attention_resolution=8,

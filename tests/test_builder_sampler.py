@@ -12,9 +12,10 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from actgen.builder.bank import MemoryBank
 from actgen.builder.config import GuidanceConfig
 from actgen.builder.generator import build_tiny_generator
-from actgen.builder.sampler import (GuidedRenderer, GuidedSampler, MemoryBank,
+from actgen.builder.sampler import (GuidedRenderer, GuidedSampler,
                                     attention_mask, gamma_schedule, leading_timesteps,
                                     normalize_gradient, posterior_coefficients)
 

@@ -106,8 +106,7 @@ def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> 
 
 def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> dict[str, Any]:
     run_dir = cfg.resolved_run_dir()
-    schedule = RoundSchedule.from_config(cfg.rounds, cfg.train.epochs)
-    epochs = cfg.train.epochs
+    schedule, epochs = RoundSchedule.from_config(cfg.rounds, cfg.train.epochs), cfg.train.epochs
 
     # 2. Validate every input before the run directory exists.
     _seed_everything(cfg.train.seed + rt.rank)
@@ -117,25 +116,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
 
     # 3. Model, task, optimizer, LR schedule, EMA (still before the run directory: these reject
     #    unknown optimizer and scheduler names).
-    model = inputs.model.to(rt.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if cfg.train.ema_decay is not None:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
-    task = Task(model, cfg.train, len(class_names), rt.device)
-    if rt.distributed:
-        task.prepare_distributed(device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    optimizer = create_optimizer(model, cfg.optim)
-    updates_per_epoch = len(MixedBatchSampler(len(split.train), 0, cfg.loader.batch_size, "uniform", rank=rt.rank,
-                                              world_size=rt.world_size, drop_last=cfg.loader.drop_last))
-    if updates_per_epoch == 0:
-        raise ValueError(f"config key 'loader.batch_size' = {cfg.loader.batch_size}: larger than the "
-                         f"{len(split.train)} training images per {rt.world_size} process(es); no full batch")
-    scheduler = create_scheduler(optimizer, cfg.sched, epochs, updates_per_epoch)
-    loop = EpochLoop(task, optimizer, scheduler, cfg.train, cfg.optim, cfg.sched.step_on, updates_per_epoch, rt, ema)
+    model, ema, task, loop = _training(cfg, rt, inputs)
 
     # 4. Resume: weights, optimizer/scheduler/EMA, RNGs, pool, rounds.
     progress = _Progress()
@@ -156,14 +137,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                  len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
 
     # 6. Evaluation loaders (this rank's share of each split).
-    pin = rt.device.type == "cuda"
-    eval_tf = build_eval_transform(cfg.input)
-    holdout_idx = shard_for_rank(split.holdout, rt.rank, rt.world_size)
-    holdout_loader = _eval_loader(images, holdout_idx, eval_tf, cfg, pin)
-    test_images = inputs.test_images if inputs.test_images is not None else images
-    test_all = np.arange(len(test_images)) if inputs.test_images is not None else split.test
-    test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
-    test_loader = _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None
+    evaluator = _Evaluator.build(cfg, rt, inputs)
 
     # 7. Epochs.
     started = time.perf_counter()
@@ -173,42 +147,23 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         t0 = time.perf_counter()
         # 7a. Synthetic data sets due by now join the pool.
         if cfg.synthetic.source in ("shards", "inline"):
-            for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
-                entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names,
-                                       first_look=epoch == schedule.consume_epoch(r))
-                if entry is not None:
-                    progress.pool.append(entry)
+            _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names)
         # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
         merged = schedule.holdout_merged(epoch)
         key = (tuple(e.round for e in progress.pool), merged)
         if key != loader_key:
-            real = [split.train] + ([split.holdout] if merged and len(split.holdout) else [])
-            loader, sampler = make_train_loader(cfg, images, real, [run_dir / e.directory for e in progress.pool],
-                                                rank=rt.rank, world_size=rt.world_size, pin_memory=pin)
+            loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged)
             loader_key = key
             if merged and epoch == schedule.merge_epoch and len(split.holdout):
                 _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
         sampler.set_epoch(epoch)
         # 7c. Train.
         stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images())
-        if rt.distributed:
-            from timm.utils import distribute_bn
-
-            # One set of BN statistics on every rank, for evaluation and bundles (as timm's train.py).
-            distribute_bn(model, rt.world_size, reduce=True)
-            if ema is not None:
-                distribute_bn(ema, rt.world_size, reduce=True)
+        _share_bn_statistics(rt, model, ema)
         progress.synthetic_seen_total += stats.synthetic_images
         # 7d. Evaluate.
         eval_model = unwrap(task.model)
-        holdout = None
-        if schedule.holdout_evaluated(epoch) and len(split.holdout):
-            holdout = predict(eval_model, holdout_loader, holdout_idx, rt, cfg.train.amp, cfg.train.channels_last)
-        test_acc = ema_acc = float("nan")
-        if test_loader is not None:
-            test_acc = predict(eval_model, test_loader, test_idx, rt, cfg.train.amp, cfg.train.channels_last).accuracy
-            if ema is not None:
-                ema_acc = predict(ema.module, test_loader, test_idx, rt, cfg.train.amp, cfg.train.channels_last).accuracy
+        holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch))
         # 7e. A round ends: hard samples + checkpoint bundle for the builder.
         round_info = None
         r = schedule.round_ending_at(epoch)
@@ -216,10 +171,6 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
                                     schedule.num_rounds)
             progress.rounds_done.append(round_info)
-            if cfg.synthetic.source == "inline":
-                if rt.is_main:
-                    build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r))
-                dist_utils.barrier(rt)
         # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
         progress.epoch = epoch + 1
         row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
@@ -232,18 +183,100 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         dist_utils.barrier(rt)
 
     # 8. Summary.
-    summary = _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt)
-    if rt.is_main:
-        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        _logger.info("%s %s after %d/%d epochs: test acc %s, hold-out acc %s, %d rounds, %d synthetic images "
-                     "in the pool, %d seen", "finished" if summary["complete"] else "stopped", run_dir,
-                     progress.epoch, epochs, _pct(summary["final"].get("test_acc")),
-                     _pct(summary["final"].get("holdout_acc")), len(progress.rounds_done),
-                     summary["synthetic_pool"], progress.synthetic_seen_total)
-    return summary
+    return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt)
 
 
 # ---------------------------------------------------------------------------------------- steps
+def _training(cfg: Config, rt: Runtime, inputs: _Inputs):
+    """``(model, ema, task, loop)``: the model on its device, its EMA, the task and the epoch loop."""
+    model = inputs.model.to(rt.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.train.ema_decay is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+    task = Task(model, cfg.train, len(inputs.images.class_names), rt.device)
+    if rt.distributed:
+        task.prepare_distributed(device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    optimizer = create_optimizer(model, cfg.optim)
+    train = inputs.split.train
+    updates_per_epoch = len(MixedBatchSampler(len(train), 0, cfg.loader.batch_size, "uniform", rank=rt.rank,
+                                              world_size=rt.world_size, drop_last=cfg.loader.drop_last))
+    if updates_per_epoch == 0:
+        raise ValueError(f"config key 'loader.batch_size' = {cfg.loader.batch_size}: larger than the "
+                         f"{len(train)} training images per {rt.world_size} process(es); no full batch")
+    scheduler = create_scheduler(optimizer, cfg.sched, cfg.train.epochs, updates_per_epoch)
+    loop = EpochLoop(task, optimizer, scheduler, cfg.train, cfg.optim, cfg.sched.step_on, updates_per_epoch, rt, ema)
+    return model, ema, task, loop
+
+
+@dataclass
+class _Evaluator:
+    """This rank's share of the hold-out and the test set, and how to score a model on them."""
+
+    cfg: Config
+    rt: Runtime
+    holdout_size: int
+    holdout_idx: np.ndarray
+    holdout_loader: Any
+    test_idx: np.ndarray
+    test_loader: Any
+
+    @classmethod
+    def build(cls, cfg: Config, rt: Runtime, inputs: _Inputs) -> "_Evaluator":
+        pin = rt.device.type == "cuda"
+        eval_tf = build_eval_transform(cfg.input)
+        images, split = inputs.images, inputs.split
+        holdout_idx = shard_for_rank(split.holdout, rt.rank, rt.world_size)
+        test_images = inputs.test_images if inputs.test_images is not None else images
+        test_all = np.arange(len(test_images)) if inputs.test_images is not None else split.test
+        test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
+        return cls(cfg, rt, len(split.holdout), holdout_idx, _eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
+                   _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None)
+
+    def evaluate(self, model, ema, with_holdout: bool) -> tuple[Optional[Predictions], float, float]:
+        """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured."""
+        amp, cl = self.cfg.train.amp, self.cfg.train.channels_last
+        holdout = None
+        if with_holdout and self.holdout_size:   # the whole hold-out's size: every rank joins predict's gather
+            holdout = predict(model, self.holdout_loader, self.holdout_idx, self.rt, amp, cl)
+        test_acc = ema_acc = float("nan")
+        if self.test_loader is not None:
+            test_acc = predict(model, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
+            if ema is not None:
+                ema_acc = predict(ema.module, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
+        return holdout, test_acc, ema_acc
+
+
+def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: _Progress, merged: bool):
+    """``(loader, sampler)`` over the real training images (plus the hold-out once merged) and the pool."""
+    split = inputs.split
+    real = [split.train] + ([split.holdout] if merged and len(split.holdout) else [])
+    return make_train_loader(cfg, inputs.images, real, [run_dir / e.directory for e in progress.pool], rank=rt.rank,
+                             world_size=rt.world_size, pin_memory=rt.device.type == "cuda")
+
+
+def _share_bn_statistics(rt: Runtime, model, ema) -> None:
+    """One set of BN statistics on every rank, for evaluation and bundles (as timm's train.py)."""
+    if rt.distributed:
+        from timm.utils import distribute_bn
+
+        distribute_bn(model, rt.world_size, reduce=True)
+        if ema is not None:
+            distribute_bn(ema, rt.world_size, reduce=True)
+
+
+def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSchedule, progress: _Progress,
+                     epoch: int, class_names: list[str]) -> None:
+    """Synthetic data sets of the rounds due by ``epoch`` join the pool (those that are ready)."""
+    for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
+        entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names, first_look=epoch == schedule.consume_epoch(r))
+        if entry is not None:
+            progress.pool.append(entry)
+
+
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
     state = None
     if resume:
@@ -333,6 +366,10 @@ def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, mode
         write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
                     {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds)
     dist_utils.barrier(rt)
+    if cfg.synthetic.source == "inline":
+        if rt.is_main:
+            build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r))
+        dist_utils.barrier(rt)
     return info
 
 
@@ -352,9 +389,10 @@ def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], 
 
 def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLog, seconds: float,
              rt: Runtime) -> dict:
+    """``summary.json`` (written by rank 0, logged) and the summary ``run`` returns."""
     rows = metrics.rows() if rt.is_main else []
     tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
-    return {
+    summary = {
         "run_dir": str(run_dir),
         "complete": progress.epoch >= cfg.train.epochs,
         "epochs_completed": progress.epoch,
@@ -368,6 +406,14 @@ def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLo
         "wall_time_s": seconds,
         "world_size": rt.world_size,
     }
+    if rt.is_main:
+        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        _logger.info("%s %s after %d/%d epochs: test acc %s, hold-out acc %s, %d rounds, %d synthetic images "
+                     "in the pool, %d seen", "finished" if summary["complete"] else "stopped", run_dir,
+                     progress.epoch, cfg.train.epochs, _pct(summary["final"].get("test_acc")),
+                     _pct(summary["final"].get("holdout_acc")), len(progress.rounds_done),
+                     summary["synthetic_pool"], progress.synthetic_seen_total)
+    return summary
 
 
 # -------------------------------------------------------------------------------------- helpers
