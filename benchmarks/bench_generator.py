@@ -1,6 +1,6 @@
 """Generator benchmark: quality of a fitted generator as a classification-accuracy score.
 
-1. Fit a generator from scratch with ``actgen.builder.fit.run`` (``--fit-config``, default the
+1. Fit a generator from scratch with ``actgen.fitting.fit.run`` (``--fit-config``, default the
    embedded digits), timed, with torch limited to ``--threads`` CPU threads.
 2. Train a classifier on the real data with ``actgen.trainer.run.run`` (``--train-config``,
    ``synthetic.source=none``, a round at every epoch so the last epoch writes a bundle).
@@ -31,16 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actgen.shards.fit_record import read_fit_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fit(fit_config: Path, output: Path, overrides: list[str]) -> dict:
-    from actgen.builder.fit import run
-    from actgen.builder.fit_config import load_fit_config
+    from actgen.fitting.config import can_resume, load_fit_config
+    from actgen.fitting.fit import run
 
     cfg = load_fit_config(fit_config, [f"output='{output}'", "train.progress=false", *overrides])
     t0 = time.time()
-    result = run(cfg, resume=(output / "checkpoints" / "last.pt").exists())
+    result = run(cfg, resume=can_resume(output))
     return {"seconds": round(time.time() - t0, 1), "steps": result.step, "final_loss": result.losses[-1],
             "grids": [str(p) for p in result.grids]}
 
@@ -69,12 +71,12 @@ def score(generator_dir: Path, bundle: Path, per_class: int, steps: int, cfg_sca
     from actgen.builder.sampler import GuidanceConfig, GuidedSampler
     from actgen.shards.bundle import load_classifier
 
-    record = json.loads((generator_dir / "fit_record.json").read_text())
-    names = record["data"]["class_names"]
-    template = record["prompt_template"]
+    record = read_fit_record(generator_dir)
+    names = record.data.class_names
+    template = record.prompt_template
     gen = DiffusersGenerator.from_pretrained(
         str(generator_dir), device="cpu",
-        attention_resolution=record["builder_settings"]["generator.attention_resolution"])
+        attention_resolution=record.builder_settings["generator.attention_resolution"])
     sampler = GuidedSampler(gen, GuidanceConfig(num_steps=steps, reference_steps=steps, cfg_scale=cfg_scale))
     model, _ = load_classifier(bundle)
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
@@ -148,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                     "torch": torch.__version__}
     if not args.skip_fit:
         result["fit"] = fit(args.fit_config, args.output, args.overrides)
-    record = json.loads((args.output / "fit_record.json").read_text())
-    result["fit_record"] = {"seconds": record["seconds"], "steps": record["steps"], "seed": record["seed"],
-                            "final_loss": record["losses"][-1], "fingerprint": record["data"]["fingerprint"]}
+    record = read_fit_record(args.output)
+    result["fit_record"] = {"seconds": record.seconds, "steps": record.steps, "seed": record.seed,
+                            "final_loss": record.losses[-1], "fingerprint": record.data.fingerprint}
     clf_dir = args.classifier_dir or args.output.parent / f"{args.output.name}-classifier"
     bundle, summary = train_classifier(args.train_config, clf_dir, args.epochs)
     result["classifier"] = {"bundle": str(bundle), "test_acc": summary.get("final", {}).get("test_acc")}

@@ -27,6 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from actgen.shards.fit_record import FIT_RECORD_FILE
 from actgen.trainer.inline import resolve_command  # the console scripts beside this interpreter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,7 @@ def ensure_generator(args: argparse.Namespace) -> None:
     from omegaconf import OmegaConf
 
     path = Path(OmegaConf.load(args.build_config).generator.path)
-    if (path / "fit_record.json").is_file():
+    if (path / FIT_RECORD_FILE).is_file():
         return
     print(f"generator {path} missing: fitting it with {args.fit_config} (~20 min on 2 cores)", flush=True)
     subprocess.run([resolve_command("actgen-fit-generator"), "--config", args.fit_config, "--output", str(path)],

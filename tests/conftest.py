@@ -10,6 +10,17 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Every CLI configures the root logger (onto CliRunner's stream in tests); put it back."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
 # --------------------------------------------------------------------------------------------
 # shards: tiny synthetic samples, a finished shard data set, a local HTTP server
 
@@ -244,6 +255,24 @@ def _write_round(directory, class_names=None, num_hard: int = 5, round: int = 1,
 
 
 @pytest.fixture(scope="session")
+def build_fast():
+    """The fast build settings (``--set`` dotlist) every build test starts from."""
+    return BUILD_FAST
+
+
+@pytest.fixture(scope="session")
+def write_round():
+    """``write_round(directory, class_names=None, num_hard=5, round=1, input_size=16, weights_seed=0)``:
+    a round folder (bundle + manifest) -> ``(directory, checkpoint sha256)``."""
+    return _write_round
+
+
+@pytest.fixture(scope="session")
+def builder_class_names():
+    return list(BUILDER_CLASS_NAMES)
+
+
+@pytest.fixture(scope="session")
 def build_round(tmp_path_factory):
     """A round directory (``checkpoint/``, ``hard_samples.json``) of round 1 over builtin:digits with
     5 hard samples. Shared: tests must write their output elsewhere."""
@@ -264,3 +293,20 @@ def build_config(build_round, tmp_path):
                                   *overrides])
 
     return make
+
+
+# --------------------------------------------------------------------------------------------
+# fitting: the smallest generator fit that still exercises every part of actgen-fit-generator
+
+TINY_FIT = ("model.image_size=8", "model.block_out_channels=[8,16]", "model.attention_head_dim=4",
+            "model.cross_attention_dim=16", "model.text_layers=1", "model.text_max_length=8",
+            "model.autoencoder_channels=8", "train.batch_size=8", "train.steps=6", "train.warmup_steps=2",
+            "train.autoencoder_steps=4", "train.log_every=2", "train.sample_every=0",
+            "train.checkpoint_every=2", "train.progress=false", "sample.per_class=1", "sample.num_steps=2",
+            "num_train_timesteps=100")
+
+
+@pytest.fixture(scope="session")
+def tiny_fit():
+    """Dotlist overrides for a 6-step fit of an 8x8 generator (seconds on the CPU)."""
+    return TINY_FIT

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from actgen.builder.config import load_config as load_build
-from actgen.builder.fit_config import load_fit_config
+from actgen.demo.config import load_demo_config
+from actgen.fitting.config import load_fit_config
 from actgen.trainer.config import load_config as load_train
-from actgen.trainer.demo import load_demo_config
 from actgen.trainer.schedule import RoundSchedule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -8,24 +8,24 @@ import re
 import pytest
 from PIL import Image
 
-from actgen.builder.fit_config import load_fit_config
+from actgen.demo.config import DemoConfig
+from actgen.demo.run import run
+from actgen.fitting.config import load_fit_config
 from actgen.shards.config import to_yaml
+from actgen.shards.fit_record import FIT_RECORD_FILE, FitData, FitRecord, write_fit_record
 from actgen.shards.rounds import read_status
 from actgen.trainer.config import config_to_yaml
-from actgen.trainer.demo import DemoConfig, run
-
-from test_fit_generator import TINY_FIT
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture
-def demo_config(tiny_train_config, tmp_path, monkeypatch):
+def demo_config(tiny_train_config, tiny_fit, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the fit and build subprocesses
     train = tmp_path / "train.yaml"
     train.write_text(config_to_yaml(tiny_train_config()))   # 4 epochs: rounds after epochs 0 and 1
     fit = tmp_path / "fit.yaml"
-    fit.write_text(to_yaml(load_fit_config(None, ["output=unused", *TINY_FIT, "model.attention_resolution=4"])))
+    fit.write_text(to_yaml(load_fit_config(None, ["output=unused", *tiny_fit, "model.attention_resolution=4"])))
     return DemoConfig(output=str(tmp_path / "demo"), train_config=str(train), build_config="configs/build-smoke.yaml",
                       build_overrides=["ray.executor=local", "budget=8", "schedule.horizon=null",
                                        "generator.attention_resolution=4"],
@@ -39,7 +39,7 @@ def test_demo_runs_the_loop_to_a_report_and_resumes(demo_config, tmp_path):
     active = json.loads((out / "active" / "summary.json").read_text())
     baseline = json.loads((out / "baseline" / "summary.json").read_text())
     # The generator was fitted, every round built by it and consumed; the baseline saw none.
-    record = json.loads((tmp_path / "gen" / "fit_record.json").read_text())
+    record = json.loads((tmp_path / "gen" / FIT_RECORD_FILE).read_text())
     assert active["complete"] and baseline["complete"]
     assert [e["round"] for e in active["pool"]] == [0, 1] and active["synthetic_pool"] == 16
     assert baseline["synthetic_pool"] == 0
@@ -60,7 +60,7 @@ def test_demo_runs_the_loop_to_a_report_and_resumes(demo_config, tmp_path):
         with Image.open(out / png) as image:
             assert image.size[0] > 200 and image.size[1] > 50
     # A rerun reuses the generator and the finished runs: nothing is fitted or trained again.
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "gen" / "fit_record.json", out / "active" / "last.pt",
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "gen" / FIT_RECORD_FILE, out / "active" / "last.pt",
                                                  out / "baseline" / "last.pt")}
     run(demo_config)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -69,8 +69,11 @@ def test_demo_runs_the_loop_to_a_report_and_resumes(demo_config, tmp_path):
 
 def test_demo_refuses_a_generator_fitted_on_other_data(demo_config, tmp_path):
     gen = tmp_path / "gen"
-    gen.mkdir()
-    (gen / "fit_record.json").write_text(json.dumps({"data": {"fingerprint": "f" * 64}}))
+    names = [str(i) for i in range(10)]
+    write_fit_record(gen, FitRecord(method="scratch", data=FitData(path="elsewhere", fingerprint="f" * 64,
+                                                                   num_images=10, class_names=names),
+                                    prompts=names, prompt_template="{}", steps=0, seed=0, seconds=0.0,
+                                    weights_sha256="0" * 64, losses=[], config={}))
     with pytest.raises(ValueError, match=r"fit_record.json: this generator was fitted on data set ffffffffffff"):
         run(demo_config)
     assert not (tmp_path / "demo").exists()

@@ -1,5 +1,5 @@
 """A build (``actgen.builder.pipeline.run``, local executor, actgen mode) with a generator fitted by
-``actgen.builder.fit`` writes a verified shard set: the builder's attention-mask and gradient
+``actgen.fitting.fit`` writes a verified shard set: the builder's attention-mask and gradient
 guidance run on it unchanged."""
 from __future__ import annotations
 
@@ -7,22 +7,21 @@ import json
 
 import pytest
 
-from actgen.builder.fit import RECORD, run as fit
-from actgen.builder.fit_config import load_fit_config
 from actgen.builder.pipeline import run as build
+from actgen.fitting.config import load_fit_config
+from actgen.fitting.fit import run as fit
+from actgen.shards.fit_record import FIT_RECORD_FILE
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.sources import DIGIT_NAMES
 from actgen.shards.verify import verify
 
-from test_fit_generator import TINY_FIT
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def test_build_with_a_fitted_generator_writes_a_verified_shard_set(build_config, tmp_path):
+def test_build_with_a_fitted_generator_writes_a_verified_shard_set(build_config, tiny_fit, tmp_path):
     gen_dir = tmp_path / "gen"
-    fit(load_fit_config(None, [f"output='{gen_dir}'", *TINY_FIT]))
-    record = json.loads((gen_dir / RECORD).read_text())
+    fit(load_fit_config(None, [f"output='{gen_dir}'", *tiny_fit]))
+    record = json.loads((gen_dir / FIT_RECORD_FILE).read_text())
     res = record["builder_settings"]["generator.attention_resolution"]
     cfg = build_config(f"generator.path='{gen_dir}'", f"generator.attention_resolution={res}", "mode=actgen",
                        "generator.device=cpu", "budget=4")

@@ -1,5 +1,6 @@
-"""``actgen.builder.fit``: a generator fitted from scratch loads through the builder's loader and
-renders; resume continues the same loss curve exactly; the config rejects bad values."""
+"""``actgen.fitting.fit``: a generator fitted from scratch loads through the builder's loader and
+renders; resume continues the same loss curve exactly, and refuses a checkpoint holding pickled
+code unread; the config rejects bad values."""
 from __future__ import annotations
 
 import json
@@ -7,29 +8,31 @@ import json
 import pytest
 import torch
 
-from actgen.builder.fit import RECORD, lr_factor, prompt_vocabulary, run
-from actgen.builder.fit_config import load_fit_config
+from actgen.builder.config import GuidanceConfig
 from actgen.builder.generator import DiffusersGenerator
-from actgen.builder.sampler import GuidanceConfig, GuidedSampler
+from actgen.builder.sampler import GuidedSampler
+from actgen.fitting.config import checkpoint_path, load_fit_config
+from actgen.fitting.data import prompt_vocabulary
+from actgen.fitting.fit import run
+from actgen.fitting.train_step import lr_factor
+from actgen.shards.fit_record import FIT_RECORD_FILE
 from actgen.shards.sources import DIGIT_NAMES
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-# Tiny sizes: 8x8 digits, a 2-level UNet of 8/16 channels, 1 text layer, a few steps.
-TINY_FIT = ("model.image_size=8", "model.block_out_channels=[8,16]", "model.attention_head_dim=4",
-            "model.cross_attention_dim=16", "model.text_layers=1", "model.text_max_length=8",
-            "model.autoencoder_channels=8", "train.batch_size=8", "train.steps=6", "train.warmup_steps=2",
-            "train.autoencoder_steps=4", "train.log_every=2", "train.sample_every=0",
-            "train.checkpoint_every=2", "train.progress=false", "sample.per_class=1", "sample.num_steps=2",
-            "num_train_timesteps=100")
 
+@pytest.fixture(scope="module")
+def tiny_fit_config(tiny_fit):
+    """Factory: ``tiny_fit_config(output, *overrides) -> FitConfig``: 8x8 digits, a 2-level UNet of
+    8/16 channels, 1 text layer, a few steps (conftest's ``tiny_fit``)."""
+    def make(output, *overrides):
+        return load_fit_config(None, [f"output='{output}'", *tiny_fit, *overrides])
 
-def tiny_fit_config(output, *overrides):
-    return load_fit_config(None, [f"output='{output}'", *TINY_FIT, *overrides])
+    return make
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, tiny_fit_config):
     """A finished tiny fit on the embedded digits: ``(result, output directory)``."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("fit") / "gen"
@@ -40,7 +43,7 @@ def test_fitted_generator_loads_through_the_builder_and_renders(fitted):
     result, out = fitted
     assert result.finished and result.step == 6 and len(result.losses) == 6
     assert all(torch.isfinite(torch.tensor(result.losses)))
-    record = json.loads((out / RECORD).read_text())
+    record = json.loads((out / FIT_RECORD_FILE).read_text())
     assert record["steps"] == 6 and record["seed"] == 0 and record["losses"] == pytest.approx(result.losses, abs=1e-6)
     assert record["data"]["class_names"] == list(DIGIT_NAMES) and len(record["data"]["fingerprint"]) >= 12
     assert record["prompts"][3] == "a photo of three"
@@ -75,22 +78,22 @@ def test_autoencoder_is_a_deterministic_near_identity(fitted):
     assert z1.shape == x.shape
 
 
-def test_resume_continues_the_same_loss_curve(fitted, tmp_path):
+def test_resume_continues_the_same_loss_curve(fitted, tiny_fit_config, tmp_path):
     full, full_dir = fitted
     half_dir = tmp_path / "gen"
     first = run(tiny_fit_config(half_dir), stop_after=3)
-    assert first.step == 3 and not first.finished and not (half_dir / RECORD).exists()
+    assert first.step == 3 and not first.finished and not (half_dir / FIT_RECORD_FILE).exists()
     assert first.losses == full.losses[:3]
     with pytest.raises(FileExistsError, match="resume"):
         run(tiny_fit_config(half_dir))
     second = run(tiny_fit_config(half_dir), resume=True)
     assert second.finished and second.losses == full.losses     # bit-identical, not approximately
-    a = json.loads((full_dir / RECORD).read_text())
-    b = json.loads((half_dir / RECORD).read_text())
+    a = json.loads((full_dir / FIT_RECORD_FILE).read_text())
+    b = json.loads((half_dir / FIT_RECORD_FILE).read_text())
     assert a["weights_sha256"] == b["weights_sha256"]
 
 
-def test_resume_refuses_another_config(tmp_path):
+def test_resume_refuses_another_config(tiny_fit_config, tmp_path):
     run(tiny_fit_config(tmp_path / "g"), stop_after=2)
     with pytest.raises(ValueError, match="train.lr"):
         run(tiny_fit_config(tmp_path / "g", "train.lr=0.01"), resume=True)
@@ -114,12 +117,12 @@ def test_pure_pieces():
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
 
 
-def test_cli_fits_and_reports_bad_input(tmp_path):
+def test_cli_fits_and_reports_bad_input(tiny_fit, tmp_path):
     from click.testing import CliRunner
 
-    from actgen.builder.fit_cli import main
+    from actgen.fitting.cli import main
 
-    sets = [a for o in TINY_FIT for a in ("--set", o)]
+    sets = [a for o in tiny_fit for a in ("--set", o)]
     ok = CliRunner().invoke(main, ["--output", str(tmp_path / "g"), *sets, "--set", "train.steps=2"])
     assert ok.exit_code == 0, ok.output
     assert "fitted in 2 steps" in ok.output and (tmp_path / "g" / "unet").is_dir()
@@ -127,3 +130,37 @@ def test_cli_fits_and_reports_bad_input(tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
     bad = CliRunner().invoke(main, ["--output", str(tmp_path / "h"), "--set", "train.nope=1"])
     assert bad.exit_code == 2 and "train.nope" in bad.output
+
+
+class _Marker:
+    """Unpickling this creates ``path`` (``open(path, "w")``): what a crafted checkpoint could run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_resume_refuses_a_checkpoint_with_pickled_code(tiny_fit, tmp_path):
+    from click.testing import CliRunner
+
+    from actgen.fitting.cli import main
+
+    # The crafted file is live: an unrestricted torch.load runs it.
+    probe = tmp_path / "probe.pt"
+    torch.save({"step": 1, "losses": _Marker(tmp_path / "probe-ran")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (tmp_path / "probe-ran").exists()
+
+    out = tmp_path / "g"
+    marker = tmp_path / "pwned"
+    checkpoint_path(out).parent.mkdir(parents=True)
+    torch.save({"step": 1, "losses": _Marker(marker)}, checkpoint_path(out))
+    sets = [a for o in tiny_fit for a in ("--set", o)]
+    res = CliRunner().invoke(main, ["--output", str(out), *sets, "--resume"])
+    assert res.exit_code == 2, res.output
+    assert not marker.exists()
+    errors = [line for line in res.output.splitlines() if line.startswith("actgen-fit-generator:")]
+    assert len(errors) == 1 and errors[0].startswith("actgen-fit-generator: error: "), res.output
+    assert str(checkpoint_path(out)) in errors[0] and "weights_only=True" in errors[0]

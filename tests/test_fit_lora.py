@@ -1,4 +1,4 @@
-"""``actgen.builder.lora``: LoRA fine-tuning of the tiny random SD pipeline changes only the adapted
+"""``actgen.fitting.lora``: LoRA fine-tuning of the tiny random SD pipeline changes only the adapted
 projections, and the fused result loads through the builder's loader and renders."""
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from actgen.builder.config import GuidanceConfig
 from actgen.builder.generator import DiffusersGenerator, build_tiny_generator
-from actgen.builder.lora import ADAPTER_DIR, RECORD, load_lora_config, run_lora
-from actgen.builder.sampler import GuidanceConfig, GuidedSampler
+from actgen.builder.sampler import GuidedSampler
+from actgen.fitting.config import load_lora_config
+from actgen.fitting.lora import ADAPTER_DIR, run_lora
+from actgen.shards.fit_record import FIT_RECORD_FILE
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -40,7 +43,7 @@ def test_lora_changes_only_adapted_projections_and_the_result_loads(tmp_path):
     adapter = load_file(tmp_path / "g" / ADAPTER_DIR / "pytorch_lora_weights.safetensors")
     assert len(adapter) == len(result.adapter_parameters)
 
-    record = json.loads((tmp_path / "g" / RECORD).read_text())
+    record = json.loads((tmp_path / "g" / FIT_RECORD_FILE).read_text())
     loaded = DiffusersGenerator.from_pretrained(str(tmp_path / "g"), device="cpu", attention_resolution=8)
     assert loaded.weights_hash() == record["weights_sha256"] == base.weights_hash()
     sampler = GuidedSampler(loaded, GuidanceConfig(num_steps=2, reference_steps=2))
@@ -58,7 +61,7 @@ def test_lora_config_rejects_bad_values():
 def test_cli_lora_on_the_tiny_pipeline(tmp_path):
     from click.testing import CliRunner
 
-    from actgen.builder.fit_cli import main
+    from actgen.fitting.cli import main
 
     res = CliRunner().invoke(main, ["--lora", "--output", str(tmp_path / "g"), "--set", "steps=1",
                                     "--set", "batch_size=1", "--set", "device=cpu"])

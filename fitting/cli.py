@@ -1,4 +1,5 @@
-"""``actgen-fit-generator``: parse, load the config, set up logging, call :func:`actgen.builder.fit.run`."""
+"""``actgen-fit-generator``: parse, load the config, set up logging, call :func:`actgen.fitting.fit.run`
+(or :func:`actgen.fitting.lora.run_lora` with ``--lora``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,9 @@ from typing import Optional
 import click
 
 from actgen.shards.errors import cli_errors
+from actgen.shards.runtime import setup_logging
 
-from .cli import _setup_logging
+from .config import CHECKPOINT
 
 
 EPILOG = """\b
@@ -20,10 +22,10 @@ Examples:
 
 \b
 The output directory is a Stable Diffusion-layout generator (unet/ vae/ text_encoder/ tokenizer/
-scheduler/) plus fit_record.json, samples/step-*.png (one row per class) and checkpoints/last.pt.
+scheduler/) plus fit_record.json, samples/step-*.png (one row per class) and {checkpoint}.
 Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.attention_resolution=R
 (R is in fit_record.json, builder_settings).
-"""
+""".format(checkpoint=CHECKPOINT)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
@@ -32,9 +34,9 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Generator directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=500 (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoints/last.pt.")
+@click.option("--resume", is_flag=True, help=f"Continue from OUTPUT/{CHECKPOINT}.")
 @click.option("--lora", is_flag=True, help="LoRA-fine-tune an existing SD 1.x/2.x generator instead "
-              "(config keys: actgen.builder.lora.LoraFitConfig, e.g. --set base=/models/sd21-base).")
+              "(config keys: actgen.fitting.config.LoraFitConfig, e.g. --set base=/models/sd21-base).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
 def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], resume: bool,
          lora: bool, verbose: bool) -> None:
@@ -44,21 +46,22 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
     class names (with prompt dropout, for classifier-free guidance), keeps an EMA of the weights,
     writes per-class sample grids and checkpoints, and saves a generator the builder loads.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with cli_errors("actgen-fit-generator", verbose, bad_input=(ValueError, OSError), failures=(),
                     interrupted="interrupted; rerun with --resume to continue from the last checkpoint"):
         extra = [f"output='{output}'"] if output is not None else []
         if lora:
             if resume:
                 raise click.UsageError("--resume applies to fits from scratch, not to --lora")
-            from .lora import load_lora_config, run_lora
+            from .config import load_lora_config
+            from .lora import run_lora
 
             result = run_lora(load_lora_config(config_path, [*extra, *overrides]))
             click.echo(f"{result.output}: LoRA fine-tuned in {len(result.losses)} steps "
                        f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
             return
+        from .config import load_fit_config
         from .fit import run
-        from .fit_config import load_fit_config
 
         cfg = load_fit_config(config_path, [*extra, *overrides])
         result = run(cfg, resume=resume)
@@ -66,5 +69,5 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
                    f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
 
 
-if __name__ == "__main__":  # python -m actgen.builder.fit_cli ...
+if __name__ == "__main__":  # python -m actgen.fitting.cli ...
     main()

@@ -1,8 +1,11 @@
-"""``actgen-fit-generator``'s configuration: a frozen dataclass tree loaded from YAML, overridable by dotlist.
+"""``actgen-fit-generator``'s configurations: frozen dataclass trees loaded from YAML, overridable by dotlist.
 
-Same rules as :mod:`actgen.builder.config`: OmegaConf structured configs reject unknown keys and
-mistyped values naming the key; ranges are checked in ``__post_init__`` with a ``ValueError``
-naming the key and the value.
+:class:`FitConfig` is a fit from scratch (:mod:`actgen.fitting.fit`), :class:`LoraFitConfig` a LoRA
+fine-tune (:mod:`actgen.fitting.lora`). Same rules as :mod:`actgen.builder.config`: OmegaConf
+structured configs reject unknown keys and mistyped values naming the key; ranges are checked in
+``__post_init__`` with a ``ValueError`` naming the key and the value.
+
+No torch here: the CLI's ``--help`` and the demo read this module only.
 """
 from __future__ import annotations
 
@@ -10,9 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
+from actgen.builder.config import TINY   # the random tiny generator: LoRA's ``base`` for tests
 from actgen.shards.config import check_value as _check, load_structured, to_dict
 from actgen.shards.sources import DataSource
 
+CHECKPOINT = "checkpoints/last.pt"
+"""The resumable checkpoint of a fit from scratch, relative to its output directory."""
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where a fit from scratch into ``output`` keeps its resumable checkpoint."""
+    return Path(output) / CHECKPOINT
+
+
+def can_resume(output: str | Path) -> bool:
+    """Whether ``output`` holds an interrupted (or finished) fit's checkpoint, so ``--resume`` applies."""
+    return checkpoint_path(output).is_file()
 
 
 @dataclass(frozen=True)
@@ -194,3 +210,63 @@ def load_fit_config(path: str | Path | None = None, overrides: Sequence[str] = (
 def fit_config_to_dict(cfg: FitConfig) -> dict:
     """The resolved config as plain JSON-able values."""
     return to_dict(cfg)
+
+
+@dataclass(frozen=True)
+class LoraFitConfig:
+    """A LoRA fine-tune.
+
+    Attributes:
+        base: the generator to adapt: an SD 1.x/2.x directory, a hub id (with
+            ``local_files_only: false``) or ``tiny`` (the random tiny generator; tests).
+        data: the labeled data set.
+        output: directory for the fused generator, the adapter and ``fit_record.json``.
+        prompt_template: ``str.format`` template with one ``{}`` for the class name.
+        rank, alpha: LoRA rank and scaling numerator (scale = alpha / rank).
+        target_modules: UNet linear layers that get adapters.
+        steps, batch_size, lr, warmup_steps, prompt_dropout, grad_clip, seed: the optimisation
+            (AdamW on the adapters only; linear warmup, cosine to 5% of lr).
+        device: ``auto`` = CUDA when available.
+        local_files_only: never touch the network for a hub id.
+        log_every: steps between log lines.
+    """
+
+    base: str = TINY
+    data: DataSource = field(default_factory=DataSource)
+    output: str = ""
+    prompt_template: str = "a photo of {}"
+    rank: int = 4
+    alpha: float = 4.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    warmup_steps: int = 50
+    prompt_dropout: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    local_files_only: bool = True
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check(bool(self.output), "output", self.output, "a directory for the fine-tuned generator")
+        _check(self.prompt_template.count("{}") == 1, "prompt_template", self.prompt_template,
+               "a template with exactly one '{}'")
+        _check(self.rank >= 1, "rank", self.rank, "an int >= 1")
+        _check(self.alpha > 0, "alpha", self.alpha, "a number > 0")
+        _check(bool(self.target_modules), "target_modules", self.target_modules, "at least one module name")
+        for key in ("steps", "batch_size", "log_every"):
+            _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
+        _check(self.lr > 0, "lr", self.lr, "a number > 0")
+        _check(0 <= self.prompt_dropout <= 1, "prompt_dropout", self.prompt_dropout, "a number in [0, 1]")
+
+
+def load_lora_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> LoraFitConfig:
+    """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unknown key, a mistyped value or a value out of range (names the key).
+    """
+    return load_structured(LoraFitConfig, path, overrides)

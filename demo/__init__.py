@@ -1,0 +1,1 @@
+"""actgen-demo: the whole active loop from one command, and its report."""
