@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from actgen.builder.contact_sheet import CONTACT_SHEET_FILE
 from actgen.shards.errors import FormatError
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import ShardRandomAccess
@@ -159,7 +160,7 @@ def write_report(output: str | Path, active_dir: str | Path, baseline_dir: Optio
     for info in active.summary.get("rounds", []):
         directory = round_dir(active.run_dir, info["round"])
         status = read_status(directory)
-        sheet = directory / SHARDS_DIR / "contact_sheet.png"
+        sheet = directory / SHARDS_DIR / CONTACT_SHEET_FILE
         link = f"[png]({_relative(sheet, output)})" if sheet.is_file() else "—"
         built = f"{status.images}" if status is not None else _count(directory / SHARDS_DIR)
         secs = f"{status.seconds:.0f} s" if status is not None and status.seconds else "—"
