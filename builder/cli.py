@@ -23,13 +23,17 @@ Examples:
 --round-dir R reads R/checkpoint/ and R/hard_samples.json (what actgen-train writes after each
 round) and writes R/shards/, where the trainer looks for them. The output holds WebDataset shards,
 index.json (written last), _info.json, a dataset card, build.json and contact_sheet.png.
-A rerun after a crash renders only the missing shards; bad input exits with status 2.
+A rerun after a crash renders only the missing shards; bad input exits with status 2, a failure
+at run time (a worker, a full disk) with 1, each as one line (--debug: with the traceback).
+The data set the manifest's ids point into is read from config key 'dataset', or from the
+manifest when it is builtin:digits or lies inside a folder of config key 'data_roots'.
 
 \b
 Two-job mode: --watch RUN_DIR builds every round of a training run as its manifest appears
 (actgen-train with synthetic.on_missing: wait), marks each in rounds/<r>/build_status.json, and
 stops once all rounds of the run's schedule are built. Kill it and start it again at any time:
-finished rounds are skipped and an interrupted one keeps its finished shards.
+finished rounds are skipped and an interrupted one keeps its finished shards. One watcher per run
+directory (a lock file beside it): a second one exits with status 2, naming the first.
   actgen-build --config configs/build-smoke.yaml --watch runs/digits
   actgen-build --config configs/build-sd21-base.yaml --watch /shared/runs/c10 --set ray.address=auto
 """
@@ -52,7 +56,8 @@ finished rounds are skipped and an interrupted one keeps its finished shards.
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="With --watch: fail after this long without a new round (default: wait for ever).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+@click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
+              help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
          manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
          poll: float, idle_timeout: Optional[float], print_config: bool, verbose: bool) -> None:

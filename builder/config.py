@@ -25,13 +25,27 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """The subfolders of a Stable Diffusion 1.x/2.x directory (diffusers layout)."""
 
 
+WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+"""The weights file of each component with weights, without ``.safetensors``: only safetensors
+are loaded (``use_safetensors=True``), never ``.bin``/``.pt`` pickles, which can run code."""
+
+
 def check_components(directory: Path, key: Optional[str] = "generator.path") -> None:
-    """Raise FileNotFoundError naming the first Stable Diffusion component ``directory`` lacks."""
+    """Raise FileNotFoundError naming the first Stable Diffusion component ``directory`` lacks, or
+    the first component whose weights are not in safetensors (a pickle is never loaded)."""
+    where = f"; {key}" if key else ""
     missing = [c for c in COMPONENTS if not (directory / c).is_dir()]
     if missing:
-        where = f"; {key}" if key else ""
         raise FileNotFoundError(f"{directory}: missing component '{missing[0]}/' (a Stable Diffusion 1.x/2.x "
                                 f"directory needs {', '.join(c + '/' for c in COMPONENTS)}{where})")
+    for component, stem in WEIGHTS.items():
+        folder = directory / component
+        if not any((folder / f"{stem}{suffix}").is_file() for suffix in (".safetensors", ".safetensors.index.json")):
+            others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+            found = f"; found only {others}, pickles, which are never loaded (they can run code)" if others else ""
+            raise FileNotFoundError(f"{folder}: no {stem}.safetensors{found} (the builder loads weights from "
+                                    "safetensors only; convert them with diffusers/transformers "
+                                    f"save_pretrained{where})")
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,10 @@ class GuidanceConfig:
         grad_norm: ``"token"``: F.normalize over the token axis per channel, as in the paper code;
             ``"global"``: divide each sample's gradient by its L2 norm, as in the paper text.
         use_mask, use_contrastive, use_adversarial: ablation switches for the ``actgen`` mode.
+        adversarial_chunk: images decoded (and back-propagated) together for the adversarial
+            term. The VAE decode of x̂0 at full resolution with its backward pass is the largest
+            memory cost of guidance; chunks bound it (the paper code decodes one image at a
+            time). A speed/memory knob: it changes no image beyond float rounding.
     """
 
     num_steps: int = 40
@@ -75,9 +93,10 @@ class GuidanceConfig:
     use_mask: bool = True
     use_contrastive: bool = True
     use_adversarial: bool = True
+    adversarial_chunk: int = 4
 
     def __post_init__(self):
-        for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity"):
+        for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity", "adversarial_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")
         for name in ("guidance_steps", "step_size", "adversarial_weight", "margin", "cfg_scale"):
@@ -245,7 +264,11 @@ class BuildConfig:
     Attributes:
         checkpoint: the classifier bundle directory (``rounds/<r>/checkpoint``).
         manifest: the hard-sample manifest (``rounds/<r>/hard_samples.json``).
-        dataset: the data set the manifest's ids point into; null = the manifest header's.
+        dataset: the data set the manifest's ids point into. Null: the manifest header's, but only
+            when it is the embedded ``builtin:digits`` or lies inside one of ``data_roots`` (a
+            manifest never chooses what the builder reads).
+        data_roots: folders a manifest's ``header.dataset.path`` may point inside when ``dataset``
+            is null (symbolic links resolved); relative ones are taken from the working directory.
         generator: the diffusion model.
         guidance: sampler and guidance settings (defaults: the paper code's).
         mode: ``txt2img`` (random baseline), ``img2img`` (image guidance only) or ``actgen``.
@@ -267,6 +290,7 @@ class BuildConfig:
     checkpoint: str = ""
     manifest: str = ""
     dataset: Optional[DataSource] = None
+    data_roots: list[str] = field(default_factory=list)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     mode: Mode = "actgen"
@@ -284,6 +308,7 @@ class BuildConfig:
         _check(bool(self.checkpoint), "checkpoint", self.checkpoint, "a classifier bundle directory")
         _check(bool(self.manifest), "manifest", self.manifest, "a hard_samples.json path")
         _check(bool(self.output.path), "output.path", self.output.path, "a directory for the shard data set")
+        _check(all(bool(r) for r in self.data_roots), "data_roots", list(self.data_roots), "folder paths, none empty")
         _check(self.budget >= 1, "budget", self.budget, "an int >= 1 (images to render this round)")
         _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
         _check(self.round is None or self.round >= 0, "round", self.round, "null or an int >= 0")

@@ -165,9 +165,11 @@ class DiffusersGenerator:
 
         from diffusers import DDPMScheduler
 
-        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype)
-        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch_dtype)
-        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype)
+        # use_safetensors=True: weights in .bin pickles are never loaded (unpickling can run code);
+        # a component that has only those fails to load, naming itself.
+        unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype, use_safetensors=True)
+        vae = load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch_dtype, use_safetensors=True)
+        text_encoder = load("text_encoder", CLIPTextModel.from_pretrained, dtype=torch_dtype, use_safetensors=True)
         tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
         scheduler_config = load("scheduler", DDPMScheduler.load_config)
         generator = cls(unet, vae, text_encoder, tokenizer, scheduler_config,

@@ -14,12 +14,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from actgen.shards.bundle import CONFIG_FILE, BundleConfig, bundle_sha256, load_classifier
 from actgen.shards.errors import FormatError
 from actgen.shards.manifest import HardSampleManifest, read_manifest
-from actgen.shards.sources import DataSource, LabeledImages, load_source
+from actgen.shards.sources import BUILTIN_DIGITS, DataSource, LabeledImages, load_source, parse_sample_id
 from actgen.shards.writer import file_sha256
 
 from .config import TINY, BuildConfig, GeneratorConfig, check_components
@@ -63,7 +63,7 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     if not manifest.samples:
         raise FormatError(str(manifest_path), "lists no hard samples (the classifier got every hold-out "
                                               "sample right); there is nothing to render near")
-    images = load_dataset(cfg.dataset, manifest, manifest_path)
+    images = load_dataset(cfg.dataset, manifest, manifest_path, cfg.data_roots)
     # 2. The checkpoint: same class names as the manifest, and the one that made the manifest.
     bundle_dir = Path(cfg.checkpoint)
     if not bundle_dir.is_dir():
@@ -100,15 +100,13 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
                        output=output, stored_size=stored)
 
 
-def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, manifest_path: Path) -> LabeledImages:
-    """The configured data set, or the manifest header's; its fingerprint and names must match."""
+def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, manifest_path: Path,
+                 data_roots: Sequence[str] = ()) -> LabeledImages:
+    """The configured data set, or the manifest header's where ``data_roots`` admit it; its
+    fingerprint and names must match the manifest's, and every hard sample's row must exist."""
     header = manifest.header
     if source is None:
-        try:
-            source = DataSource(**header.dataset)
-        except TypeError as e:
-            raise FormatError(str(manifest_path), f"field 'header.dataset' is not a data source ({e}); "
-                                                  "give config key 'dataset' instead") from None
+        source = manifest_source(manifest, manifest_path, data_roots)
     local = Path(source.path).expanduser()
     glob = any(c in source.path for c in "*?[")
     if not source.path.startswith("builtin:") and (local.exists() or (glob and local.parent.is_dir())):
@@ -123,7 +121,65 @@ def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, man
     if images.class_names != list(header.class_names):
         raise FormatError(str(manifest_path), f"class names differ: manifest has {list(header.class_names)}, "
                                               f"data set {source.path!r} has {images.class_names}")
+    for i, sample in enumerate(manifest.samples):
+        _, row = parse_sample_id(sample.id)
+        if row >= len(images):
+            raise FormatError(str(manifest_path), f"field 'samples[{i}].id' {sample.id!r}: row {row} is out of range "
+                                                  f"for data set {source.path!r}, which has {len(images)} rows")
     return images
+
+
+def manifest_source(manifest: HardSampleManifest, manifest_path: Path, data_roots: Sequence[str]) -> DataSource:
+    """The manifest's ``header.dataset``, where the build's config lets a manifest choose it.
+
+    A manifest comes from another program, maybe another machine or person; a path in it must not
+    decide what the builder reads (a manifest naming ``/`` would make it walk the whole disk). It
+    may name the embedded ``builtin:digits`` (no file is read), or a path that resolves, symbolic
+    links followed, inside one of ``data_roots``; anything else (a hub name too: a download) only
+    when config key ``dataset`` names it.
+    """
+    where = str(manifest_path)
+    try:
+        source = DataSource(**manifest.header.dataset)
+    except TypeError as e:
+        raise FormatError(where, f"field 'header.dataset' is not a data source ({e}); "
+                                 "give config key 'dataset' instead") from None
+    path = source.path
+    if not isinstance(path, str) or not path:
+        raise FormatError(where, f"field 'header.dataset.path' = {path!r}: expected a data-set path")
+    if path == BUILTIN_DIGITS:
+        return source
+    fix = (f"set config key 'dataset' to read it (e.g. --set dataset.path={path}), or list a folder holding it "
+           "in config key 'data_roots'")
+    if not data_roots:
+        raise FormatError(where, f"field 'header.dataset.path' = {path!r}: the builder reads only data its config "
+                                 f"names, and config key 'dataset' is null with no 'data_roots'; {fix}")
+    if path.startswith("builtin:") or not _looks_local_path(path):
+        raise FormatError(where, f"field 'header.dataset.path' = {path!r}: not a local path inside 'data_roots' "
+                                 f"{list(data_roots)}; {fix}")
+    resolved = _fixed_prefix(Path(path).expanduser()).resolve()
+    roots = [Path(r).expanduser().resolve() for r in data_roots]
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise FormatError(where, f"field 'header.dataset.path' = {path!r} (resolved: {resolved}) is not inside "
+                                 f"'data_roots' {[str(r) for r in roots]}; {fix}")
+    return source
+
+
+def _looks_local_path(path: str) -> bool:
+    """A local file, folder or glob rather than a hub name (``owner/name``)."""
+    local = Path(path).expanduser()
+    return (local.exists() or path.startswith(("/", ".", "~")) or any(c in path for c in "*?[")
+            or path.count("/") != 1)
+
+
+def _fixed_prefix(path: Path) -> Path:
+    """The part of a glob before its first wildcard component (the folder it can match in)."""
+    parts = []
+    for part in path.parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
 
 
 def check_generator(cfg: GeneratorConfig) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from actgen.shards import __version__
 from actgen.shards._schema import jsonable
 from actgen.shards.atomic import atomic_write_text, fsync_dir
 from actgen.shards.config import diff_keys
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, writing
+from actgen.shards.locks import pid_alive
 from actgen.shards.reader import read_index, read_member, scan_tar
 from actgen.shards.samples import decode_image, decode_provenance
 from actgen.shards.writer import CARD_FILE, INDEX_FILE, TIMM_INFO_FILE, DatasetIndex, ShardInfo, file_sha256
@@ -36,8 +38,9 @@ _logger = logging.getLogger(__name__)
 BUILD_FILE = "build.json"
 BUILD_FORMAT = "actgen.build-state"
 # Config keys that do not change what is rendered: a resumed build may change them freely.
-_NOT_SETTINGS = ("checkpoint", "manifest", "dataset", "batch_size", "ray", "check_checkpoint", "generator.device",
-                 "generator.local_files_only", "output.path", "output.overwrite", "output.contact_sheet", "output.name")
+_NOT_SETTINGS = ("checkpoint", "manifest", "dataset", "data_roots", "batch_size", "ray", "check_checkpoint",
+                 "generator.device", "generator.local_files_only", "output.path", "output.overwrite",
+                 "output.contact_sheet", "output.name")
 
 
 def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan) -> dict:
@@ -116,7 +119,8 @@ def clear_output(output: Path) -> None:
     for path in output.iterdir():
         if path.is_file() and (pattern.match(path.name) or path.name in
                                (TIMM_INFO_FILE, CARD_FILE, BUILD_FILE, CONTACT_SHEET_FILE)):
-            path.unlink()
+            if not _live_temporary(path.name):
+                path.unlink()
     fsync_dir(output)
     _logger.info("cleared the earlier build in %s (output.overwrite)", output)
 
@@ -153,7 +157,9 @@ def _resume(output: Path, plan: BuildPlan) -> OutputState:
     state = OutputState()
     for path in output.iterdir():
         # Hidden temporaries of writers that were killed (atomic writes never leave anything else).
-        if path.name.startswith(".") and re.search(r"\.(partial|tmp)-\d+-[0-9a-f]{8}$", path.name):
+        # The build holds the output's lock, so no other build writes here; a temporary whose
+        # writer still lives on this host (a worker of a killed build, still finishing) is its.
+        if path.is_file() and _temporary_pid(path.name) is not None and not _live_temporary(path.name):
             path.unlink()
     for shard in plan.shards:
         path = output / shard.filename
@@ -187,6 +193,27 @@ def _resume(output: Path, plan: BuildPlan) -> OutputState:
 
 
 
+_TEMPORARY = re.compile(r"^\..*\.(?:partial|tmp)-(\d+)-[0-9a-f]{8}$")   # shards.atomic.temp_sibling
+
+
+def _temporary_pid(name: str) -> Optional[int]:
+    """The writer's pid in a temporary's name (``.<name>.<tag>-<pid>-<8 hex>``), None for other files."""
+    m = _TEMPORARY.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _live_temporary(name: str) -> bool:
+    """A temporary whose writer is another live process on this host (never deleted).
+
+    This process writes nothing while it prepares the folder, so its own are left-overs. The pid
+    is that of the writer's host; on a Ray cluster a worker on another node cannot be checked
+    this way, but the output lock already keeps other builds out.
+    """
+    pid = _temporary_pid(name)
+    return pid is not None and pid != os.getpid() and pid_alive(pid)
+
+
 def write_build_file(output: Path, settings: dict) -> None:
     """``build.json``, before any shard is rendered (so a resumed attempt can compare settings)."""
-    atomic_write_text(output / BUILD_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    with writing(output / BUILD_FILE):
+        atomic_write_text(output / BUILD_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")

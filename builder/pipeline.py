@@ -3,11 +3,13 @@
 1. :mod:`.inputs` checks every input; nothing is created before that passes.
 2. :mod:`.plan` fixes every image's source, seed, mode, key and shard.
 3. :mod:`.outputs` prepares the output folder: fresh, resumed after a kill (complete shards kept),
-   refused (other settings), or already finished; ``build.json`` records the settings.
+   refused (other settings), or already finished; ``build.json`` records the settings. From here
+   on the build holds the folder's lock (a file beside it): a second build of it exits, naming this one.
 4. :mod:`.workers` renders the missing shards on a Ray actor pool (or here), each shard by a
    :class:`~.render.ShardWriter`, written atomically.
 5. :mod:`.contact_sheet` draws guides beside renders, then the index, ``_info.json`` and the
-   dataset card are written, ``index.json`` last: until then readers refuse the folder.
+   dataset card are written, ``index.json`` last: until then readers refuse the folder. A write that
+   fails for want of space (or a file-size limit) is a ``WriteFailed`` naming the file.
 
 :func:`build_round` is the entry for a trainer's round folder (one-off ``--round-dir`` builds and
 the two-job watcher alike): it marks the round in ``build_status.json`` around :func:`run`.
@@ -30,12 +32,13 @@ from typing import Callable
 
 from actgen.shards import __version__
 from actgen.shards._schema import utc_now
-from actgen.shards.errors import one_line
-from actgen.shards.rounds import BuildStatus, read_status, write_status
+from actgen.shards.errors import one_line, writing
+from actgen.shards.locks import hold_lock, sibling_lock_path
+from actgen.shards.rounds import STATUS_FILE, BuildStatus, read_status, write_status
 from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
 
 from .config import BuildConfig
-from .contact_sheet import write_contact_sheet
+from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
 from .inputs import BuildInputs, resolve_inputs
 from .outputs import build_settings, prepare_output, write_build_file
 from .plan import BuildPlan, make_plan, num_shards
@@ -65,11 +68,29 @@ class BuildResult:
     shard_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+def output_lock(output: str | Path):
+    """The lock every build holds on its output folder (a file beside it): one writer per folder,
+    so a build's clean-up of temporaries never meets those of another live build."""
+    path = Path(output).expanduser().absolute()
+    return hold_lock(sibling_lock_path(path, "actgen-build"), f"output folder {path}")
+
+
 def run(cfg: BuildConfig) -> BuildResult:
-    """Build one round's synthetic shard data set (see the module docstring)."""
+    """Build one round's synthetic shard data set (see the module docstring).
+
+    Raises:
+        ValueError, OSError: bad input (nothing is written then), or the output folder is being
+            built by another live process (:class:`~actgen.shards.locks.LockHeld`).
+        RuntimeError: a failure while rendering or writing (a full disk: ``WriteFailed``).
+    """
     # 1. Inputs; nothing is written before they pass.
     inputs = resolve_inputs(cfg)
     cfg = resolve_horizon(cfg, inputs)
+    with output_lock(inputs.output):
+        return _build(cfg, inputs)
+
+
+def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
     # 2. Plan.
     shards = num_shards(cfg.budget, cfg.output.samples_per_shard, cfg.output.min_shards)
     plan = make_plan(inputs.manifest.samples, cfg.budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
@@ -115,7 +136,8 @@ def run(cfg: BuildConfig) -> BuildResult:
     if len(sizes) != 1:
         raise RuntimeError(f"{inputs.output}: shards hold images of different sizes {sorted(sizes)}")
     if cfg.output.contact_sheet:
-        write_contact_sheet(inputs.output, plan, inputs, cfg.output.contact_sheet)
+        with writing(inputs.output / CONTACT_SHEET_FILE):
+            write_contact_sheet(inputs.output, plan, inputs, cfg.output.contact_sheet)
     index = DatasetIndex(
         class_names=list(inputs.class_names), image_size=sizes.pop(),
         shards=[infos[s.filename] for s in plan.shards], num_samples=plan.num_samples, name=cfg.output.name,
@@ -123,7 +145,8 @@ def run(cfg: BuildConfig) -> BuildResult:
                  "generator": settings["settings"]["generator"]["path"],
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
                  "config": settings["config"]})
-    write_index(inputs.output, index)
+    with writing(f"{inputs.output} (its index.json, _info.json or README.md)"):
+        write_index(inputs.output, index)
     return BuildResult(inputs.output, index, rendered=[r["filename"] for r in rows], kept=sorted(state.kept),
                        seconds=seconds, shard_seconds={r["filename"]: r["seconds"] for r in rows})
 
@@ -137,21 +160,29 @@ def build_round(directory: Path, cfg: BuildConfig,
 
     A kill leaves the status at ``building``; the next attempt resumes the round's shards.
     """
-    previous = read_status(directory)
-    attempts = previous.attempts + 1 if previous is not None else 1
-    round_number = int(directory.name) if directory.name.isdigit() else -1
-    write_status(directory, BuildStatus(state="building", round=round_number, attempts=attempts))
-    started = time.perf_counter()
-    try:
-        result = build(cfg)
-    except BaseException as e:  # marked, then raised unchanged for the CLI's exit status
-        if not isinstance(e, KeyboardInterrupt):   # an interrupt stays "building": resumable
-            write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
-                                                error=one_line(e)))
-        raise
-    status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts,
-                                                 images=result.index.num_samples,
-                                                 seconds=round(time.perf_counter() - started, 3)))
+    # The output's lock first: a second build of this round (another watcher, a one-off build)
+    # fails here, before it could mark the round of the build in progress.
+    with output_lock(cfg.output.path):
+        previous = read_status(directory)
+        attempts = previous.attempts + 1 if previous is not None else 1
+        round_number = int(directory.name) if directory.name.isdigit() else -1
+        with writing(directory / STATUS_FILE):
+            write_status(directory, BuildStatus(state="building", round=round_number, attempts=attempts))
+        started = time.perf_counter()
+        try:
+            result = build(cfg)
+        except BaseException as e:  # marked, then raised unchanged for the CLI's exit status
+            if not isinstance(e, KeyboardInterrupt):   # an interrupt stays "building": resumable
+                try:
+                    write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
+                                                        error=one_line(e)))
+                except OSError as marking:   # a full disk: the build's own error is the one to report
+                    _logger.warning("%s: cannot mark the round failed (%s)", directory, one_line(marking))
+            raise
+        with writing(directory / STATUS_FILE):
+            status = write_status(directory, BuildStatus(state="done", round=round_number, attempts=attempts,
+                                                         images=result.index.num_samples,
+                                                         seconds=round(time.perf_counter() - started, 3)))
     return status, result
 
 

@@ -16,14 +16,17 @@ The pure pieces (provenance, resizing) are plain functions.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from actgen.shards._schema import jsonable
+from actgen.shards.errors import writing
 from actgen.shards.samples import SyntheticSample
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import write_shard
@@ -219,7 +222,14 @@ class ShardWriter:
                     sizes.append((sample.image.height, sample.image.width))
                     yield sample
 
-        info = write_shard(spec.output_dir, shard.filename, samples(), image_format=spec.image_format)
+        try:
+            with writing(Path(spec.output_dir) / shard.filename):   # a full disk names the shard
+                info = write_shard(spec.output_dir, shard.filename, samples(), image_format=spec.image_format)
+        except BaseException:
+            # write_shard removes its temporary, unless closing it fails too (a full disk): then here.
+            for partial in Path(spec.output_dir).glob(f".{shard.filename}.partial-{os.getpid()}-*"):
+                partial.unlink(missing_ok=True)
+            raise
         seconds = time.perf_counter() - start
         _logger.info("wrote %s: %d images in %.1f s (%.2f images/s)", shard.filename, info.num_samples, seconds,
                      info.num_samples / seconds)

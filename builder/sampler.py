@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 import numpy as np
@@ -257,20 +258,11 @@ class GuidedSampler:
         for i, t in enumerate(timesteps):
             abar_t = float(abar[t])
             abar_prev = float(abar[t - ratio]) if t - ratio >= 0 else 1.0
-            needs_grad = i < grad_steps and any(lossy)
-            with torch.set_grad_enabled(needs_grad):
-                cu = uncond.detach().requires_grad_(needs_grad)
-                cc = cond.detach().requires_grad_(needs_grad)
-                # 6a. ε with classifier-free guidance on [x; x], embeddings [uncond; cond].
-                eps2 = gen.predict_noise(torch.cat([x, x]), t, torch.cat([cu, cc]), capture_attention=any(masked))
-                eps_u, eps_c = eps2.chunk(2)
-                eps = eps_u + cfg.cfg_scale * (eps_c - eps_u)
-                x0_hat = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
-                # 6b. Guidance loss, a sum of per-sample losses, and its embedding gradient.
-                if needs_grad:
-                    loss = self._loss(x0_hat, labels, adv, bank_draw)
-                    g_u, g_c = torch.autograd.grad(loss, [cu, cc])
-            x0_hat, eps = x0_hat.detach(), eps.detach()
+            # 6a-b. ε with classifier-free guidance, x̂0, and in the first K steps the gradient of
+            #       the guidance loss (a sum of per-sample losses) w.r.t. both embeddings.
+            grad_rows = [j for j in range(b) if lossy[j]] if i < grad_steps else []
+            eps, x0_hat, attn, grads = self._eps_and_grad(x, t, abar_t, uncond, cond, grad_rows,
+                                                          tokens if any(masked) else None, labels, adv, bank_draw)
 
             # 6c. DDPM posterior step of the sample and of the guide trajectory, same noise.
             c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
@@ -281,7 +273,6 @@ class GuidedSampler:
             # 6d. Attentive latent interpolation x ← x − γ·M ⊙ (x − x^g).
             mask = torch.ones(b, 1, h, w, device=dev)
             if any(masked):
-                attn = gen.attention.mask(tokens, cfg_halves=2).to(dev)              # [B, r, r]
                 running = attn if running is None else running + attn
                 m = attention_mask(attn, running, cfg.mask, (h, w), cfg.mask_threshold)
                 mask = torch.where(masked_t, m, mask)
@@ -291,8 +282,8 @@ class GuidedSampler:
                 masks_out.append(mask.cpu())
 
             # 6e. Embedding update, after the step: it shapes the following steps.
-            if needs_grad:
-                g_u, g_c = normalize_gradient(g_u, g_c, cfg.grad_norm)
+            if grads is not None:
+                g_u, g_c = normalize_gradient(*grads, cfg.grad_norm)
                 uncond = uncond - cfg.step_size * g_u
                 cond = cond - cfg.step_size * g_c
 
@@ -303,22 +294,74 @@ class GuidedSampler:
             self.bank.add([int(labels[i]) for i in rows], x[rows])
         return SampleOutput(images=images, latents=x, guide_latents=z_guide, masks=masks_out, gammas=gammas)
 
-    def _loss(self, x0_hat: torch.Tensor, labels: Sequence[int], adv: list[bool],
-              bank_draw: list[torch.Tensor | None]) -> torch.Tensor:
-        """Σ_b [L_contra(x̂0_b) − λ·CE(f(D(x̂0_b)), y_b)] over the samples that have each term."""
+    def _eps_and_grad(self, x: torch.Tensor, t: int, abar_t: float, uncond: torch.Tensor, cond: torch.Tensor,
+                      grad_rows: list[int], tokens: Optional[list], labels: Sequence[int], adv: list[bool],
+                      bank_draw: list[torch.Tensor | None]):
+        """``(ε, x̂0, attention [B, r, r] or None, (g_uncond, g_cond) or None)`` for one step.
+
+        Only the rows with a guidance loss (``grad_rows``) run the UNet with autograd; the others
+        run without it, so a text-to-image row never pays for a backward pass (or its stored
+        activations). Both calls together cost the UNet work of one batch.
+        """
+        cfg, gen = self.config, self.generator
+        b = x.shape[0]
+        rest = [j for j in range(b) if j not in set(grad_rows)]
+        eps, x0_hat = torch.empty_like(x), torch.empty_like(x)
+        attn = None
+        grads = None
+        for rows, with_grad in ((grad_rows, True), (rest, False)):
+            if not rows:
+                continue
+            whole = len(rows) == b                # one call over the batch: no gather/scatter
+            sel = slice(None) if whole else rows
+            with torch.set_grad_enabled(with_grad):
+                cu = uncond[sel].detach().requires_grad_(with_grad)
+                cc = cond[sel].detach().requires_grad_(with_grad)
+                xs = x[sel]
+                eps2 = gen.predict_noise(torch.cat([xs, xs]), t, torch.cat([cu, cc]), capture_attention=tokens is not None)
+                eps_u, eps_c = eps2.chunk(2)
+                e = eps_u + cfg.cfg_scale * (eps_c - eps_u)
+                x0 = (xs - math.sqrt(1 - abar_t) * e) / math.sqrt(abar_t)
+            if tokens is not None:
+                part = gen.attention.mask([tokens[j] for j in range(b)] if whole else [tokens[j] for j in rows],
+                                          cfg_halves=2).to(x.device)
+                if attn is None:
+                    attn = part if whole else torch.zeros(b, *part.shape[1:], device=x.device)
+                if not whole:
+                    attn[rows] = part
+            if with_grad:
+                g_u, g_c = self._loss_gradient(x0, [cu, cc], rows, labels, adv, bank_draw)
+                if whole:
+                    grads = (g_u, g_c)
+                else:
+                    grads = (torch.zeros_like(uncond), torch.zeros_like(cond))
+                    grads[0][rows], grads[1][rows] = g_u, g_c
+            eps[sel], x0_hat[sel] = e.detach(), x0.detach()
+        return eps, x0_hat, attn, grads
+
+    def _loss_gradient(self, x0_hat: torch.Tensor, embeddings: list[torch.Tensor], rows: list[int],
+                       labels: Sequence[int], adv: list[bool], bank_draw: list[torch.Tensor | None]):
+        """∇ of Σ_b [L_contra(x̂0_b) − λ·CE(f(D(x̂0_b)), y_b)] w.r.t. ``embeddings``, for batch rows ``rows``
+        (row k of ``x0_hat`` is batch row ``rows[k]``).
+
+        The loss is first differentiated w.r.t. a detached copy of x̂0, the adversarial decode
+        ``adversarial_chunk`` images at a time with each chunk's backward right after it, so at
+        most one chunk's VAE graph is alive; then x̂0's gradient is pushed through the UNet once.
+        """
         cfg = self.config
-        terms = []
-        for i, z in enumerate(bank_draw):
-            if z is not None:
-                terms.append(contrastive_loss(x0_hat[i], z, cfg.margin))
-        rows = [i for i, a in enumerate(adv) if a]
-        if rows:
-            images = self.generator.decode_latents(x0_hat[rows])                      # [A, 3, H, W]
-            logits = self.classifier.logits(images)
-            target = torch.tensor([int(labels[i]) for i in rows], device=logits.device)
-            ce = F.cross_entropy(logits, target, reduction="sum")                     # Σ of per-sample CE
-            terms.append(-cfg.adversarial_weight * ce.to(x0_hat.device))
-        return torch.stack(terms).sum()
+        leaf = x0_hat.detach().requires_grad_(True)
+        contra = [contrastive_loss(leaf[k], bank_draw[i], cfg.margin) for k, i in enumerate(rows)
+                  if bank_draw[i] is not None]
+        if contra:
+            torch.stack(contra).sum().backward()
+        adversarial = [k for k, i in enumerate(rows) if adv[i]]
+        for first in range(0, len(adversarial), cfg.adversarial_chunk):
+            chunk = adversarial[first:first + cfg.adversarial_chunk]
+            logits = self.classifier.logits(self.generator.decode_latents(leaf[chunk]))   # [A, classes]
+            target = torch.tensor([int(labels[rows[k]]) for k in chunk], device=logits.device)
+            ce = F.cross_entropy(logits, target, reduction="sum")                       # Σ of per-sample CE
+            (-cfg.adversarial_weight * ce.to(leaf.device)).backward()
+        return torch.autograd.grad(x0_hat, embeddings, grad_outputs=leaf.grad)
 
     def _check_inputs(self, prompts, class_names, labels, seeds, modes, adversarial, guides) -> None:
         b = len(seeds)

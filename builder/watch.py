@@ -14,8 +14,10 @@ Either side may be killed at any moment and restarted:
 
 The watcher stops once every round of the run's schedule is built (the manifests record how many
 there are: ``header.num_rounds``), or with an error after ``idle_timeout_s`` without a new round.
-One watcher per run directory: two would render the same shards twice (harmlessly, each shard
-being written atomically, but wastefully).
+One watcher per run directory: it holds a lock file beside the run directory
+(``.<run name>.actgen-watch.lock``: the trainer wants its run directory to itself) for its
+lifetime, and a second watcher exits naming the first (its pid, host and start time); the lock of
+a watcher that died is taken over. Each build also holds its output folder's lock.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from actgen.shards.errors import FormatError
+from actgen.shards.locks import hold_lock, sibling_lock_path
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import read_index
 from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, list_rounds, read_status, round_dir
@@ -115,6 +118,18 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
     # Check the config once up front, so a typo fails now and not at the first round.
     load_round_config(config_path, overrides, Path("round"))
     run_dir = Path(opts.run_dir)
+    with hold_lock(watch_lock_path(run_dir), f"run directory {run_dir} (actgen-build --watch)"):
+        return _watch(run_dir, config_path, overrides, opts, build, build_round, sleep, clock)
+
+
+def watch_lock_path(run_dir: Path) -> Path:
+    """The watcher's lock file: ``.<run name>.actgen-watch.lock`` beside the run directory."""
+    return sibling_lock_path(run_dir, "actgen-watch")
+
+
+def _watch(run_dir: Path, config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,
+           build: Callable[[BuildConfig], BuildResult], build_round: Callable, sleep: Callable[[float], None],
+           clock: Callable[[], float]) -> list[int]:
     built: list[int] = []
     # Rounds seen built, by their manifest's mtime: a long run has many rounds, and hashing every
     # manifest at every poll would cost more than the poll.

@@ -31,7 +31,8 @@ The generator directory is reused on later runs; delete it to fit again.
               default="configs/demo.yaml", show_default=True, help="Demo config (see configs/demo.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a demo config value, e.g. --set output=runs/demo2 --set baseline=false.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+@click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
+              help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Path, overrides: tuple[str, ...], verbose: bool) -> None:
     """Run the whole ActGen loop on this machine and write a report.
 

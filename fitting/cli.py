@@ -37,7 +37,8 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 @click.option("--resume", is_flag=True, help=f"Continue from OUTPUT/{CHECKPOINT}.")
 @click.option("--lora", is_flag=True, help="LoRA-fine-tune an existing SD 1.x/2.x generator instead "
               "(config keys: actgen.fitting.config.LoraFitConfig, e.g. --set base=/models/sd21-base).")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging; tracebacks on errors.")
+@click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
+              help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], resume: bool,
          lora: bool, verbose: bool) -> None:
     """Fit a small text-conditional diffusion model on a labeled data set, from scratch.

@@ -60,6 +60,25 @@ def _check_config(config: BundleConfig, where: str) -> None:
     reserved = {"num_classes", "pretrained"} & set(config.model_kwargs)
     if reserved:
         raise FormatError(where, f"model_kwargs must not set {sorted(reserved)} (the bundle fixes them)")
+    check_model_kwargs(config.model_kwargs, where, "model_kwargs")
+
+
+LOADING_KWARGS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict",
+                            "cache_dir", "file", "url", "hf_hub_id", "hf_hub_filename", "state_dict", "weights"})
+"""``timm.create_model`` keyword arguments that make it read a file or fetch one (``checkpoint_path``
+is ``torch.load``-ed, possibly unpickling code). A bundle carries its weights in
+``model.safetensors``; its ``model_kwargs`` only shape the architecture."""
+
+
+def check_model_kwargs(kwargs: dict, where: str, field: str) -> None:
+    """FormatError naming ``field.<key>`` for any key that would load, fetch or point at a file."""
+    for key, value in kwargs.items():
+        lowered = str(key).lower()
+        if (lowered in LOADING_KWARGS or lowered.startswith(("pretrained_cfg", "hf_hub", "checkpoint"))
+                or lowered.endswith(("_path", "_file", "_url", "_dir")) or lowered in ("path", "filename")):
+            raise FormatError(where, f"field '{field}.{key}' = {value!r}: not allowed (a bundle's weights are its "
+                                     f"{WEIGHTS_FILE}; model_kwargs may only shape the architecture, never make "
+                                     "timm read, fetch or configure weights from elsewhere)")
 
 
 def write_bundle(directory: str | Path, state_dict: dict, config: BundleConfig) -> str:
@@ -126,11 +145,16 @@ def load_classifier(directory: str | Path, device="cpu"):
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise FormatError(str(weights), "file not found")
+    where = str(Path(directory) / CONFIG_FILE)
+    if not timm.is_model(config.architecture):
+        raise FormatError(where, f"field 'architecture' = {config.architecture!r}: not a timm model "
+                                 f"(timm {timm.__version__})")
     try:
         model = timm.create_model(config.architecture, pretrained=False, num_classes=config.num_classes,
                                   **config.model_kwargs)
-    except RuntimeError as e:  # timm: "Unknown model (...)"
-        raise FormatError(str(Path(directory) / CONFIG_FILE), f"field 'architecture': {e}") from e
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:   # kwargs the model rejects
+        raise FormatError(where, f"field 'model_kwargs' = {config.model_kwargs!r}: rejected by "
+                                 f"{config.architecture} ({type(e).__name__}: {' '.join(str(e).split())})") from e
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as e:

@@ -21,7 +21,7 @@ def load_structured(schema_cls: type[T], path: str | Path | None = None, overrid
         ValueError: an unknown key, a mistyped value, a malformed override or a value out of
             range; the message names the file or the overrides, and the key.
     """
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     schema = OmegaConf.structured(schema_cls)
@@ -31,9 +31,16 @@ def load_structured(schema_cls: type[T], path: str | Path | None = None, overrid
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
-            raise ValueError(f"{path}: not a valid YAML config ({' '.join(str(e).split())})") from None
+            text = " ".join(str(e).split())
+            if text.startswith("Invalid loaded object type"):   # a bare number or boolean
+                raise ValueError(f"{path}: expected a mapping of config keys at the top level, got "
+                                 f"{text.rsplit(' ', 1)[-1]}") from None
+            raise ValueError(f"{path}: not a valid YAML config ({text})") from None
+        if not isinstance(loaded, DictConfig):
+            raise ValueError(f"{path}: expected a mapping of config keys at the top level, got a list")
+        layers.append(loaded)
     bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
     if bad:
         raise ValueError(f"override {bad[0]!r}: expected key.sub=value")

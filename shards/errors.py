@@ -1,10 +1,16 @@
-"""One exception type for every contract violation, so both CLIs can print one clear line."""
+"""One exception type for every contract violation, and one exit-status block for every CLI."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import logging
+import os
 import sys
-from typing import Iterator
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Iterator, Optional
 
 
 class FormatError(ValueError):
@@ -20,42 +26,104 @@ class FormatError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
+"""errnos of a write that failed for reasons of the machine (a full disk, a file-size limit, a
+read-only or failing device), not of the input: a runtime failure (exit 1)."""
+
+
+class WriteFailed(RuntimeError):
+    """Writing a file failed for a reason of the machine (see :data:`WRITE_FAILURES`); names the file."""
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Around the writes of ``path``: a full disk, a file-size limit or an I/O error becomes
+    :class:`WriteFailed` naming ``path`` (an ``OSError`` from ``write`` carries no file name)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:
+            raise
+        raise WriteFailed(f"{path}: cannot write ({e.strerror or e})") from e
+
+
 def one_line(e: BaseException) -> str:
-    """An exception as the one line both CLIs print for bad input (the file name folded in for
-    OSErrors whose message lacks it)."""
+    """An exception as the one line the CLIs print (the file name folded in for OSErrors whose
+    message lacks it)."""
     text = " ".join(str(e).split())
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
     return text or type(e).__name__
 
 
+def is_bad_input(e: BaseException,
+                 bad_input: tuple[type[BaseException], ...] = (ValueError, OSError, TimeoutError)) -> bool:
+    """Whether ``e`` is the user's input's fault (exit 2) rather than a failure at run time (exit 1).
+
+    OSErrors of the machine (a full disk, a file-size limit: :data:`WRITE_FAILURES`) are failures.
+    """
+    if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
+        return False
+    return isinstance(e, bad_input)
+
+
 @contextlib.contextmanager
 def cli_errors(prog: str, verbose: bool, interrupted: str = "interrupted",
                bad_input: tuple[type[BaseException], ...] = (ValueError, OSError, TimeoutError),
-               failures: tuple[type[BaseException], ...] = (RuntimeError,)) -> Iterator[None]:
-    """Every CLI's exit statuses, around its body: one line on stderr, no traceback.
+               failures: tuple[type[BaseException], ...] = (RuntimeError,),
+               log_dir: Optional[str | Path] = None) -> Iterator[None]:
+    """Every CLI's exit statuses, around its body: every exception becomes one line on stderr.
 
     ``bad_input`` (FormatError and config errors are ValueErrors, missing files OSErrors) exits
-    with 2 as ``<prog>: error: ...``; ``failures`` (a device, a worker, a subprocess) with 1 as
-    ``<prog>: failed: ...``; Ctrl-C with 130 and ``interrupted`` (what to do next). ``verbose``
-    also logs the traceback. Click's own usage errors pass through to click.
+    with 2 as ``<prog>: error: ...``; ``failures`` (a device, a worker, a subprocess, a full disk)
+    and any other exception with 1 as ``<prog>: failed: ...``; Ctrl-C with 130 and ``interrupted``
+    (what to do next). With ``verbose`` (``--debug``) the traceback is logged on stderr; otherwise
+    a failure's traceback is written to a log file (in ``log_dir``, default the temporary folder)
+    that the line names. Click's own usage errors and exits pass through to click.
     """
     import click
 
     try:
         yield
-    except click.ClickException:
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
     except KeyboardInterrupt:
         click.echo(f"{prog}: {interrupted}", err=True)
         sys.exit(130)
-    except bad_input as e:
+    except Exception as e:
+        bad = is_bad_input(e, bad_input)
         if verbose:
             logging.getLogger(prog).exception("failed")
-        click.echo(f"{prog}: error: {one_line(e)}", err=True)
-        sys.exit(2)
-    except failures as e:
-        if verbose:
-            logging.getLogger(prog).exception("failed")
-        click.echo(f"{prog}: failed: {one_line(e)}", err=True)
+        if bad:
+            click.echo(f"{prog}: error: {one_line(e)}", err=True)
+            sys.exit(2)
+        where = "" if verbose else _traceback_file(prog, e, log_dir)
+        click.echo(f"{prog}: failed: {_describe(e, failures)}{where}", err=True)
         sys.exit(1)
+
+
+def _describe(e: BaseException, expected: tuple[type[BaseException], ...]) -> str:
+    """The failure's line; an exception nobody raises on purpose keeps its type name."""
+    line = one_line(e)
+    if isinstance(e, (*expected, OSError)) or line.startswith(type(e).__name__):
+        return line
+    return f"{type(e).__name__}: {line}"
+
+
+def _traceback_file(prog: str, e: BaseException, log_dir: Optional[str | Path]) -> str:
+    """Write ``e``'s traceback to a new log file; -> `` (traceback in <file>)``, or "" when it
+    cannot be written (a full disk: the line says what failed anyway)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = None
+    try:
+        directory = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir())
+        fd, name = tempfile.mkstemp(prefix=f"{prog}-{stamp}-", suffix=".log", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{prog} {' '.join(sys.argv[1:])}\n\n")
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except OSError:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        return ""
+    return f" (traceback in {name}; --debug prints it)"

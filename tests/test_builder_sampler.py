@@ -206,6 +206,59 @@ def test_adversarial_term_raises_the_classifier_loss(tiny_generator, tiny_guidan
     assert (with_adv > without).all()
 
 
+def test_adversarial_chunks_bound_the_decode_and_change_no_image(tiny_generator, tiny_guidance_classifier,
+                                                                 monkeypatch):
+    names = ["cat", "dog", "ship", "aquarium_fish", "cat"]
+    seeds, guides = [41, 42, 43, 44, 45], _guides(5, seed=4)
+    decoded: list[int] = []
+    real_decode = tiny_generator.decode_latents
+
+    def counting_decode(latents):
+        if torch.is_grad_enabled():
+            decoded.append(latents.shape[0])
+        return real_decode(latents)
+
+    monkeypatch.setattr(tiny_generator, "decode_latents", counting_decode)
+    outs = {}
+    for chunk in (1, 2, 8):
+        decoded.clear()
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**FAST, step_size=0.5, adversarial_chunk=chunk),
+                                tiny_guidance_classifier)
+        outs[chunk] = _render(sampler, names, seeds, ["actgen"] * 5, adversarial=[True] * 5, guides=guides).latents
+        # Every guided step decodes the 5 adversarial rows in chunks of at most `chunk`.
+        steps = FAST["guidance_steps"]
+        assert sum(decoded) == 5 * steps and max(decoded) == min(chunk, 5), (chunk, decoded)
+    assert torch.allclose(outs[1], outs[8], atol=1e-4) and torch.allclose(outs[2], outs[8], atol=1e-4)
+
+
+def test_rows_without_a_loss_stay_out_of_the_gradient_graph(tiny_generator, tiny_guidance_classifier, monkeypatch):
+    names = ["cat", "dog", "ship", "aquarium_fish"]
+    seeds, guides = [51, 52, 53, 54], _guides(4, seed=5)
+    modes = ["txt2img", "actgen", "img2img", "actgen"]
+    calls: list[tuple[int, bool]] = []
+    real_predict = tiny_generator.predict_noise
+
+    def recording_predict(latents, t, embeddings, capture_attention=False):
+        calls.append((latents.shape[0], embeddings.requires_grad))
+        return real_predict(latents, t, embeddings, capture_attention=capture_attention)
+
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(**FAST, step_size=0.5), tiny_guidance_classifier)
+    mixed = _render(sampler, names, seeds, modes, adversarial=[False, True, False, True], guides=guides)
+    monkeypatch.setattr(tiny_generator, "predict_noise", recording_predict)
+    _render(sampler, names, seeds, modes, adversarial=[False, True, False, True], guides=guides)
+    monkeypatch.undo()
+    # Guided steps: the two actgen rows (x2 CFG halves) with autograd, the other two without.
+    with_grad = [n for n, g in calls if g]
+    assert with_grad == [4] * FAST["guidance_steps"]
+    without = [n for n, g in calls if not g]
+    assert without == [4] * FAST["guidance_steps"] + [8] * (FAST["num_steps"] - FAST["guidance_steps"])
+    # Each row renders as it would alone: splitting the batch changes nothing.
+    for k in range(4):
+        alone = _render(sampler, names[k:k + 1], seeds[k:k + 1], modes[k:k + 1],
+                        adversarial=[False, True, False, True][k:k + 1], guides=guides[k:k + 1])
+        assert torch.allclose(alone.latents[0], mixed.latents[k], atol=1e-4), k
+
+
 def test_contrastive_term_raises_the_distance_to_the_bank(tiny_generator):
     plain = GuidedSampler(tiny_generator, GuidanceConfig(**FAST))
     others = _render(plain, ["cat"] * 6, list(range(100, 106)), ["txt2img"] * 6)

@@ -37,7 +37,8 @@ and from the next epoch on trains on the shards found at synthetic.pattern.
 @click.option("--stop-after", type=click.IntRange(min=1), metavar="N",
               help="Stop once N epochs are complete (resumable later with --resume).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
+              help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool,
          stop_after: Optional[int], print_config: bool, verbose: bool) -> None:
     """Train an image classifier in active-generation rounds (ActGen).
