@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ class MemoryBank:
         self.capacity = capacity
         self.sample_size = sample_size
         self._entries: dict[int, deque[torch.Tensor]] = {}
+        self._recorded: Optional[list[tuple[int, torch.Tensor]]] = None
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._entries.values())
@@ -35,7 +37,19 @@ class MemoryBank:
         if len(labels) != latents.shape[0]:
             raise ValueError(f"{len(labels)} labels for {latents.shape[0]} latents")
         for y, z in zip(labels, latents.detach().to("cpu", torch.float16)):
-            self._entries.setdefault(int(y), deque(maxlen=self.capacity)).append(z.clone())
+            z = z.clone()
+            self._entries.setdefault(int(y), deque(maxlen=self.capacity)).append(z)
+            if self._recorded is not None:
+                self._recorded.append((int(y), z))
+
+    def start_recording(self) -> None:
+        """From now on, remember every added latent in order (what a shard adds to the bank)."""
+        self._recorded = []
+
+    def recorded(self) -> tuple[list[int], torch.Tensor | None]:
+        """``(labels, [n, C, h, w] float16)`` added since :meth:`start_recording` (None when nothing)."""
+        entries = self._recorded or []
+        return [y for y, _ in entries], (torch.stack([z for _, z in entries]) if entries else None)
 
     def sample(self, label: int, generator: torch.Generator) -> torch.Tensor | None:
         """A random draw without replacement of min(size, sample_size) latents, float32, or None."""

@@ -277,11 +277,16 @@ class BuildConfig:
         seed: run seed; with the manifest and budget it fixes the plan and every image's noise.
         round: the round for keys, schedules and provenance; null = the manifest's.
         batch_size: images per sampler call (memory-bound on a GPU).
-        bank_scope: memory bank of the contrastive term. ``worker``: one bank per actor for the
-            whole build, as in the paper (per GPU process): an image then depends on which shards
-            its actor rendered before, which Ray's scheduling decides. ``shard``: a fresh bank per
-            shard: every image is a function of the plan and settings alone, for any worker count
-            and across resumed builds.
+        bank_scope: memory bank of the contrastive term. ``run`` (the paper's bank, which lives
+            for the whole run): every shard starts from the banks of the run's earlier rounds
+            (``bank_sources``) and grows in plan order; every image is a function of the plan and
+            the earlier rounds alone, for any worker count and across resumes. ``shard``: a fresh,
+            empty bank per shard. ``worker``: one bank per actor for this build only (an image
+            then depends on which shards its actor rendered before, which Ray decides). Every
+            scope writes the round's additions to ``memory_bank.safetensors``.
+        bank_sources: with ``bank_scope: run``, the earlier data sets whose banks to start from,
+            in order; null = rounds 0..r-1 of the run when the output is ``<run>/rounds/<r>/shards``
+            (the trainer's layout), else none.
         check_checkpoint: the checkpoint's sha256 must be the manifest's ``checkpoint_sha256``.
         output: where and how to write.
         ray: where to render.
@@ -299,7 +304,8 @@ class BuildConfig:
     seed: int = 0
     round: Optional[int] = None
     batch_size: int = 4
-    bank_scope: Literal["worker", "shard"] = "worker"
+    bank_scope: Literal["run", "worker", "shard"] = "run"
+    bank_sources: Optional[list[str]] = None
     check_checkpoint: bool = True
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)

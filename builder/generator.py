@@ -260,14 +260,15 @@ class DiffusersGenerator:
         return self.vae.decode(z).sample.float()
 
     def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        if missing:
-            ids = self.tokenizer(list(missing), padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self._device)
-            with torch.no_grad():
-                emb = self.text_encoder(ids)[0].float()              # [M, L, D]
-            for p, e in zip(missing, emb):
-                self._prompt_cache[p] = e
+        # One prompt per text-encoder call: a batched call's numerics depend on the other rows, and
+        # an embedding must not depend on which prompts a worker happened to encode first (the
+        # memory bank keeps latents at full precision, so such differences would reach the files).
+        for p in dict.fromkeys(prompts):
+            if p not in self._prompt_cache:
+                ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids.to(self._device)
+                with torch.no_grad():
+                    self._prompt_cache[p] = self.text_encoder(ids)[0][0].float()   # [L, D]
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
     def embed_unconditional(self, batch_size: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from actgen.shards.samples import decode_image, decode_provenance
 from actgen.shards.writer import CARD_FILE, INDEX_FILE, TIMM_INFO_FILE, DatasetIndex, ShardInfo, file_sha256
 
 from .config import BuildConfig, config_to_dict
+from .bank_store import BANK_FILE, StartBank, part_path, restore_parts
 from .contact_sheet import CONTACT_SHEET_FILE
 from .inputs import BuildInputs, source_dict
 from .plan import BuildPlan
@@ -43,8 +44,11 @@ _NOT_SETTINGS = ("checkpoint", "manifest", "dataset", "data_roots", "batch_size"
                  "output.contact_sheet", "output.name")
 
 
-def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan) -> dict:
-    """``build.json``: the settings that decide the images (compared on resume) and the full config."""
+def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, bank: StartBank) -> dict:
+    """``build.json``: the settings that decide the images (compared on resume) and the full config.
+
+    ``bank`` is the memory bank the build starts from (its files' sha256s are settings: the
+    images depend on them)."""
     config = jsonable(config_to_dict(cfg))                 # inf -> "inf": strict JSON
     config["dataset"] = config["dataset"] or source_dict(inputs.images)
     settings = copy.deepcopy(config)
@@ -56,7 +60,7 @@ def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan) -> di
         node.pop(leaf, None)
     settings.update(round=inputs.round, plan_sha256=plan.digest(), manifest_sha256=inputs.manifest_sha256,
                     checkpoint_sha256=inputs.checkpoint_sha256, dataset_fingerprint=inputs.images.fingerprint,
-                    tool_version=__version__)
+                    tool_version=__version__, bank_start=bank.record())
     return {"format": BUILD_FORMAT, "format_version": 1, "settings": settings, "config": config}
 
 
@@ -118,7 +122,7 @@ def clear_output(output: Path) -> None:
     pattern = re.compile(r"^(\.?[A-Za-z0-9_-]+-\d{6}\.tar(\..*)?|\..*\.(tmp|partial)-.*)$")
     for path in output.iterdir():
         if path.is_file() and (pattern.match(path.name) or path.name in
-                               (TIMM_INFO_FILE, CARD_FILE, BUILD_FILE, CONTACT_SHEET_FILE)):
+                               (TIMM_INFO_FILE, CARD_FILE, BUILD_FILE, CONTACT_SHEET_FILE, BANK_FILE)):
             if not _live_temporary(path.name):
                 path.unlink()
     fsync_dir(output)
@@ -149,6 +153,10 @@ def _finished_index(output: Path, plan: BuildPlan) -> Optional[DatasetIndex]:
         if not path.is_file() or path.stat().st_size != shard.size_bytes or file_sha256(path) != shard.sha256:
             _logger.warning("%s: differs from the index; the build is resumed", path)
             return None
+    bank = index.created.get("memory_bank")
+    if isinstance(bank, dict) and file_sha256_or_none(output / BANK_FILE) != bank.get("sha256"):
+        _logger.warning("%s: differs from the index; the build is resumed", output / BANK_FILE)
+        return None
     return index
 
 
@@ -161,9 +169,14 @@ def _resume(output: Path, plan: BuildPlan) -> OutputState:
         # writer still lives on this host (a worker of a killed build, still finishing) is its.
         if path.is_file() and _temporary_pid(path.name) is not None and not _live_temporary(path.name):
             path.unlink()
+    restore_parts(output, [s.filename for s in plan.shards], plan.round)
     for shard in plan.shards:
         path = output / shard.filename
         if not path.is_file():
+            continue
+        if not part_path(output, shard.filename).is_file():
+            _logger.warning("%s: not kept (its memory-bank part is missing); it is rendered again", path)
+            path.unlink()
             continue
         try:
             with open(path, "rb") as f:
@@ -217,3 +230,7 @@ def write_build_file(output: Path, settings: dict) -> None:
     """``build.json``, before any shard is rendered (so a resumed attempt can compare settings)."""
     with writing(output / BUILD_FILE):
         atomic_write_text(output / BUILD_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256_or_none(path: Path) -> Optional[str]:
+    return file_sha256(path) if path.is_file() else None

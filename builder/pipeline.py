@@ -14,12 +14,12 @@
 :func:`build_round` is the entry for a trainer's round folder (one-off ``--round-dir`` builds and
 the two-job watcher alike): it marks the round in ``build_status.json`` around :func:`run`.
 
-The memory bank across workers: with ``bank_scope: worker`` (the paper's per-GPU bank) each actor
-compares its images only with its own earlier renders of this build. Which shards an actor renders
-is decided by Ray's scheduling at run time, so the images of ``actgen`` samples with the contrastive
-term depend on it (keys, guides, seeds and modes never do). ``bank_scope: shard`` starts every
-shard with an empty bank: then every image is a function of the plan and settings alone, the same
-for one worker or many and for a resumed build. Banks never persist between builds (rounds).
+The memory bank (:mod:`.bank_store`): with ``bank_scope: run`` (the default, the paper's bank
+that lives for the whole run) every shard starts from the banks of the run's earlier rounds and
+grows in plan order, so every image is a function of the plan and the earlier rounds alone, the
+same for one worker or many and for a resumed build; the round's additions are written to
+``memory_bank.safetensors`` for the rounds after it. ``shard`` starts every shard empty;
+``worker`` keeps one bank per actor for the build (images then depend on Ray's scheduling).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from actgen.shards.rounds import STATUS_FILE, BuildStatus, read_status, write_st
 from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
 
 from .config import BuildConfig
+from .bank_store import BANK_FILE, StartBank, merge_parts, remove_parts, start_bank
 from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
 from .inputs import BuildInputs, resolve_inputs
 from .outputs import build_settings, prepare_output, write_build_file
@@ -95,7 +96,8 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
     shards = num_shards(cfg.budget, cfg.output.samples_per_shard, cfg.output.min_shards)
     plan = make_plan(inputs.manifest.samples, cfg.budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
                      horizon=cfg.schedule.horizon if cfg.schedule.enabled else None, prefix=cfg.output.prefix)
-    settings = build_settings(cfg, inputs, plan)
+    bank = start_bank(inputs.output, inputs.round, cfg.bank_sources) if cfg.bank_scope == "run" else StartBank()
+    settings = build_settings(cfg, inputs, plan, bank)
     _logger.info("round %d: %d images from %d hard samples in %d shards (%s), output %s", inputs.round, cfg.budget,
                  len(inputs.manifest.samples), shards, mode_counts(plan), inputs.output)
     # 3. Output directory: fresh, resumed, or already finished.
@@ -106,7 +108,8 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
                            seconds=0.0)
     write_build_file(inputs.output, settings)
     todo = [s.number for s in plan.shards if s.filename not in state.kept]
-    _logger.info("%d shards to render, %d kept from an earlier attempt", len(todo), len(state.kept))
+    _logger.info("%d shards to render, %d kept from an earlier attempt; memory bank starts from rounds %s "
+                 "(entries per class %s)", len(todo), len(state.kept), list(bank.rounds), bank.per_class)
     # 4. Render and write the missing shards.
     generator = cfg.generator
     if Path(generator.path).expanduser().is_dir():        # absolute for workers that run elsewhere
@@ -120,14 +123,22 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
         checkpoint=str(Path(cfg.checkpoint).resolve()), checkpoint_sha256=inputs.checkpoint_sha256,
         resize_to=inputs.stored_size, resample=cfg.output.resample, image_format=cfg.output.image_format,
         round=inputs.round, build_seed=cfg.seed, tool_version=__version__,
-        expected_generator_sha256=state.generator_sha256)
+        expected_generator_sha256=state.generator_sha256, bank_files=bank.files)
     start = time.perf_counter()
     rows = render_shards(spec, todo, cfg, inputs.images) if todo else []
     seconds = time.perf_counter() - start
     if rows:
         n = sum(r["num_samples"] for r in rows)
         _logger.info("rendered %d images in %d shards in %.1f s (%.2f images/s)", n, len(rows), seconds, n / seconds)
-    # 5. Contact sheet, then the index (last).
+    # 5. The round's memory bank, the contact sheet, then the index (last).
+    return _finish(cfg, inputs, plan, settings, state, rows, seconds)
+
+
+def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: dict, state, rows: list[dict],
+            seconds: float) -> BuildResult:
+    """Merge the shards' bank parts, draw the contact sheet, write the index (last)."""
+    with writing(inputs.output / BANK_FILE):
+        bank_record = merge_parts(inputs.output, [s.filename for s in plan.shards], inputs.round)
     infos = dict(state.kept)
     sizes = {(r["height"], r["width"]) for r in rows} | set(state.sizes)
     for r in rows:
@@ -144,9 +155,10 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
         created={"tool_version": __version__, "time": utc_now(), "round": inputs.round,
                  "generator": settings["settings"]["generator"]["path"],
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
-                 "config": settings["config"]})
+                 "memory_bank": bank_record, "config": settings["config"]})
     with writing(f"{inputs.output} (its index.json, _info.json or README.md)"):
         write_index(inputs.output, index)
+    remove_parts(inputs.output)      # after the index: an attempt before it still needed them
     return BuildResult(inputs.output, index, rendered=[r["filename"] for r in rows], kept=sorted(state.kept),
                        seconds=seconds, shard_seconds={r["filename"]: r["seconds"] for r in rows})
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
 from actgen.shards._schema import jsonable
 from actgen.shards.errors import writing
@@ -31,6 +32,7 @@ from actgen.shards.samples import SyntheticSample
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import write_shard
 
+from .bank_store import EMPTY, BankEntries, load_start, part_path, save_entries
 from .config import TINY, GeneratorConfig, GuidanceConfig
 from .plan import BuildPlan, PlannedSample
 from .sampler import GuidanceClassifier, GuidedRenderer
@@ -52,7 +54,9 @@ class RenderSpec:
         device: ``cpu`` or ``cuda`` (resolved by the driver for the workers it starts).
         guidance: sampler settings.
         batch_size: images per sampler call.
-        bank_scope: ``worker`` (one memory bank per worker) or ``shard`` (fresh bank per shard).
+        bank_scope: ``run`` (each shard starts from ``bank_files``), ``shard`` (an empty bank per
+            shard) or ``worker`` (one bank per worker for the build).
+        bank_files: the earlier rounds' bank files a shard starts from (``run``), in order.
         dataset, dataset_fingerprint: where the guide images are, and the fingerprint they must have.
         checkpoint, checkpoint_sha256: the classifier bundle (loaded only if some image is adversarial).
         resize_to: stored ``(H, W)``, or None to keep the rendered size.
@@ -82,6 +86,7 @@ class RenderSpec:
     build_seed: int
     tool_version: str
     expected_generator_sha256: Optional[str] = None
+    bank_files: tuple[str, ...] = ()
 
     @property
     def needs_classifier(self) -> bool:
@@ -194,10 +199,12 @@ class ShardWriter:
             raise ValueError(f"generator {spec.generator.path!r} hashes to {self.generator_record['weights_sha256'][:12]}, "
                              f"but the shards already in {spec.output_dir} were rendered by {expected[:12]}; "
                              "pass output.overwrite=true to start over")
-        # 3. The batch transform; its memory bank lives as long as this worker (bank_scope=worker).
+        # 3. The batch transform; its memory bank lives as long as this worker (bank_scope=worker);
+        #    with bank_scope=run every shard starts from the earlier rounds' banks.
         self.renderer = GuidedRenderer(lambda: generator, spec.class_names, spec.guidance,
                                        classifier_factory=(lambda: classifier) if classifier is not None else None,
                                        prompt_template=spec.generator.prompt_template)
+        self.start_bank = load_start(spec.bank_files) if spec.bank_scope == "run" else None
         _logger.info("worker ready: %s on %s (%s), weights %s, classifier %s", self.generator_record["id"],
                      spec.device, self.generator_record["dtype"], self.generator_record["weights_sha256"][:12],
                      "loaded" if classifier is not None else "not needed")
@@ -211,8 +218,11 @@ class ShardWriter:
         spec = self.spec
         shard = spec.plan.shards[number]
         start = time.perf_counter()
-        if spec.bank_scope == "shard":
+        if spec.bank_scope in ("shard", "run"):
             self.renderer.reset_bank()
+        if self.start_bank is not None and len(self.start_bank):
+            self.renderer.bank.add(self.start_bank.labels.tolist(), torch.from_numpy(self.start_bank.latents))
+        self.renderer.bank.start_recording()
         sizes: list[tuple[int, int]] = []
 
         def samples() -> Iterator[SyntheticSample]:
@@ -221,6 +231,12 @@ class ShardWriter:
                 for sample in self._render(chunk):
                     sizes.append((sample.image.height, sample.image.width))
                     yield sample
+            # The shard's bank additions, before the shard itself is renamed into place: a kept
+            # shard always has its part (the round's bank is merged from the parts).
+            labels, latents = self.renderer.bank.recorded()
+            entries = EMPTY if latents is None else BankEntries(np.asarray(labels, np.int64), latents.numpy())
+            with writing(part_path(spec.output_dir, shard.filename)):
+                save_entries(part_path(spec.output_dir, shard.filename), entries, spec.round)
 
         try:
             with writing(Path(spec.output_dir) / shard.filename):   # a full disk names the shard

@@ -218,7 +218,7 @@ def torch_one_thread():
 BUILD_FAST = (
     "generator.path=tiny", "guidance.num_steps=3", "guidance.reference_steps=3", "guidance.guidance_steps=1",
     "guidance.guidance_strength=1.5", "batch_size=2", "output.samples_per_shard=2", "output.contact_sheet=4",
-    "ray.executor=local", "bank_scope=shard",
+    "ray.executor=local", "bank_scope=run",
 )
 
 

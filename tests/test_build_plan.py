@@ -94,7 +94,7 @@ def test_config_loading_and_errors(tmp_path):
     assert cfg.generator.path == "tiny" and cfg.schedule.horizon == 3 and cfg.ray.workers == 2
     sd = load_config(CONFIGS / "build-sd21-base.yaml", paths + ["guidance.margin=200"])
     assert sd.guidance.num_steps == 40 and sd.guidance.cfg_scale == 7.5 and sd.guidance.margin == 200
-    assert sd.guidance.scaled_guidance_steps == 10 and sd.bank_scope == "worker"
+    assert sd.guidance.scaled_guidance_steps == 10 and sd.bank_scope == "run"
     with pytest.raises(ValueError, match=r"config key 'budget' = 0: expected an int >= 1"):
         load_config(None, paths + ["budget=0"])
     with pytest.raises(ValueError, match="marginn"):

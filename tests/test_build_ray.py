@@ -94,12 +94,12 @@ def test_cli_smoke_config_and_two_workers_write_what_one_worker_writes(ray_clust
     assert "16 images in 4 shards (4 rendered, 0 kept)" in result.stdout
     assert verify(tmp_path / "two", class_names=list(DIGIT_NAMES)).num_samples == 16
     assert (tmp_path / "two" / "contact_sheet.png").is_file()
-    # 2. The same settings on one actor: the same keys and, with one memory bank per shard
-    #    (bank_scope=shard in the smoke config), the same bytes.
+    # 2. The same settings on one actor: the same keys and, with every shard starting from the
+    #    earlier rounds' bank (bank_scope=run in the smoke config; none here), the same bytes.
     cfg = load_config(CONFIGS / "build-smoke.yaml", [
         f"checkpoint={build_round / 'checkpoint'}", f"manifest={build_round / 'hard_samples.json'}",
         f"output.path={tmp_path / 'one'}", "ray.workers=1", *fast])
-    assert cfg.bank_scope == "shard"
+    assert cfg.bank_scope == "run"
     one = run(cfg)
     assert len(one.rendered) == 4
     assert _keys(tmp_path / "one") == _keys(tmp_path / "two")

@@ -13,6 +13,7 @@ from actgen.demo.run import run
 from actgen.fitting.config import load_fit_config
 from actgen.shards.config import to_yaml
 from actgen.shards.fit_record import FIT_RECORD_FILE, FitData, FitRecord, write_fit_record
+from actgen.shards.reader import read_index
 from actgen.shards.rounds import read_status
 from actgen.trainer.config import config_to_yaml
 
@@ -48,6 +49,10 @@ def test_demo_runs_the_loop_to_a_report_and_resumes(demo_config, tmp_path):
         built = json.loads((out / "active" / "rounds" / str(r) / "shards" / "build.json").read_text())
         assert built["settings"]["generator"]["path"] == str((tmp_path / "gen").absolute())
         assert record["weights_sha256"]
+    # Round 1 starts from round 0's memory bank (the paper's bank lives for the whole run).
+    bank0 = read_index(out / "active" / "rounds" / "0" / "shards").created["memory_bank"]
+    start1 = json.loads((out / "active" / "rounds" / "1" / "shards" / "build.json").read_text())["settings"]["bank_start"]
+    assert bank0["entries"] > 0 and start1["rounds"] == [0] and start1["entries"] == bank0["entries"]
     # The report states the runs' own numbers and draws both figures.
     text = report.read_text()
     final = re.search(r"Final test accuracy: \*\*([\d.]+)%\*\* with synthetic data, ([\d.]+)% without", text)

@@ -1,0 +1,115 @@
+"""The memory bank as the paper keeps it: a round starts from the banks of the run's earlier rounds.
+
+Tested by effect: with round 0's bank present, the contrastive term pushes round 1's renders away
+from round 0's latents; the bank a round starts from is recorded in build.json; one worker and two
+give the same bytes; a resumed build renders the same bytes again.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from actgen.builder.bank_store import BANK_FILE, load_entries
+from actgen.builder.config import load_config
+from actgen.builder.pipeline import run
+from actgen.shards.reader import read_index
+from actgen.shards.writer import file_sha256
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+# Every image actgen with a strong contrastive term and nothing else.
+BANK = ("mode=actgen", "schedule.enabled=false", "budget=8", "guidance.use_adversarial=false",
+        "guidance.use_mask=false", "guidance.guidance_steps=3", "guidance.step_size=0.5", "guidance.margin=100")
+
+
+@pytest.fixture
+def run_rounds(tmp_path, write_round):
+    """A run folder with rounds 0 and 1 (bundle + manifest each)."""
+    run_dir = tmp_path / "run"
+    for r in (0, 1):
+        write_round(run_dir / "rounds" / str(r), round=r)
+    return run_dir
+
+
+def _config(run_dir, r, build_fast, *sets, output=None):
+    folder = run_dir / "rounds" / str(r)
+    return load_config(None, [f"checkpoint={folder / 'checkpoint'}", f"manifest={folder / 'hard_samples.json'}",
+                              f"output.path={output or folder / 'shards'}", *build_fast, *BANK, *sets])
+
+
+def _min_distances(renders, bank) -> np.ndarray:
+    """Per render, the distance to the nearest earlier latent of its class."""
+    out = []
+    for y, z in zip(renders.labels, renders.latents.astype(np.float32)):
+        same = bank.latents[bank.labels == y].astype(np.float32)
+        out.append(np.linalg.norm((same - z).reshape(len(same), -1), axis=1).min())
+    return np.array(out)
+
+
+def test_a_round_starts_from_the_earlier_rounds_bank_and_moves_away_from_it(run_rounds, build_fast, tmp_path):
+    first = run(_config(run_rounds, 0, build_fast))
+    bank0 = load_entries(first.output / BANK_FILE)
+    assert len(bank0) == 8                                   # every actgen render's final latent
+    assert read_index(first.output).created["memory_bank"]["sha256"] == file_sha256(first.output / BANK_FILE)
+    start0 = json.loads((first.output / "build.json").read_text())["settings"]["bank_start"]
+    assert start0["rounds"] == [] and start0["entries"] == 0
+
+    with_bank = run(_config(run_rounds, 1, build_fast))
+    start1 = json.loads((with_bank.output / "build.json").read_text())["settings"]["bank_start"]
+    assert start1["rounds"] == [0] and start1["entries"] == 8
+    assert start1["entries_per_class"] == bank0.per_class()
+    # The same round with an empty bank per shard: the same plan, seeds and guides.
+    fresh = run(_config(run_rounds, 1, build_fast, "bank_scope=shard", output=tmp_path / "fresh"))
+    pushed = load_entries(with_bank.output / BANK_FILE)
+    plain = load_entries(fresh.output / BANK_FILE)
+    assert (pushed.labels == plain.labels).all()
+    near_pushed, near_plain = _min_distances(pushed, bank0), _min_distances(plain, bank0)
+    # Renders whose class round 0 rendered are pushed away from round 0's latents.
+    has_class = np.isin(pushed.labels, bank0.labels)
+    assert has_class.any()
+    assert (near_pushed[has_class] > near_plain[has_class] + 1e-3).all(), (near_pushed, near_plain)
+
+
+def test_a_resumed_round_renders_the_same_bytes(run_rounds, build_fast):
+    run(_config(run_rounds, 0, build_fast))
+    built = run(_config(run_rounds, 1, build_fast))
+    shas = {p.name: file_sha256(p) for p in sorted(built.output.glob("*.tar"))} | \
+        {BANK_FILE: file_sha256(built.output / BANK_FILE)}
+    (built.output / "index.json").unlink()                # unfinished: every shard is rendered again
+    next(iter(sorted(built.output.glob("*.tar")))).unlink()
+    again = run(_config(run_rounds, 1, build_fast))
+    assert again.rendered                                   # it did render
+    assert {p.name: file_sha256(p) for p in sorted(again.output.glob("*.tar"))} | \
+        {BANK_FILE: file_sha256(again.output / BANK_FILE)} == shas
+
+
+def test_a_changed_earlier_bank_is_refused_by_its_index(run_rounds, build_fast):
+    first = run(_config(run_rounds, 0, build_fast))
+    data = bytearray((first.output / BANK_FILE).read_bytes())
+    data[-1] ^= 1
+    (first.output / BANK_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="memory_bank.safetensors: sha256 is"):
+        run(_config(run_rounds, 1, build_fast))
+
+
+@pytest.mark.slow
+def test_one_worker_and_two_workers_write_the_same_bytes(run_rounds, build_fast, tmp_path):
+    import ray
+
+    run(_config(run_rounds, 0, build_fast))
+    sources = f"bank_sources=[{run_rounds / 'rounds' / '0' / 'shards'}]"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        # Both on Ray actors (the same thread settings), one actor vs two.
+        built = {n: run(_config(run_rounds, 1, build_fast, "output.samples_per_shard=2", "ray.executor=ray",
+                                f"ray.workers={n}", sources, output=tmp_path / f"w{n}")) for n in (1, 2)}
+    finally:
+        ray.shutdown()
+    start = json.loads((tmp_path / "w1" / "build.json").read_text())["settings"]["bank_start"]
+    assert start["entries"] == 8                                  # round 0's bank was used
+    names = sorted(p.name for p in built[1].output.glob("*.tar"))
+    assert len(names) == 4 and names == sorted(p.name for p in built[2].output.glob("*.tar"))
+    for name in [*names, BANK_FILE]:
+        assert file_sha256(built[1].output / name) == file_sha256(built[2].output / name), name
