@@ -271,7 +271,14 @@ class BuildConfig:
             is null (symbolic links resolved); relative ones are taken from the working directory.
         generator: the diffusion model.
         guidance: sampler and guidance settings (defaults: the paper code's).
-        mode: ``txt2img`` (random baseline), ``img2img`` (image guidance only) or ``actgen``.
+        mode: ``txt2img`` (text-to-image), ``img2img`` (image guidance only) or ``actgen``.
+        targets: ``hard``: every image is rendered for a hard sample (its class; its image as the
+            guide), the budget cycled over them; ``uniform``: text-to-image of classes drawn
+            uniformly, independent of the hard samples (the paper's random-generation baseline;
+            needs ``mode: txt2img``).
+        max_renders_per_sample: cap the round's budget at this many renders per hard sample
+            (``min(budget, k x hard samples)``); null = always ``budget``. Late rounds have few
+            hard samples, and spreading the whole budget over them renders each many times.
         schedule: per-round mode mixing (§1.3).
         budget: images this round (sampled from the hard samples, cycled when there are fewer).
         seed: run seed; with the manifest and budget it fixes the plan and every image's noise.
@@ -299,6 +306,8 @@ class BuildConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     mode: Mode = "actgen"
+    targets: Literal["hard", "uniform"] = "hard"
+    max_renders_per_sample: Optional[int] = None
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: int = 64
     seed: int = 0
@@ -316,6 +325,10 @@ class BuildConfig:
         _check(bool(self.output.path), "output.path", self.output.path, "a directory for the shard data set")
         _check(all(bool(r) for r in self.data_roots), "data_roots", list(self.data_roots), "folder paths, none empty")
         _check(self.budget >= 1, "budget", self.budget, "an int >= 1 (images to render this round)")
+        _check(self.targets == "hard" or self.mode == "txt2img", "targets", self.targets,
+               f"'hard' with mode {self.mode!r} ('uniform' renders text-to-image only: set mode=txt2img)")
+        _check(self.max_renders_per_sample is None or self.max_renders_per_sample >= 1, "max_renders_per_sample",
+               self.max_renders_per_sample, "null or an int >= 1")
         _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
         _check(self.round is None or self.round >= 0, "round", self.round, "null or an int >= 0")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")

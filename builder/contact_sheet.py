@@ -61,6 +61,8 @@ def contact_sheet(pairs: Sequence[tuple[object, object, str]], columns: int = 4,
 def write_contact_sheet(output: Path, plan: BuildPlan, inputs: BuildInputs, count: int) -> Path:
     """``contact_sheet.png``: the first ``count`` planned images beside their guides (read back
     from the written shards)."""
+    from PIL import Image
+
     wanted = {s.key: s for s in plan.samples[:count]}
     rendered = {}
     for shard in plan.shards:
@@ -74,7 +76,9 @@ def write_contact_sheet(output: Path, plan: BuildPlan, inputs: BuildInputs, coun
                     rendered[key] = decode_image(read_member(f, spans[ext]), str(path), key, ext)
     pairs = []
     for key, s in wanted.items():
-        guide = inputs.images.image(inputs.images.index_of(s.source_id))
+        # An image of uniform targets has no guide: a grey square stands in its place.
+        guide = (inputs.images.image(inputs.images.index_of(s.source_id)) if s.source_id
+                 else Image.new("RGB", rendered[key].size, (128, 128, 128)))
         pairs.append((guide, rendered[key], f"{s.class_name} ({s.mode}{'+adv' if s.adversarial else ''})"))
     sheet = contact_sheet(pairs)
     path = output / CONTACT_SHEET_FILE

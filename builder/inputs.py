@@ -60,9 +60,10 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     manifest_path = Path(cfg.manifest)
     manifest = read_manifest(manifest_path)
     header = manifest.header
-    if not manifest.samples:
+    if not manifest.samples and cfg.targets == "hard":
         raise FormatError(str(manifest_path), "lists no hard samples (the classifier got every hold-out "
-                                              "sample right); there is nothing to render near")
+                                              "sample right); there is nothing to render near (targets: "
+                                              "uniform renders classes drawn uniformly instead)")
     images = load_dataset(cfg.dataset, manifest, manifest_path, cfg.data_roots)
     # 2. The checkpoint: same class names as the manifest, and the one that made the manifest.
     bundle_dir = Path(cfg.checkpoint)

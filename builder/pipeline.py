@@ -42,7 +42,7 @@ from .bank_store import BANK_FILE, StartBank, merge_parts, remove_parts, start_b
 from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
 from .inputs import BuildInputs, resolve_inputs
 from .outputs import build_settings, prepare_output, write_build_file
-from .plan import BuildPlan, make_plan, num_shards
+from .plan import BuildPlan, effective_budget, make_plan, num_shards
 from .workers import render_shards
 
 _logger = logging.getLogger(__name__)
@@ -93,13 +93,16 @@ def run(cfg: BuildConfig) -> BuildResult:
 
 def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
     # 2. Plan.
-    shards = num_shards(cfg.budget, cfg.output.samples_per_shard, cfg.output.min_shards)
-    plan = make_plan(inputs.manifest.samples, cfg.budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
-                     horizon=cfg.schedule.horizon if cfg.schedule.enabled else None, prefix=cfg.output.prefix)
+    hard = inputs.manifest.samples
+    budget = effective_budget(cfg.budget, len(hard), cfg.max_renders_per_sample) if cfg.targets == "hard" else cfg.budget
+    shards = num_shards(budget, cfg.output.samples_per_shard, min(cfg.output.min_shards, budget))
+    plan = make_plan(hard, budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
+                     horizon=cfg.schedule.horizon if cfg.schedule.enabled else None, prefix=cfg.output.prefix,
+                     targets=cfg.targets, class_names=inputs.class_names)
     bank = start_bank(inputs.output, inputs.round, cfg.bank_sources) if cfg.bank_scope == "run" else StartBank()
     settings = build_settings(cfg, inputs, plan, bank)
-    _logger.info("round %d: %d images from %d hard samples in %d shards (%s), output %s", inputs.round, cfg.budget,
-                 len(inputs.manifest.samples), shards, mode_counts(plan), inputs.output)
+    _logger.info("round %d: %d images (%s targets) from %d hard samples in %d shards (%s), output %s", inputs.round,
+                 budget, cfg.targets, len(hard), shards, mode_counts(plan), inputs.output)
     # 3. Output directory: fresh, resumed, or already finished.
     state = prepare_output(inputs.output, settings, plan, cfg.output.overwrite)
     if state.finished is not None:

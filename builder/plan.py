@@ -33,8 +33,9 @@ class PlannedSample:
 
     Attributes:
         index: position in the round, 0..budget-1 (also in the key).
-        source_id: the hard sample it is rendered near (its guide image).
-        label, class_name: the hard sample's true label (the image's label).
+        source_id: the hard sample it is rendered near (its guide image); "" for an image of
+            uniform targets (no hard sample, no guide).
+        label, class_name: the hard sample's true label (the image's label), or the drawn class.
         seed: its own seed (noise, VAE posterior sample, bank draw).
         mode: ``txt2img``, ``img2img`` or ``actgen``.
         adversarial: whether the adversarial term was drawn for it (used by ``actgen`` only).
@@ -109,8 +110,24 @@ def sample_seed(seed: int, round: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, round, index, _SEED_SALT]).generate_state(1)[0])
 
 
+def uniform_labels(num_classes: int, budget: int, seed: int, round: int) -> np.ndarray:
+    """Classes for ``budget`` images drawn uniformly and balanced (every class ``budget // C`` or one
+    more times, in random order), independent of any hard sample: the paper's random baseline."""
+    if num_classes < 1:
+        raise ValueError("no class names to draw from")
+    return np.random.default_rng([seed, round, _SELECT_SALT]).permutation(np.arange(budget) % num_classes)
+
+
+def effective_budget(budget: int, num_hard: int, max_per_sample: Optional[int]) -> int:
+    """The round's image count: ``budget``, or at most ``max_per_sample`` renders per hard sample."""
+    if max_per_sample is None:
+        return budget
+    return max(1, min(budget, max_per_sample * num_hard))
+
+
 def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round: int, shards: int,
-              mode: Mode = "actgen", horizon: Optional[int] = None, prefix: str = "synth") -> BuildPlan:
+              mode: Mode = "actgen", horizon: Optional[int] = None, prefix: str = "synth",
+              targets: str = "hard", class_names: Sequence[str] = ()) -> BuildPlan:
     """The round's work list.
 
     Args:
@@ -123,9 +140,15 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         horizon: with a horizon, modes follow the §1.3 schedules (``draw_modes``); without, every
             image uses ``mode`` and every ``actgen`` image gets the adversarial term.
         prefix: shard file prefix.
+        targets: ``hard``: images are rendered near the hard samples (cycled); ``uniform``: text-to-
+            image only, classes drawn uniformly from ``class_names`` (the paper's random baseline).
     """
     if not 1 <= shards <= budget:
         raise ValueError(f"shards = {shards}: expected 1..budget ({budget})")
+    if targets == "uniform":
+        if mode != "txt2img":
+            raise ValueError(f"targets 'uniform' renders text-to-image only; mode is {mode!r}")
+        return _uniform_plan(budget, seed, round, shards, prefix, class_names)
     picks = select_sources(len(hard_samples), budget, seed, round)
     # 1. Modes: txt2img everywhere, the §1.3 draw, or the guided mode everywhere.
     if mode == "txt2img":
@@ -145,9 +168,24 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         samples.append(PlannedSample(index=i, source_id=hard.id, label=hard.label, class_name=hard.class_name,
                                      seed=s, mode=str(modes[i]), adversarial=bool(adversarial[i]),
                                      key=make_key(round, hard.id, i, s)))
-    # 3. Shards: contiguous runs of the plan.
+    return _deal(samples, shards, seed, round, prefix)
+
+
+def _uniform_plan(budget: int, seed: int, round: int, shards: int, prefix: str,
+                  class_names: Sequence[str]) -> BuildPlan:
+    labels = uniform_labels(len(class_names), budget, seed, round)
+    samples = []
+    for i, y in enumerate(labels.tolist()):
+        s = sample_seed(seed, round, i)
+        samples.append(PlannedSample(index=i, source_id="", label=int(y), class_name=class_names[y], seed=s,
+                                     mode="txt2img", adversarial=False, key=make_key(round, f"c{y}", i, s)))
+    return _deal(samples, shards, seed, round, prefix)
+
+
+def _deal(samples: list[PlannedSample], shards: int, seed: int, round: int, prefix: str) -> BuildPlan:
+    """Shards: contiguous runs of the plan, sizes differing by at most 1."""
     out, start = [], 0
-    for number, size in enumerate(shard_sizes(budget, shards)):
+    for number, size in enumerate(shard_sizes(len(samples), shards)):
         out.append(PlannedShard(number=number, filename=shard_name(prefix, number),
                                 samples=tuple(samples[start:start + size])))
         start += size

@@ -113,3 +113,38 @@ def test_config_loading_and_errors(tmp_path):
     bad.write_text("budget: [1\n")
     with pytest.raises(ValueError, match="bad.yaml: not a valid YAML config"):
         load_config(bad, paths)
+
+
+def test_uniform_targets_draw_every_class_evenly_whatever_the_hard_samples():
+    from actgen.builder.plan import uniform_labels
+
+    names = [f"c{i}" for i in range(5)]
+    only_class_3 = [HardSample(id=f"abc-{i}", label=3, class_name="c3", predicted=0, prob_true=0.1, loss=2.0)
+                    for i in range(4)]
+    for hard in (only_class_3, []):
+        plan = make_plan(hard, budget=12, seed=1, round=2, shards=3, mode="txt2img", targets="uniform",
+                         class_names=names)
+        counts = Counter(s.label for s in plan.samples)
+        assert sorted(counts) == [0, 1, 2, 3, 4] and max(counts.values()) - min(counts.values()) <= 1
+        assert all(s.mode == "txt2img" and s.source_id == "" and s.class_name == names[s.label]
+                   for s in plan.samples)
+    # Seeded: the same draw for the same (seed, round); another round draws another order.
+    assert (uniform_labels(5, 12, 1, 2) == uniform_labels(5, 12, 1, 2)).all()
+    assert not (uniform_labels(5, 12, 1, 2) == uniform_labels(5, 12, 1, 3)).all()
+    with pytest.raises(ValueError, match="text-to-image only"):
+        make_plan(only_class_3, budget=4, seed=0, round=0, shards=1, mode="actgen", targets="uniform",
+                  class_names=names)
+
+
+def test_renders_per_hard_sample_cap_the_round_budget():
+    from actgen.builder.plan import effective_budget
+
+    assert effective_budget(64, 3, None) == 64
+    assert effective_budget(64, 3, 4) == 12            # 3 hard samples x 4 renders each
+    assert effective_budget(64, 40, 4) == 64           # enough hard samples: the budget
+    plan = make_plan(_hard(3), budget=effective_budget(64, 3, 4), seed=0, round=0, shards=2)
+    assert max(Counter(s.source_id for s in plan.samples).values()) == 4
+    with pytest.raises(ValueError, match="max_renders_per_sample"):
+        load_config(None, ["checkpoint=c", "manifest=m", "output.path=o", "max_renders_per_sample=0"])
+    with pytest.raises(ValueError, match="targets"):
+        load_config(None, ["checkpoint=c", "manifest=m", "output.path=o", "targets=uniform", "mode=actgen"])

@@ -14,7 +14,7 @@ from actgen.builder.outputs import BUILD_FILE
 from actgen.builder.pipeline import run
 from actgen.shards.errors import FormatError
 from actgen.shards.manifest import read_manifest
-from actgen.shards.reader import ShardRandomAccess
+from actgen.shards.reader import ShardRandomAccess, read_member, scan_tar
 from actgen.shards.samples import REQUIRED_PROVENANCE
 from actgen.shards.sources import DIGIT_NAMES
 from actgen.shards.verify import verify
@@ -149,3 +149,16 @@ def test_a_null_horizon_takes_the_manifests_round_count(build_config, build_roun
     assert settings[0]["schedule"]["horizon"] == 3
     assert settings[0]["plan_sha256"] == settings[1]["plan_sha256"]
     assert _shas(implicit.output) == _shas(explicit.output)
+
+
+def test_uniform_targets_render_every_class_without_guides(build_config, tmp_path):
+    result = run(build_config("mode=txt2img", "targets=uniform", "budget=10"))
+    assert verify(result.output).num_samples == 10
+    labels = []
+    for shard in result.index.shards:
+        with open(result.output / shard.filename, "rb") as f:
+            for key, spans in scan_tar(f, shard.filename):
+                provenance = json.loads(read_member(f, spans["json"]))
+                assert provenance["source_id"] == "" and provenance["guidance"]["mode"] == "txt2img"
+                labels.append(provenance["label"])
+    assert sorted(labels) == list(range(10))          # 10 images over the 10 digits: one each
