@@ -3,26 +3,38 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import io
 import logging
+import math
 import os
-import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from ._schema import check_format, from_jsonable, load_json
 from .atomic import atomic_directory
-from .errors import FormatError
+from .errors import FormatError, writing
 from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
                       decode_sample, sample_members)
 from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
 
 _logger = logging.getLogger(__name__)
 
-HTTP_TIMEOUT_S = 60
+# HTTP limits. Every download has a deadline: the caller's (``timeout_s``: a round's wall-clock
+# budget) or its own, whichever is earlier. Its own is HTTP_TIMEOUT_S plus the time the file takes
+# at HTTP_MIN_BYTES_PER_S, so a server that trickles cannot hold a reader forever.
+HTTP_TIMEOUT_S = 60.0                 # the longest wait for a connection or for the next bytes
+HTTP_MIN_BYTES_PER_S = 256 * 1024     # slower than this on average, a download has failed
+HTTP_RETRY_FIRST_S = 0.25             # first pause after a refused or reset connection, doubled each time
+HTTP_RETRY_MAX_S = 10.0
+INDEX_MAX_BYTES = 64 << 20            # an index.json larger than this is not read
+SHARD_MAX_BYTES = 64 << 30            # a download whose size no index gives stops here
+_RETRY_HTTP_STATUS = (502, 503, 504)  # a proxy or a busy server: retried like a refused connection
 _CHUNK = 1 << 20
 
 
@@ -46,25 +58,153 @@ def join_location(location: str | Path, filename: str) -> str:
     return str(Path(location) / filename)
 
 
-@contextlib.contextmanager
-def open_location(location: str) -> Iterator:
-    """Binary stream of a local file or an http(s) URL; FormatError if it is not there."""
+# --------------------------------------------------------------------------------------------
+# Bounded HTTP reads
+
+
+def deadline_after(timeout_s: Optional[float]) -> float:
+    """``time.monotonic()`` deadline ``timeout_s`` from now (``inf`` for None)."""
+    return math.inf if timeout_s is None else time.monotonic() + max(float(timeout_s), 0.0)
+
+
+class _Retry(Exception):
+    """A connection-level failure worth another try (refused, reset, cut short, 502/503/504)."""
+
+
+class _Sink:
+    """Where a download goes: a file object, with the sha256 and size of what was written."""
+
+    def __init__(self, out: BinaryIO):
+        self.out, self.sha256, self.size = out, hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+
+    def reset(self) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.sha256, self.size = hashlib.sha256(), 0
+
+
+def _set_read_timeout(response, seconds: float) -> None:
+    # The socket under http.client's buffered reader: its timeout bounds each recv, so that a
+    # read never blocks past the download's deadline.
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _timed_out(url: str, waited: float, sink: _Sink, started: bool) -> TimeoutError:
+    """The TimeoutError of a read that waited ``waited`` s: a stall, or the deadline."""
+    if waited < HTTP_TIMEOUT_S:
+        return TimeoutError(f"{url}: download not finished in time ({sink.size} bytes read)")
+    what = "stalled, no data" if started else "no response"
+    return TimeoutError(f"{url}: {what} for {waited:.1f} s ({sink.size} bytes read)")
+
+
+def _http_get_once(url: str, sink: _Sink, deadline: float, max_bytes: int, too_large: str) -> None:
+    wait = min(deadline - time.monotonic(), HTTP_TIMEOUT_S)
+    if wait <= 0:
+        raise _timed_out(url, 0.0, sink, False)
+    try:
+        response = urllib.request.urlopen(url, timeout=wait)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code in _RETRY_HTTP_STATUS:
+            raise _Retry(f"HTTP {e.code} {e.reason}") from None
+        raise FormatError(url, f"cannot fetch (HTTP {e.code} {e.reason})") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            raise _timed_out(url, wait, sink, False) from None
+        if isinstance(e.reason, ConnectionError):
+            raise _Retry(str(e.reason)) from None
+        raise ConnectionError(f"{url}: cannot connect ({e.reason})") from None
+    except TimeoutError:
+        raise _timed_out(url, wait, sink, False) from None
+    except (ConnectionError, http.client.HTTPException) as e:
+        raise _Retry(f"{type(e).__name__}: {e}") from None
+    with response:
+        length = response.headers.get("Content-Length")
+        length = int(length) if length is not None and length.isdigit() else None
+        if length is not None and length > max_bytes:
+            raise FormatError(url, f"{too_large} (the server announces {length} bytes; nothing read)")
+        # The file's own deadline: a stall limit plus its size at the minimum rate.
+        size = length if length is not None else max_bytes
+        deadline = min(deadline, time.monotonic() + HTTP_TIMEOUT_S + size / HTTP_MIN_BYTES_PER_S)
+        while True:
+            wait = min(deadline - time.monotonic(), HTTP_TIMEOUT_S)
+            if wait <= 0:
+                raise _timed_out(url, 0.0, sink, True)
+            _set_read_timeout(response, wait)
+            try:
+                # read1: whatever one recv returns, so the deadline is checked between chunks even
+                # when a server trickles; never more than one byte past max_bytes.
+                chunk = response.read1(min(_CHUNK, max_bytes + 1 - sink.size))
+            except TimeoutError:
+                raise _timed_out(url, wait, sink, True) from None
+            except (ConnectionError, http.client.HTTPException) as e:
+                raise _Retry(f"{type(e).__name__}: {e}") from None
+            if not chunk:
+                break
+            sink.write(chunk)
+            if sink.size > max_bytes:
+                raise FormatError(url, f"{too_large} (stopped reading at byte {sink.size})")
+        if response.length:  # the connection closed before the announced Content-Length
+            raise _Retry(f"connection closed after {sink.size} of {sink.size + response.length} bytes")
+
+
+def _http_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large: str) -> _Sink:
+    """Download ``url`` into ``out`` (rewound between tries) under ``deadline`` and ``max_bytes``.
+
+    Limits: the caller's ``deadline``; per try, HTTP_TIMEOUT_S for a connection and for each
+    wait for data, and HTTP_TIMEOUT_S plus the file's size (Content-Length, else ``max_bytes``) at
+    HTTP_MIN_BYTES_PER_S for the whole body. Refused, reset or cut-short connections and HTTP
+    502/503/504 are retried with exponential backoff for up to HTTP_TIMEOUT_S (and the deadline).
+
+    Raises:
+        FormatError: HTTP 4xx/5xx, or more than ``max_bytes`` (message ``too_large``).
+        ConnectionError: "cannot connect", with the last failure, once no try is left.
+        TimeoutError: the server stalled, or the download did not finish in time.
+    """
+    sink, tries, pause, started = _Sink(out), 0, HTTP_RETRY_FIRST_S, time.monotonic()
+    retry_until = min(deadline, started + HTTP_TIMEOUT_S)
+    while True:
+        tries += 1
+        try:
+            _http_get_once(url, sink, deadline, max_bytes, too_large)
+            return sink
+        except _Retry as e:
+            if time.monotonic() + pause >= retry_until:
+                raise ConnectionError(f"{url}: cannot connect ({e}; {tries} tries in "
+                                      f"{time.monotonic() - started:.1f} s)") from None
+            _logger.debug("%s: %s; trying again in %.2f s", url, e, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, HTTP_RETRY_MAX_S)
+            sink.reset()
+
+
+def read_location(location: str, max_bytes: int, timeout_s: Optional[float] = None,
+                  too_large: str = "") -> bytes:
+    """The bytes of a local file or an http(s) URL, at most ``max_bytes`` (FormatError beyond).
+
+    URLs are read under the limits of :func:`_http_get`; ``timeout_s`` is the caller's
+    wall-clock budget.
+    """
+    too_large = too_large or f"larger than {max_bytes} bytes"
     if is_url(location):
-        try:
-            response = urllib.request.urlopen(location, timeout=HTTP_TIMEOUT_S)
-        except urllib.error.HTTPError as e:
-            raise FormatError(location, f"cannot fetch (HTTP {e.code} {e.reason})") from None
-        except urllib.error.URLError as e:
-            raise ConnectionError(f"{location}: cannot connect ({e.reason})") from None
-        with response:
-            yield response
-    else:
-        try:
-            f = open(location, "rb")
-        except FileNotFoundError:
-            raise FormatError(location, "file not found") from None
-        with f:
-            yield f
+        buffer = io.BytesIO()
+        _http_get(location, buffer, deadline_after(timeout_s), max_bytes, too_large)
+        return buffer.getvalue()
+    try:
+        with open(location, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise FormatError(location, "file not found") from None
+    if len(data) > max_bytes:
+        raise FormatError(location, too_large)
+    return data
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,14 +220,25 @@ def parse_index(data: bytes, where: str) -> DatasetIndex:
     return index
 
 
-def read_index(location: str | Path):
+def read_index(location: str | Path, timeout_s: Optional[float] = None):
     """``DatasetIndex`` from ``<location>/index.json`` (local or http(s)); FormatError if absent
-    or malformed. This is how a trainer tells a finished data set from one still being built."""
+    or malformed. This is how a trainer tells a finished data set from one still being built.
+
+    Args:
+        location: data-set directory or URL.
+        timeout_s: wall-clock budget for an http(s) read (None: the per-file limits only).
+
+    Raises:
+        FormatError: absent (HTTP 404 included), malformed, or over INDEX_MAX_BYTES.
+        ConnectionError, TimeoutError: the server cannot be reached, or stalls (http only).
+    """
     where = join_location(location, INDEX_FILE)
+    too_large = f"larger than {INDEX_MAX_BYTES} bytes"
     try:
-        with open_location(where) as f:
-            data = f.read()
+        data = read_location(where, INDEX_MAX_BYTES, timeout_s, too_large=too_large)
     except FormatError as e:
+        if e.problem.startswith(too_large):
+            raise
         raise FormatError(where, f"{e.problem}: no finished data set here (index.json is written last)") from None
     return parse_index(data, where)
 
@@ -186,28 +337,57 @@ def read_member(f, span: tuple[int, int]) -> bytes:
 # Fetch
 
 
-def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes: int) -> None:
-    """Copy or download ``source`` to ``destination``; FormatError if size or sha256 differ."""
-    h = hashlib.sha256()
-    n = 0
-    with open_location(source) as src, open(destination, "wb") as dst:
-        for chunk in iter(lambda: src.read(_CHUNK), b""):
-            h.update(chunk)
-            n += len(chunk)
-            dst.write(chunk)
-    if n != size_bytes:
-        raise FormatError(source, f"size is {n} bytes, index says {size_bytes}")
-    if h.hexdigest() != sha256:
-        raise FormatError(source, f"sha256 is {h.hexdigest()}, index says {sha256}")
+def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes: int,
+                  deadline: float = math.inf) -> None:
+    """Copy or download ``source`` to ``destination``; FormatError if size or sha256 differ.
 
+    Reading stops one byte past ``size_bytes``. Downloads run under ``deadline`` (a
+    ``time.monotonic()`` value, see :func:`deadline_after`) and the per-file HTTP limits. On any
+    failure ``destination`` is removed.
 
-def fetch(location: str | Path, destination: str | Path):
-    """Copy (or download) a finished data set into ``destination`` (atomic: temp dir + rename),
-    verifying every shard's sha256 against the index. Returns the DatasetIndex.
-
-    A ``destination`` that already holds the same index is left as it is.
+    Raises:
+        FormatError: other size or sha256, HTTP errors.
+        ConnectionError, TimeoutError: the server cannot be reached or is too slow (http only).
     """
-    index = read_index(location)
+    destination = Path(destination)
+    too_large = f"size is over {size_bytes} bytes, index says {size_bytes}"
+    try:
+        with writing(destination), open(destination, "wb") as dst:  # a full disk names the file
+            if is_url(source):
+                sink = _http_get(source, dst, deadline, size_bytes, too_large)
+            else:
+                sink = _Sink(dst)
+                try:
+                    src = open(source, "rb")
+                except FileNotFoundError:
+                    raise FormatError(source, "file not found") from None
+                with src:
+                    while sink.size <= size_bytes:
+                        chunk = src.read(min(_CHUNK, size_bytes + 1 - sink.size))
+                        if not chunk:
+                            break
+                        sink.write(chunk)
+                if sink.size > size_bytes:
+                    raise FormatError(source, f"{too_large} (stopped reading at byte {sink.size})")
+        if sink.size != size_bytes:
+            raise FormatError(source, f"size is {sink.size} bytes, index says {size_bytes}")
+        if sink.sha256.hexdigest() != sha256:
+            raise FormatError(source, f"sha256 is {sink.sha256.hexdigest()}, index says {sha256}")
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
+
+
+def fetch(location: str | Path, destination: str | Path, timeout_s: Optional[float] = None):
+    """Copy (or download) a finished data set into ``destination`` (atomic: temp dir + rename),
+    verifying every shard's size and sha256 against the index. Returns the DatasetIndex.
+
+    A ``destination`` that already holds the same index is left as it is. ``timeout_s`` is the
+    wall-clock budget of the whole fetch over http(s) (None: the per-file limits only); on any
+    failure nothing is left behind.
+    """
+    deadline = deadline_after(timeout_s)
+    index = read_index(location, timeout_s=None if timeout_s is None else deadline - time.monotonic())
     destination = Path(destination)
     if (destination / INDEX_FILE).is_file():
         try:
@@ -219,23 +399,27 @@ def fetch(location: str | Path, destination: str | Path):
     with atomic_directory(destination) as tmp:
         for shard in index.shards:
             copy_verified(join_location(location, shard.filename), tmp / shard.filename,
-                          shard.sha256, shard.size_bytes)
+                          shard.sha256, shard.size_bytes, deadline)
         write_index(tmp, index)
     _logger.info("fetched %s -> %s (%d shards)", location, destination, len(index.shards))
     return index
 
 
 @contextlib.contextmanager
-def local_file(location: str) -> Iterator[str]:
-    """A local path for ``location``: itself, or a temporary download of a URL."""
+def local_file(location: str, max_bytes: int = SHARD_MAX_BYTES, deadline: float = math.inf,
+               too_large: str = "") -> Iterator[str]:
+    """A local path for ``location``: itself, or a temporary download of a URL (removed after).
+
+    A download stops one byte past ``max_bytes`` (FormatError, message ``too_large``) and runs
+    under ``deadline`` (``time.monotonic()``) and the per-file HTTP limits.
+    """
     if not is_url(location):
         if not os.path.isfile(location):
             raise FormatError(location, "file not found")
         yield location
         return
     with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-        with open_location(location) as src:
-            shutil.copyfileobj(src, tmp, _CHUNK)
+        _http_get(location, tmp, deadline, max_bytes, too_large or f"larger than {max_bytes} bytes")
         tmp.flush()
         yield tmp.name
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 
 from .errors import FormatError
@@ -119,16 +120,86 @@ def decode_provenance(data: bytes, where: str, key: str) -> dict:
     return provenance
 
 
-def decode_image(data: bytes, where: str, key: str, ext: str):
-    """Encoded bytes -> PIL RGB image; FormatError if Pillow cannot decode them."""
+# Pillow modes with more than 8 bits per sample. ``convert("RGB")`` clips them to 0/255, so
+# :func:`to_rgb` scales them instead.
+_UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# What Pillow raises on malformed image bytes (besides OSError, which covers truncation).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, ZeroDivisionError)
+
+
+def to_rgb(image, where: str, what: str):
+    """A decoded PIL image -> PIL RGB, under one explicit policy for every image both programs read.
+
+    - 8-bit modes (``L``, ``P``, ``RGB``, ``RGBA``, ``CMYK``, ``1`` ...) go through
+      ``convert("RGB")``: palettes are applied, alpha is dropped.
+    - 16-bit modes (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``) are scaled, ``v -> round(v / 257)``
+      (0..65535 onto 0..255), never clipped.
+    - ``I`` (32-bit integer) holds 16-bit data in practice (16-bit PNG and TIFF): values within
+      0..65535 are scaled like 16-bit ones; other values cannot be mapped without clipping, so
+      they are an error.
+    - ``F`` (32-bit float): finite values within [0, 1] are scaled by 255; others are an error.
+
+    Gray results are replicated into the three channels.
+
+    Raises:
+        FormatError: ``"<where>: <what>: ..."`` for pixels that cannot be mapped.
+    """
+    from PIL import Image
+
+    mode = image.mode
+    if mode not in _UINT16_MODES and mode not in ("I", "F"):
+        return image.convert("RGB")
+    import numpy as np
+
+    pixels = np.asarray(image)
+    if mode == "F":
+        if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0):
+            raise FormatError(where, f"{what}: float (mode F) image with values outside [0, 1] "
+                                     f"({np.nanmin(pixels):g}..{np.nanmax(pixels):g}); store it as 8 or 16 bits")
+        gray = np.rint(pixels.astype(np.float64) * 255.0)
+    else:
+        if mode == "I" and pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise FormatError(where, f"{what}: 32-bit (mode I) image with values outside 0..65535 "
+                                     f"({pixels.min()}..{pixels.max()}); store it as 8 or 16 bits")
+        gray = np.rint(pixels.astype(np.float64) / 257.0)
+    return Image.fromarray(gray.astype(np.uint8), mode="L").convert("RGB")
+
+
+def decode_image_bytes(data: bytes, where: str, what: str):
+    """Encoded image bytes -> PIL RGB image (see :func:`to_rgb` for the pixel policy).
+
+    Raises:
+        FormatError: ``"<where>: <what> image ..."`` when the bytes do not decode, or the image
+            has more pixels than Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``;
+            Pillow itself only warns below twice that).
+    """
     from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FormatError(where, f"{what} image is missing (got {type(data).__name__}, not bytes)")
+    limit = Image.MAX_IMAGE_PIXELS
+
+    def too_large(detail: str) -> FormatError:
+        return FormatError(where, f"{what} image is too large to decode ({detail}; PIL.Image.MAX_IMAGE_PIXELS = "
+                                  f"{limit}, a decompression-bomb guard)")
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if limit is not None and img.width * img.height > limit:
+                raise too_large(f"{img.width}x{img.height} = {img.width * img.height} pixels")
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise FormatError(where, f"sample {key!r}: '{ext}' image does not decode ({e})") from None
+            return to_rgb(img, where, what)
+    except FormatError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own limit (twice ours), hit while opening
+        raise too_large(str(e).rstrip(".")) from None
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as e:
+        raise FormatError(where, f"{what} image does not decode ({e})") from None
+
+
+def decode_image(data: bytes, where: str, key: str, ext: str):
+    """A shard's image member -> PIL RGB image; FormatError naming the sample if it does not decode."""
+    return decode_image_bytes(data, where, f"sample {key!r}: '{ext}'")
 
 
 def sample_members(members: dict, where: str) -> tuple[str, str]:

@@ -71,8 +71,10 @@ class LabeledImages:
         self.class_names = list(class_names)
         self.fingerprint = fingerprint
         self.source = source
-        # Only the image column is formatted per row, so image(i) never decodes other columns.
-        self._images = dataset.select_columns([source.image_column])
+        # Only the image column is read per row, and undecoded: image(i) decodes it with the one
+        # decode policy of shards.samples (16-bit scaled, bombs and bad bytes named by sample id).
+        self._images = _undecoded(dataset.select_columns([source.image_column]), source.image_column)
+        self._image_feature = dataset.features[source.image_column]  # (``features`` deep-copies)
         self._labels = labels if labels is not None else _read_labels(dataset, source.label_column)
 
     def __len__(self) -> int:
@@ -89,9 +91,42 @@ class LabeledImages:
         return int(index)
 
     def image(self, index: int):
-        """-> PIL.Image.Image in RGB."""
-        image = self._images[self._check_index(index)][self.source.image_column]
-        return image.convert("RGB")
+        """-> PIL.Image.Image in RGB (``shards.samples.to_rgb``: 16-bit images are scaled, not clipped).
+
+        Raises:
+            FormatError: naming the data set (or the image file), the sample id and the row, when
+                the image is missing (null), unreadable, too large or does not decode.
+        """
+        index = self._check_index(index)
+        value = self._images[index][self.source.image_column]
+        return decode_value(value, self._image_feature, self.source.path,
+                            f"sample {self.sample_id(index)} (row {index}, column {self.source.image_column!r})")
+
+    def check_images(self, limit: int) -> int:
+        """Decode every image when there are at most ``limit`` (0: never); -> how many were decoded.
+
+        Raises:
+            FormatError: the first image that does not decode (by sample id and row), with the
+                number of other rows that fail too.
+        """
+        n = len(self)
+        if limit <= 0 or n > limit:
+            return 0
+        feature = self._image_feature
+        first, failed = None, 0
+        for start in range(0, n, _SCAN_BATCH):
+            table = self._images.with_format("arrow")[start:min(start + _SCAN_BATCH, n)]
+            for offset, value in enumerate(table.column(self.source.image_column).to_pylist()):
+                index = start + offset
+                try:
+                    decode_value(value, feature, self.source.path,
+                                 f"sample {self.sample_id(index)} (row {index}, column {self.source.image_column!r})")
+                except FormatError as e:
+                    first, failed = first or e, failed + 1
+        if first is not None:
+            more = f" ({failed - 1} more of {n} images fail too)" if failed > 1 else ""
+            raise FormatError(first.where, f"{first.problem}{more}")
+        return n
 
     def label(self, index: int) -> int:
         return int(self._labels[self._check_index(index)])
@@ -250,6 +285,49 @@ def _read_labels(dataset, label_column: str, where: str = "") -> np.ndarray:
     return column.to_numpy().astype(np.int64, copy=False)
 
 
+_SCAN_BATCH = 1024
+
+
+def _undecoded(dataset, image_column: str):
+    """``dataset`` with the image column left encoded (``{"bytes", "path"}`` per row)."""
+    import datasets
+
+    feature = dataset.features[image_column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def decode_value(value, feature, where: str, what: str):
+    """One stored image value (``{"bytes", "path"}``, or null) -> PIL RGB image.
+
+    Raises:
+        FormatError: ``where`` (or the image's own file), ``what`` and the problem.
+    """
+    from .samples import decode_image_bytes, to_rgb
+
+    if value is None or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
+        raise FormatError(where, f"{what}: the image is missing (null)")
+    data = value.get("bytes") if isinstance(value, dict) else None
+    if data is None:
+        path = value.get("path") if isinstance(value, dict) else value
+        if os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise FormatError(path, f"{what}: cannot read the image ({e.strerror or e})") from None
+            where = path  # the file to fix
+        else:
+            # Remote or archived files: let datasets open them, then apply the same pixel policy.
+            try:
+                image = feature.decode_example({"bytes": None, "path": path})
+            except Exception as e:  # any failure to open a remote file is this sample's problem
+                raise FormatError(where, f"{what}: cannot open image {path!r} ({type(e).__name__}: {e})") from None
+            return to_rgb(image, where, what)
+    return decode_image_bytes(data, where, what)
+
+
 # --------------------------------------------------------------------------------------------
 # Built-in digits
 
@@ -287,7 +365,9 @@ def _image_bytes(value, feature) -> bytes:
     if data is not None:
         return data
     path = value.get("path") if isinstance(value, dict) else value
-    if path and os.path.isfile(path):
+    if not path:
+        return b""  # a null image: hashed as empty (it fails when decoded, naming its row)
+    if os.path.isfile(path):
         with open(path, "rb") as f:
             return f.read()
     # Remote or archived files: hash the decoded pixels instead (still independent of the path).

@@ -6,9 +6,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .errors import FormatError
-from .reader import join_location, local_file, read_index, read_member, scan_tar
+from .reader import deadline_after, join_location, local_file, read_index, read_member, scan_tar
 from .samples import decode_label, decode_provenance, decode_sample, sample_members
 from .writer import INDEX_FILE, file_sha256
 
@@ -23,16 +24,19 @@ class VerifyReport:
     class_counts: dict[str, int]
 
 
-def verify(location: str | Path, class_names: list[str] | None = None, decode: bool = True) -> VerifyReport:
+def verify(location: str | Path, class_names: list[str] | None = None, decode: bool = True,
+           timeout_s: Optional[float] = None) -> VerifyReport:
     """Raise FormatError (naming the shard and the problem) on a missing index, a sha256 or count
     mismatch, a truncated tar, an undecodable image, a label out of range, a key with a dot, a
     duplicate key, or class names different from ``class_names`` (the message shows both lists).
 
-    The first problem found is raised. Shards at http(s) URLs are downloaded to a temporary file.
+    The first problem found is raised. Shards at http(s) URLs are downloaded to a temporary file
+    (reading stops one byte past the index's size; ``timeout_s`` bounds all downloads together).
     With ``decode=False`` images are not decoded (faster; everything else is still checked).
     """
     # 1. The index exists, parses and is self-consistent.
-    index = read_index(location)
+    deadline = deadline_after(timeout_s)
+    index = read_index(location, timeout_s=timeout_s)
     names = index.class_names
     if class_names is not None and list(class_names) != names:
         raise FormatError(join_location(location, INDEX_FILE),
@@ -41,7 +45,8 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
     first_seen: dict[str, str] = {}
     for shard in index.shards:
         where = join_location(location, shard.filename)
-        with local_file(where) as path:
+        with local_file(where, shard.size_bytes, deadline,
+                        f"size is over {shard.size_bytes} bytes, index says {shard.size_bytes}") as path:
             # 2. Bytes: size first (names truncation plainly), then sha256.
             size = os.path.getsize(path)
             if size != shard.size_bytes:

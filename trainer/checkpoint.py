@@ -7,17 +7,18 @@ atomically, and loaded with ``weights_only=True`` (no pickled code).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from actgen.shards.atomic import atomic_write_bytes
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, WriteFailed, one_line, writing
 
 _logger = logging.getLogger(__name__)
 
@@ -52,11 +53,26 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def writing_weights(path: str | Path) -> Iterator[None]:
+    """``shards.errors.writing`` for a safetensors file: safetensors reports a full disk or a
+    file-size limit with its own error type, which names no file; both become ``WriteFailed``
+    naming ``path`` (a runtime failure, exit 1)."""
+    with writing(path):
+        try:
+            yield
+        except Exception as e:
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise WriteFailed(f"{path}: cannot write ({one_line(e)})") from e
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (format fields added)."""
+    """Atomically write ``state`` (format fields added); ``WriteFailed`` naming ``path`` on a full disk."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    with writing(path):
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

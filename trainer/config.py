@@ -35,6 +35,11 @@ class DataConfig:
         holdout_fraction: share of ``source`` held out for the hard-sample search (paper: 10%).
             It is merged back into training at ``rounds.merge_epoch``.
         split_seed: ``random_state`` of the stratified splits; recorded in every manifest.
+        decode_check_limit: before the run directory is created, decode every image of a source
+            with at most this many rows, so that a missing, corrupt or oversized image is an
+            error naming its sample id and not a failure mid-epoch (0 = never). Larger sources
+            are checked as they are read; a run that stops on a bad image resumes once it is
+            fixed.
     """
 
     source: DataSource = field(default_factory=DataSource)
@@ -42,6 +47,7 @@ class DataConfig:
     test_fraction: float = 0.0
     holdout_fraction: float = 0.1
     split_seed: int = 42
+    decode_check_limit: int = 20_000
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a number in [0, 1)")
@@ -51,6 +57,7 @@ class DataConfig:
                self.test_fraction + self.holdout_fraction, "less than 1 (some images must remain for training)")
         _check(not (self.test_source is not None and self.test_fraction > 0), "data.test_fraction",
                self.test_fraction, "0 when data.test_source is set (one test set, not two)")
+        _check(self.decode_check_limit >= 0, "data.decode_check_limit", self.decode_check_limit, "an int >= 0")
 
 
 @dataclass(frozen=True)
@@ -319,11 +326,14 @@ class SyntheticConfig:
             command runs the whole active loop; ``none`` trains on real images only.
         pattern: location of round r's data set: a local path or an http(s) URL, with
             ``{run_dir}`` and ``{round}`` placeholders (format specs allowed: ``{round:04d}``).
-        on_missing: when round r's data set is not finished (no readable ``index.json``) at the
-            start of the epoch that should use it: ``wait`` polls every ``poll_s`` seconds up to
-            ``timeout_s`` and then fails; ``skip`` goes on without it and looks again at every
-            later epoch start; ``error`` fails at once.
-        timeout_s, poll_s: the ``wait`` policy's limits.
+        on_missing: when round r's data set is not finished (no readable ``index.json``; in a
+            round folder, not yet built from the manifest now beside it; over http, also a server
+            that cannot be reached or stalls) at the start of the epoch that should use it:
+            ``wait`` polls every ``poll_s`` seconds up to ``timeout_s`` and then fails; ``skip``
+            goes on without it and looks again at every later epoch start; ``error`` fails at once.
+        timeout_s, poll_s: the ``wait`` policy's limits. ``timeout_s`` is wall clock for the whole
+            round, http downloads included; under ``skip`` and ``error`` downloads have the
+            per-file limits of ``actgen.shards.reader`` only.
         mixing: ``uniform`` samples real and synthetic images alike from their union (paper);
             ``fraction`` gives every batch exactly ``round(fraction * batch_size)`` synthetic
             images once the pool is non-empty, an epoch then being one pass over the real images.

@@ -126,6 +126,32 @@ def _seed_worker_rngs(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- datasets
+class SampleError(ValueError):
+    """A training or evaluation image that cannot be loaded: one line naming the file and the
+    sample id (bad input, exit 2).
+
+    It keeps that line when it crosses a DataLoader worker: torch re-raises a worker's exception
+    as ``type(e)("Caught SampleError in DataLoader worker process N.\nOriginal Traceback ...")``,
+    and the constructor takes the original line back out of that text.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if message.startswith(f"Caught {type(self).__name__}") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _load(read: Callable, index: int):
+    """``read(index)``, a FormatError (undecodable, missing, oversized image) as SampleError."""
+    from actgen.shards.errors import FormatError
+
+    try:
+        return read(index)
+    except FormatError as e:
+        raise SampleError(str(e)) from None
+
+
 class RealImages(Dataset):
     """Images of a ``LabeledImages`` at ``indices``; items are ``(tensor, label)``.
 
@@ -143,7 +169,7 @@ class RealImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, position: int):
-        image = self.transform(self.images.image(int(self.indices[position])))
+        image = self.transform(_load(self.images.image, int(self.indices[position])))
         label = int(self.targets[position])
         return (image, label, position) if self.with_position else (image, label)
 
@@ -162,7 +188,7 @@ class SyntheticImages(Dataset):
         return len(self.shards)
 
     def __getitem__(self, index: int):
-        image, label = self.shards[index]
+        image, label = _load(self.shards.__getitem__, index)
         return self.transform(image), int(label)
 
 

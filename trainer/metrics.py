@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from actgen.shards.atomic import atomic_write_text
+from actgen.shards.errors import writing
+
 
 COLUMNS = (
     "epoch",                 # 0-indexed
@@ -57,10 +59,12 @@ class MetricsLog:
 
     def _write(self, rows: list[dict]) -> None:
         # Rewritten whole (a few KB) and atomically, so a crash never leaves a torn last line.
-        atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+        with writing(self.jsonl_path):
+            atomic_write_text(self.jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
-        atomic_write_text(self.csv_path, out.getvalue())
+        with writing(self.csv_path):
+            atomic_write_text(self.csv_path, out.getvalue())

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from actgen.shards.bundle import BundleConfig, write_bundle
-from actgen.shards.errors import FormatError
+from actgen.shards.bundle import WEIGHTS_FILE, BundleConfig, write_bundle
+from actgen.shards.errors import FormatError, writing
 from actgen.shards.manifest import HardSample, HardSampleManifest, ManifestHeader, read_manifest, write_manifest
 from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, round_dir
 
+from .checkpoint import writing_weights
 from .config import Config
 from .model import model_kwargs
 
@@ -48,7 +49,8 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         input_size=(3, size, size), mean=tuple(cfg.input.mean), std=tuple(cfg.input.std),
         interpolation=cfg.input.interpolation, dataset_fingerprint=images.fingerprint, round=round, epoch=epoch,
         metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model))
-    sha256 = write_bundle(directory / CHECKPOINT_DIR, state_dict, bundle)
+    with writing_weights(directory / CHECKPOINT_DIR / WEIGHTS_FILE):
+        sha256 = write_bundle(directory / CHECKPOINT_DIR, state_dict, bundle)
     header = ManifestHeader(
         dataset=dataclasses.asdict(images.source), dataset_fingerprint=images.fingerprint,
         class_names=list(images.class_names), split_seed=cfg.data.split_seed,
@@ -61,7 +63,8 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         # that a builder that already started on it (its sha256 is in build.json) carries on.
         _logger.info("round %d: %s unchanged (epoch %d redone after a resume)", round, path, epoch)
         return path
-    write_manifest(path, manifest)
+    with writing(path):
+        write_manifest(path, manifest)
     _logger.info("round %d (after epoch %d): %d hard samples of %d hold-out images -> %s", round, epoch,
                  len(hard_samples), num_evaluated, path)
     return path

@@ -10,34 +10,44 @@ Layout of ``<run_dir>``::
     last.pt                        exact-resume checkpoint (end of the last finished epoch)
     metrics.csv, metrics.jsonl     one row per epoch
     summary.json                   final numbers (also written when stopping early)
+    data_errors.json               the image a run stopped on, if it did (see below)
     rounds/<r>/checkpoint/         classifier bundle after round r
     rounds/<r>/hard_samples.json   hard-sample manifest of round r
     synthetic/round-<r>/           fetched copy of round r's synthetic shards (the pool)
+
+Restarts: a directory without ``last.pt`` holds a run that stopped before its first checkpoint
+(killed, or stopped on a bad image); a rerun of the same config, or ``--resume``, starts it over
+in place. A directory with ``last.pt`` is only ever continued with ``--resume``. A resume refuses
+a data set with another fingerprint, with one exception: the run stopped on an image that does
+not decode (``data_errors.json`` names it, with the fingerprint it had), and the rows and labels
+are unchanged, i.e. the images were fixed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
 from actgen.shards.atomic import atomic_write_text
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, writing
 from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
 from .checkpoint import CHECKPOINT_FILE, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import CONFIG_FILE, Config, config_to_yaml, diff_configs, load_config
-from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, build_eval_transform, make_train_loader,
-                   shard_for_rank, split_indices)
+from .data import (MixedBatchSampler, RealImages, SampleError, Split, build_eval_loader, build_eval_transform,
+                   make_train_loader, shard_for_rank, split_indices)
 from .distributed import Runtime
 from .evaluate import Predictions, predict
 from .inline import build_round
@@ -46,17 +56,18 @@ from .metrics import MetricsLog
 from .model import create_model, export_state_dict, unwrap
 from .rounds import round_dir, write_round
 from .schedule import RoundSchedule
-from .synthetic import PoolEntry, acquire, missing_rounds, pool_from_state, pool_size, round_location, wait_until_finished
+from .synthetic import PoolEntry, missing_rounds, obtain, pool_from_state, pool_size, round_location
 from .task import Task
 
 _logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+DATA_ERRORS_FILE = "data_errors.json"
 
 # Settings that may change when a run is resumed: they do not affect what is computed.
 RESUMABLE_CHANGES = {"loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
                      "loader.eval_batch_size", "train.log_interval", "train.progress", "synthetic.on_missing",
-                     "synthetic.timeout_s", "synthetic.poll_s", "run_dir"}
+                     "synthetic.timeout_s", "synthetic.poll_s", "data.decode_check_limit", "run_dir"}
 
 
 @dataclass
@@ -127,66 +138,75 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
 
     # 5. The run directory, its resolved config and metrics (rows past a resumed checkpoint dropped).
     dist_utils.barrier(rt)  # every rank has checked the run directory before rank 0 creates it
-    metrics = MetricsLog(run_dir)
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(cfg, run_dir=str(run_dir))))
-        metrics.truncate(progress.epoch)
+    metrics = _open_run_dir(cfg, rt, run_dir, resume, progress.epoch)
     _logger.info("run %s: %d train / %d hold-out / %d test images, %d classes; %s", run_dir, len(split.train),
                  len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
 
     # 6. Evaluation loaders (this rank's share of each split).
     evaluator = _Evaluator.build(cfg, rt, inputs)
 
-    # 7. Epochs.
+    # 7. Epochs (a bad image found on the way is recorded, so that a resume accepts it fixed).
     started = time.perf_counter()
     loader, sampler, loader_key = None, None, None
-    while progress.epoch < epochs and (stop_after is None or progress.epoch < stop_after):
-        epoch = progress.epoch
-        t0 = time.perf_counter()
-        # 7a. Synthetic data sets due by now join the pool.
-        if cfg.synthetic.source in ("shards", "inline"):
-            _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names)
-        # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
-        merged = schedule.holdout_merged(epoch)
-        key = (tuple(e.round for e in progress.pool), merged)
-        if key != loader_key:
-            loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged)
-            loader_key = key
-            if merged and epoch == schedule.merge_epoch and len(split.holdout):
-                _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
-        sampler.set_epoch(epoch)
-        # 7c. Train.
-        stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images())
-        _share_bn_statistics(rt, model, ema)
-        progress.synthetic_seen_total += stats.synthetic_images
-        # 7d. Evaluate.
-        eval_model = unwrap(task.model)
-        holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch))
-        # 7e. A round ends: hard samples + checkpoint bundle for the builder.
-        round_info = None
-        r = schedule.round_ending_at(epoch)
-        if r is not None:
-            round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
-                                    schedule.num_rounds)
-            progress.rounds_done.append(round_info)
-        # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
-        progress.epoch = epoch + 1
-        row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
-                           time.perf_counter() - t0)
-        _log_epoch(row, epochs)
-        rng = dist_utils.all_gather_objects(capture_rng(), rt)
-        if rt.is_main:
-            metrics.append(row)
-            save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
-        dist_utils.barrier(rt)
+    with _recording_bad_images(run_dir, images, progress):
+        while progress.epoch < epochs and (stop_after is None or progress.epoch < stop_after):
+            epoch = progress.epoch
+            t0 = time.perf_counter()
+            # 7a. Synthetic data sets due by now join the pool.
+            if cfg.synthetic.source in ("shards", "inline"):
+                _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names)
+            # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
+            merged = schedule.holdout_merged(epoch)
+            key = (tuple(e.round for e in progress.pool), merged)
+            if key != loader_key:
+                loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged)
+                loader_key = key
+                if merged and epoch == schedule.merge_epoch and len(split.holdout):
+                    _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
+            sampler.set_epoch(epoch)
+            # 7c. Train.
+            stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images())
+            _share_bn_statistics(rt, model, ema)
+            progress.synthetic_seen_total += stats.synthetic_images
+            # 7d. Evaluate.
+            eval_model = unwrap(task.model)
+            holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch))
+            # 7e. A round ends: hard samples + checkpoint bundle for the builder.
+            round_info = None
+            r = schedule.round_ending_at(epoch)
+            if r is not None:
+                round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
+                                        schedule.num_rounds)
+                progress.rounds_done.append(round_info)
+            # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
+            progress.epoch = epoch + 1
+            row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
+                               time.perf_counter() - t0)
+            _log_epoch(row, epochs)
+            rng = dist_utils.all_gather_objects(capture_rng(), rt)
+            if rt.is_main:
+                metrics.append(row)
+                save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
+            dist_utils.barrier(rt)
 
     # 8. Summary.
     return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt)
 
 
 # ---------------------------------------------------------------------------------------- steps
+def _open_run_dir(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, next_epoch: int) -> MetricsLog:
+    """Rank 0 creates the run directory, writes the resolved config (a new run) and drops metric
+    rows of epochs that will be run again."""
+    metrics = MetricsLog(run_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            with writing(run_dir / CONFIG_FILE):
+                atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(cfg, run_dir=str(run_dir))))
+        metrics.truncate(next_epoch)
+    return metrics
+
+
 def _training(cfg: Config, rt: Runtime, inputs: _Inputs):
     """``(model, ema, task, loop)``: the model on its device, its EMA, the task and the epoch loop."""
     model = inputs.model.to(rt.device)
@@ -278,13 +298,7 @@ def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSch
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
-    state = None
-    if resume:
-        state = load_checkpoint(run_dir / CHECKPOINT_FILE)
-        _check_resume_config(cfg, run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(f"run directory {run_dir} already exists and is not empty; pass --resume to continue it "
-                         "or choose another --run-dir")
+    state = _run_dir_state(cfg, run_dir, resume)
     images = load_source(cfg.data.source)
     test_images = None
     if cfg.data.test_source is not None:
@@ -292,22 +306,109 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
         if list(test_images.class_names) != list(images.class_names):
             raise FormatError(cfg.data.test_source.path, f"test class names {list(test_images.class_names)} differ "
                                                          f"from the training source's {list(images.class_names)}")
+    for source in (images, test_images):
+        if source is not None and source.check_images(cfg.data.decode_check_limit):
+            _logger.info("%s: all %d images decode", source.source.path, len(source))
     if state is not None and state["dataset_fingerprint"] != images.fingerprint:
-        raise FormatError(str(run_dir / CHECKPOINT_FILE),
-                          f"checkpoint was trained on data set {state['dataset_fingerprint'][:12]}, "
-                          f"data.source {cfg.data.source.path!r} is {images.fingerprint[:12]}")
+        _check_fixed_images(state, images, run_dir, cfg.data.source.path)
     split = split_indices(images.labels(), cfg.data.holdout_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     model = create_model(cfg.model, len(images.class_names), list(images.class_names))
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
 
 
-def _check_resume_config(cfg: Config, run_dir: Path) -> None:
+def _run_dir_state(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
+    """The checkpoint to resume from, or None to start (a fresh or a restarted run).
+
+    A directory without ``last.pt`` but with the run's ``config.yaml`` holds a run that stopped
+    before its first checkpoint: with the same settings it is started over, with or without
+    ``--resume``. A directory with a checkpoint is only continued (``--resume``), never overwritten.
+    """
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        if not resume:
+            raise ValueError(f"run directory {run_dir} already exists and holds a checkpoint ({CHECKPOINT_FILE}); "
+                             "pass --resume to continue it or choose another --run-dir")
+        state = load_checkpoint(checkpoint)
+        _check_resume_config(cfg, run_dir)
+        return state
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / CONFIG_FILE).is_file():  # not a run of ours: never touched
+            if resume:
+                raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
+            raise ValueError(f"run directory {run_dir} already exists and is not empty; pass --resume to continue "
+                             "it or choose another --run-dir")
+        _check_resume_config(cfg, run_dir, restart=True)
+        _logger.warning("%s holds a run that stopped before its first checkpoint (no %s); starting it over",
+                        run_dir, CHECKPOINT_FILE)
+        return None
+    if resume:
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
+    return None
+
+
+def _check_resume_config(cfg: Config, run_dir: Path, restart: bool = False) -> None:
     saved_path = run_dir / CONFIG_FILE
     saved = load_config(saved_path)
     changed = [k for k in diff_configs(saved, cfg) if k not in RESUMABLE_CHANGES]
+    if changed and restart:
+        raise ValueError(f"{saved_path}: {run_dir} holds a run that stopped before its first checkpoint, started "
+                         f"with other settings for {changed}; rerun it with its own config, or remove it, or choose "
+                         "another --run-dir")
     if changed:
         raise ValueError(f"{saved_path}: the run was started with other settings for {changed}; "
                          "resume with the run's own config (leave out --config)")
+
+
+def labels_sha256(images: LabeledImages) -> str:
+    """sha256 of what a fix of images must leave alone: class names, row count and every label."""
+    h = hashlib.sha256(json.dumps(list(images.class_names)).encode())
+    h.update(f"rows={len(images)};".encode())
+    h.update(np.asarray(images.labels(), dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def _check_fixed_images(state: dict, images: LabeledImages, run_dir: Path, path: str) -> None:
+    """Accept a changed data-set fingerprint on resume only as a fix of the image the run stopped on.
+
+    Raises:
+        FormatError: any other change (naming both fingerprints and the rule).
+    """
+    before, now = state["dataset_fingerprint"], images.fingerprint
+    record = _read_data_error(run_dir)
+    if (record is not None and record.get("dataset_fingerprint") == before
+            and state.get("labels_sha256") == labels_sha256(images)):
+        _logger.warning("data set %r changed since the checkpoint (fingerprint %s -> %s) after the run stopped on a "
+                        "bad image (%s); same rows and labels, so resuming with the fixed images", path, before[:12],
+                        now[:12], record.get("error", "?"))
+        return
+    raise FormatError(str(run_dir / CHECKPOINT_FILE),
+                      f"checkpoint was trained on data set {before[:12]}, data.source {path!r} is {now[:12]}; a "
+                      f"resume takes changed data only as a fix of the image the run stopped on (recorded in "
+                      f"{DATA_ERRORS_FILE}), with the same rows and labels")
+
+
+@contextlib.contextmanager
+def _recording_bad_images(run_dir: Path, images: LabeledImages, progress: _Progress) -> Iterator[None]:
+    """On a SampleError (an image that does not decode) write ``data_errors.json``: which image,
+    at which epoch, with which data-set fingerprint, so that a resume accepts the fixed data."""
+    try:
+        yield
+    except SampleError as e:
+        record = {"dataset_fingerprint": images.fingerprint, "epoch": progress.epoch, "error": str(e)}
+        try:
+            atomic_write_text(run_dir / DATA_ERRORS_FILE, json.dumps(record, indent=2) + "\n")
+        except OSError as write_error:
+            _logger.warning("cannot record the bad image in %s: %s", run_dir / DATA_ERRORS_FILE, write_error)
+        raise
+
+
+def _read_data_error(run_dir: Path) -> Optional[dict]:
+    path = run_dir / DATA_ERRORS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
@@ -333,6 +434,7 @@ def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLo
         "rounds_done": progress.rounds_done,
         "synthetic_seen_total": progress.synthetic_seen_total,
         "dataset_fingerprint": images.fingerprint,
+        "labels_sha256": labels_sha256(images),
         "class_names": list(images.class_names),
     }
 
@@ -344,8 +446,7 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
     outcome: Any = None
     if rt.is_main:
         try:
-            if wait_until_finished(location, cfg.synthetic, round, first_look=first_look):
-                outcome = acquire(location, run_dir, round, epoch, class_names)
+            outcome = obtain(location, run_dir, round, epoch, class_names, cfg.synthetic, first_look=first_look)
         except Exception as e:
             if rt.distributed:  # let the other ranks stop too instead of hanging in the broadcast
                 dist_utils.broadcast_object(("error", f"{type(e).__name__}: {e}"), rt)
@@ -401,13 +502,14 @@ def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLo
         "best_test_acc": max(tests) if tests else None,
         "rounds": progress.rounds_done,
         "synthetic_pool": pool_size(progress.pool),
-        "pool": [e.to_dict() for e in progress.pool],
+        "pool": [e.describe() for e in progress.pool],
         "synthetic_seen_total": progress.synthetic_seen_total,
         "wall_time_s": seconds,
         "world_size": rt.world_size,
     }
     if rt.is_main:
-        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        with writing(run_dir / SUMMARY_FILE):
+            atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         _logger.info("%s %s after %d/%d epochs: test acc %s, hold-out acc %s, %d rounds, %d synthetic images "
                      "in the pool, %d seen", "finished" if summary["complete"] else "stopped", run_dir,
                      progress.epoch, cfg.train.epochs, _pct(summary["final"].get("test_acc")),
