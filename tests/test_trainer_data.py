@@ -141,3 +141,19 @@ def test_augmentations_are_reproducible_with_loader_workers():
     # Per-sample seeds make worker count irrelevant; persistent workers still vary by epoch.
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     assert not torch.equal(one[0], one[1])
+
+
+def test_placebo_draws_add_real_images_to_an_epoch_and_nothing_else():
+    from actgen.trainer.data import MixedBatchSampler
+
+    plain = MixedBatchSampler(num_real=50, num_synthetic=0, batch_size=10, mixing="uniform", seed=3)
+    placebo = MixedBatchSampler(num_real=50, num_synthetic=0, batch_size=10, mixing="uniform", seed=3, extra_real=30)
+    with_pool = MixedBatchSampler(num_real=50, num_synthetic=30, batch_size=10, mixing="uniform", seed=3)
+    # The same optimizer steps as a run with 30 synthetic images, all of them real.
+    assert len(plain) == 5 and len(placebo) == len(with_pool) == 8
+    drawn = [i for batch in placebo for i, _ in batch]
+    assert len(drawn) == 80 and all(0 <= i < 50 for i in drawn)
+    counts = Counter(drawn)
+    assert set(counts) == set(range(50)) and max(counts.values()) == 2     # every image once, 30 twice
+    # Without placebo draws the sampler is what it always was (old runs reproduce).
+    assert [b for b in plain] == [b for b in MixedBatchSampler(50, 0, 10, "uniform", seed=3)]

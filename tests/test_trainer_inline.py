@@ -61,3 +61,16 @@ def test_one_command_runs_the_active_loop(tiny_train_config, torch_one_thread):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["synthetic_pool"] for row in rows] == [0, 8, 16, 16]
     assert all(row["synthetic_seen"] > 0 for row in rows[1:])
+
+
+def test_the_builder_is_given_the_trainers_data_source(tmp_path):
+    from actgen.builder.config import load_config as load_build
+    from actgen.shards.sources import DataSource
+
+    source = DataSource(path=str(tmp_path / "labeled.parquet"), class_names=["a", "b"])
+    cfg = SyntheticConfig(source="inline", build_overrides=["budget=8"])
+    argv = builder_argv(cfg, tmp_path / "rounds" / "0", str(tmp_path / "out"), source)
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert sets[-1] == "budget=8"                       # the config's own still come last
+    built = load_build(None, ["checkpoint=c", "manifest=m", "output.path=o", *sets])
+    assert built.dataset == source                      # the builder reads exactly the trainer's data

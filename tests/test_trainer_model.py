@@ -76,3 +76,31 @@ def test_missing_unreadable_and_foreign_weights(tmp_path):
     torch.save(create_model(ModelConfig(name="test_convnext"), 3).state_dict(), tmp_path / "convnext.pt")
     with pytest.raises(FormatError, match="convnext.pt: .*(does not fit|shape)"):
         create_model(ModelConfig(name="test_resnet", initial_weights=str(tmp_path / "convnext.pt")), 3)
+
+
+def test_recomputed_bn_statistics_are_the_averages_over_the_given_images():
+    import torch
+    from torch import nn
+
+    from actgen.trainer.model import recompute_bn_statistics
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(4, 2, 1),
+                          nn.BatchNorm2d(2))
+    model.train()
+    for _ in range(3):                                  # a few training steps: stale running stats
+        model(torch.randn(8, 3, 6, 6) * 3 + 1)
+    batches = [torch.randn(5, 3, 6, 6) * 2 + 0.5 for _ in range(4)]
+    assert recompute_bn_statistics(model, iter(batches), torch.device("cpu")) == 2
+    with torch.no_grad():
+        feats = torch.cat([model[0](b) for b in batches])                       # the first BN's inputs
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    # Unbiased variance, averaged per batch (PyTorch's cumulative average of batch statistics).
+    per_batch = torch.stack([model[0](b).detach().var(dim=(0, 2, 3), unbiased=True) for b in batches])
+    assert torch.allclose(bn.running_var, per_batch.mean(0), atol=1e-4)
+    assert bn.momentum == 0.1 and model.training                                # put back as it was
+    # Deterministic: the same images give the same statistics again.
+    before = bn.running_var.clone()
+    recompute_bn_statistics(model, iter(batches), torch.device("cpu"))
+    assert torch.equal(before, bn.running_var)

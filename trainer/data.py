@@ -224,7 +224,8 @@ class MixedBatchSampler(Sampler):
     ``fraction``: every batch holds exactly ``synthetic_per_batch`` synthetic images (drawn by
     cycling through fresh permutations of the pool) and ``batch_size - synthetic_per_batch``
     real ones; an epoch is one pass over the real images. With an empty pool both rules
-    reduce to batches of real images.
+    reduce to batches of real images. ``extra_real`` (the placebo control) adds that many more
+    real draws to an epoch, from fresh permutations of the real images.
 
     Distributed: all ranks draw the same global batch list from ``(seed, epoch)``; rank r takes
     batches r, r + world, ... and every rank gets the same number of batches.
@@ -232,12 +233,13 @@ class MixedBatchSampler(Sampler):
 
     def __init__(self, num_real: int, num_synthetic: int, batch_size: int, mixing: Literal["uniform", "fraction"],
                  synthetic_per_batch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, extra_real: int = 0):
         if mixing == "fraction" and num_synthetic and not 0 < synthetic_per_batch < batch_size:
             raise ValueError(f"synthetic_per_batch must be in 1..{batch_size - 1}, got {synthetic_per_batch}")
         self.num_real, self.num_synthetic = num_real, num_synthetic
         self.batch_size, self.mixing, self.synthetic_per_batch = batch_size, mixing, synthetic_per_batch
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
+        self.extra_real = extra_real
         self.epoch = 0
         self._cache: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None
 
@@ -247,7 +249,13 @@ class MixedBatchSampler(Sampler):
     def _global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         b = self.batch_size
         if self.mixing == "uniform" or self.num_synthetic == 0:
-            order = rng.permutation(self.num_real + self.num_synthetic)
+            total = self.num_real + self.num_synthetic
+            order = rng.permutation(total + self.extra_real)
+            if self.extra_real:      # positions past the data set are further real draws
+                passes = -(-self.extra_real // self.num_real)
+                again = np.concatenate([rng.permutation(self.num_real) for _ in range(passes)])
+                extra = order >= total
+                order[extra] = again[order[extra] - total]
             return _chunks(order, b, self.drop_last)
         n_syn = self.synthetic_per_batch
         real = _chunks(rng.permutation(self.num_real), b - n_syn, self.drop_last)
@@ -339,7 +347,7 @@ def make_training_set(images, real_indices: Sequence[Sequence[int]], synthetic_d
 
 def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]],
                       synthetic_dirs: Sequence[str | Path] = (), rank: int = 0, world_size: int = 1,
-                      pin_memory: bool = False) -> tuple[DataLoader, MixedBatchSampler]:
+                      pin_memory: bool = False, extra_real: int = 0) -> tuple[DataLoader, MixedBatchSampler]:
     """The trainer's exact training pipeline from a config (used by ``run`` and the benchmark).
 
     Args:
@@ -349,12 +357,13 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
         synthetic_dirs: local synthetic data set directories (the pool).
         rank, world_size: this process's place in a distributed run.
         pin_memory: pin host batches (CUDA only).
+        extra_real: further real draws per epoch (``synthetic.placebo_per_round`` x rounds due).
     """
     dataset = make_training_set(images, real_indices, synthetic_dirs, cfg.input)
     sampler = MixedBatchSampler(
         num_real=dataset.num_real, num_synthetic=dataset.num_synthetic, batch_size=cfg.loader.batch_size,
         mixing=cfg.synthetic.mixing, synthetic_per_batch=synthetic_per_batch(cfg), seed=cfg.train.seed,
-        rank=rank, world_size=world_size, drop_last=cfg.loader.drop_last)
+        rank=rank, world_size=world_size, drop_last=cfg.loader.drop_last, extra_real=extra_real)
     return build_train_loader(dataset, sampler, cfg.loader, pin_memory=pin_memory), sampler
 
 

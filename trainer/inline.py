@@ -9,12 +9,17 @@ writes the same checkpoint, so its settings match.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
+
+from actgen.shards.sources import DataSource
 
 from .config import SyntheticConfig
 
@@ -34,28 +39,33 @@ def resolve_command(name: str) -> str:
     return found
 
 
-def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str) -> list[str]:
+def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> list[str]:
     """The command line that builds round ``round_dir``'s data set into ``output``.
 
-    The builder reads the number of rounds for its §1.3 schedules from the manifest; the
-    config's own ``build_overrides`` come last, so they win.
+    The builder reads the number of rounds for its §1.3 schedules from the manifest. It reads
+    guide images only from a data set it is given (a manifest never chooses what it reads), so
+    the trainer's own ``data.source`` is passed along. The config's own ``build_overrides`` come
+    last, so they win.
     """
     argv = [resolve_command(cfg.build_command)]
     if cfg.build_config is not None:
         argv += ["--config", cfg.build_config]
     argv += ["--round-dir", str(round_dir), "--output", str(output)]
+    if dataset is not None:
+        argv += ["--set", f"dataset={json.dumps(dataclasses.asdict(dataset))}"]
     for override in cfg.build_overrides:
         argv += ["--set", override]
     return argv
 
 
-def build_round(cfg: SyntheticConfig, round_dir: Path, output: str) -> None:
-    """Run the builder for one round; its output goes to this process's stdout/stderr.
+def build_round(cfg: SyntheticConfig, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> None:
+    """Run the builder for one round (on ``dataset``, the trainer's data source); its output goes
+    to this process's stdout/stderr.
 
     Raises:
         RuntimeError: the builder failed (its own error line is above, on stderr).
     """
-    argv = builder_argv(cfg, round_dir, output)
+    argv = builder_argv(cfg, round_dir, output, dataset)
     _logger.info("building round %s inline: %s", round_dir.name, " ".join(argv))
     run_script(argv, f"inline actgen-build for {round_dir}")
 

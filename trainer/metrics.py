@@ -4,12 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from actgen.shards.atomic import atomic_write_text
 from actgen.shards.errors import writing
+
+_logger = logging.getLogger(__name__)
 
 
 COLUMNS = (
@@ -68,3 +71,16 @@ class MetricsLog:
             writer.writerow({c: "" if r.get(c) is None else r[c] for c in COLUMNS})
         with writing(self.csv_path):
             atomic_write_text(self.csv_path, out.getvalue())
+
+
+def pct(value: Optional[float]) -> str:
+    """A share as a percentage for log lines; "-" for a missing or NaN value."""
+    return "-" if value is None or value != value else f"{100 * value:.2f}%"
+
+
+def log_epoch(row: dict, epochs: int) -> None:
+    """The one log line per epoch."""
+    _logger.info("epoch %d/%d done: loss %.4f, train %s, hold-out %s, test %s | pool %d synthetic, %d seen "
+                 "| %.0f img/s, %.1f s", row["epoch"], epochs, row["loss"], pct(row["train_acc"]),
+                 pct(row["holdout_acc"]), pct(row["test_acc"]), row["synthetic_pool"], row["synthetic_seen"],
+                 row["images_per_s"], row["epoch_time_s"])

@@ -123,3 +123,29 @@ def unwrap(model: nn.Module) -> nn.Module:
 def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors (channels_last weights are not contiguous; safetensors needs them)."""
     return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+
+
+def recompute_bn_statistics(model: nn.Module, batches, device: torch.device) -> int:
+    """Set every BatchNorm layer's running mean and variance to their averages over ``batches``
+    (input tensors), the rest of the model in eval mode; -> the number of BN layers.
+
+    A cumulative average (momentum None) over fixed, unaugmented images in a fixed order: the
+    result is deterministic, the same on every rank given the same images.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in layers]
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for images in batches:
+            model(images.to(device))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(layers)

@@ -15,25 +15,18 @@ Layout of ``<run_dir>``::
     rounds/<r>/hard_samples.json   hard-sample manifest of round r
     synthetic/round-<r>/           fetched copy of round r's synthetic shards (the pool)
 
-Restarts: a directory without ``last.pt`` holds a run that stopped before its first checkpoint
-(killed, or stopped on a bad image); a rerun of the same config, or ``--resume``, starts it over
-in place. A directory with ``last.pt`` is only ever continued with ``--resume``. A resume refuses
-a data set with another fingerprint, with one exception: the run stopped on an image that does
-not decode (``data_errors.json`` names it, with the fingerprint it had), and the rows and labels
-are unchanged, i.e. the images were fixed.
+Restarts and resumes: see :mod:`.rundir`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -44,17 +37,18 @@ from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
-from .checkpoint import CHECKPOINT_FILE, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import CONFIG_FILE, Config, config_to_yaml, diff_configs, load_config
-from .data import (MixedBatchSampler, RealImages, SampleError, Split, build_eval_loader, build_eval_transform,
+from .checkpoint import CHECKPOINT_FILE, capture_rng, restore_rng, save_checkpoint
+from .config import CONFIG_FILE, Config, config_to_yaml
+from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, build_eval_transform,
                    make_train_loader, shard_for_rank, split_indices)
 from .distributed import Runtime
 from .evaluate import Predictions, predict
 from .inline import build_round
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
-from .metrics import MetricsLog
-from .model import create_model, export_state_dict, unwrap
+from .metrics import MetricsLog, log_epoch, pct
+from .model import create_model, export_state_dict, recompute_bn_statistics, unwrap
 from .rounds import round_dir, write_round
+from .rundir import check_fixed_images, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .synthetic import PoolEntry, missing_rounds, obtain, pool_from_state, pool_size, round_location
 from .task import Task
@@ -62,12 +56,6 @@ from .task import Task
 _logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
-DATA_ERRORS_FILE = "data_errors.json"
-
-# Settings that may change when a run is resumed: they do not affect what is computed.
-RESUMABLE_CHANGES = {"loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
-                     "loader.eval_batch_size", "train.log_interval", "train.progress", "synthetic.on_missing",
-                     "synthetic.timeout_s", "synthetic.poll_s", "data.decode_check_limit", "run_dir"}
 
 
 @dataclass
@@ -97,7 +85,7 @@ def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> 
     Args:
         cfg: the run config.
         resume: continue from ``<run_dir>/last.pt`` (the config must match the run's, apart from
-            ``RESUMABLE_CHANGES``).
+            ``rundir.RESUMABLE_CHANGES``).
         stop_after: stop once this many epochs are complete (the run stays resumable).
 
     Raises:
@@ -148,7 +136,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 7. Epochs (a bad image found on the way is recorded, so that a resume accepts it fixed).
     started = time.perf_counter()
     loader, sampler, loader_key = None, None, None
-    with _recording_bad_images(run_dir, images, progress):
+    with recording_bad_images(run_dir, images, lambda: progress.epoch):
         while progress.epoch < epochs and (stop_after is None or progress.epoch < stop_after):
             epoch = progress.epoch
             t0 = time.perf_counter()
@@ -157,9 +145,10 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                 _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names)
             # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
             merged = schedule.holdout_merged(epoch)
-            key = (tuple(e.round for e in progress.pool), merged)
+            placebo = cfg.synthetic.placebo_per_round * len(schedule.rounds_due_by(epoch))
+            key = (tuple(e.round for e in progress.pool), merged, placebo)
             if key != loader_key:
-                loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged)
+                loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged, placebo)
                 loader_key = key
                 if merged and epoch == schedule.merge_epoch and len(split.holdout):
                     _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
@@ -170,7 +159,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             progress.synthetic_seen_total += stats.synthetic_images
             # 7d. Evaluate.
             eval_model = unwrap(task.model)
-            holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch))
+            holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch),
+                                                            loop.optimizer_steps)
             # 7e. A round ends: hard samples + checkpoint bundle for the builder.
             round_info = None
             r = schedule.round_ending_at(epoch)
@@ -182,7 +172,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             progress.epoch = epoch + 1
             row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
                                time.perf_counter() - t0)
-            _log_epoch(row, epochs)
+            log_epoch(row, epochs)
             rng = dist_utils.all_gather_objects(capture_rng(), rt)
             if rt.is_main:
                 metrics.append(row)
@@ -190,7 +180,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             dist_utils.barrier(rt)
 
     # 8. Summary.
-    return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt)
+    return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt, loop.optimizer_steps)
 
 
 # ---------------------------------------------------------------------------------------- steps
@@ -238,6 +228,7 @@ class _Evaluator:
 
     cfg: Config
     rt: Runtime
+    bn_loader: Any
     holdout_size: int
     holdout_idx: np.ndarray
     holdout_loader: Any
@@ -253,12 +244,21 @@ class _Evaluator:
         test_images = inputs.test_images if inputs.test_images is not None else images
         test_all = np.arange(len(test_images)) if inputs.test_images is not None else split.test
         test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
-        return cls(cfg, rt, len(split.holdout), holdout_idx, _eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
+        # Up to 1,024 training images, the same on every rank (each recomputes the same statistics).
+        bn_idx = np.asarray(split.train)[:1024]
+        bn_loader = _eval_loader(images, bn_idx, eval_tf, cfg, pin) if cfg.train.precise_bn_steps else None
+        return cls(cfg, rt, bn_loader, len(split.holdout), holdout_idx, _eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
                    _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None)
 
-    def evaluate(self, model, ema, with_holdout: bool) -> tuple[Optional[Predictions], float, float]:
-        """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured."""
+    def evaluate(self, model, ema, with_holdout: bool, steps: int) -> tuple[Optional[Predictions], float, float]:
+        """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured.
+
+        While the run is young (``steps`` < ``train.precise_bn_steps``) the BN statistics are
+        recomputed first (:func:`~.model.recompute_bn_statistics`)."""
         amp, cl = self.cfg.train.amp, self.cfg.train.channels_last
+        if self.bn_loader is not None and steps < self.cfg.train.precise_bn_steps:
+            images = (batch[0].to(memory_format=torch.channels_last) if cl else batch[0] for batch in self.bn_loader)
+            recompute_bn_statistics(model, images, self.rt.device)
         holdout = None
         if with_holdout and self.holdout_size:   # the whole hold-out's size: every rank joins predict's gather
             holdout = predict(model, self.holdout_loader, self.holdout_idx, self.rt, amp, cl)
@@ -270,12 +270,13 @@ class _Evaluator:
         return holdout, test_acc, ema_acc
 
 
-def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: _Progress, merged: bool):
+def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: _Progress, merged: bool,
+                  placebo: int = 0):
     """``(loader, sampler)`` over the real training images (plus the hold-out once merged) and the pool."""
     split = inputs.split
     real = [split.train] + ([split.holdout] if merged and len(split.holdout) else [])
     return make_train_loader(cfg, inputs.images, real, [run_dir / e.directory for e in progress.pool], rank=rt.rank,
-                             world_size=rt.world_size, pin_memory=rt.device.type == "cuda")
+                             world_size=rt.world_size, pin_memory=rt.device.type == "cuda", extra_real=placebo)
 
 
 def _share_bn_statistics(rt: Runtime, model, ema) -> None:
@@ -298,7 +299,7 @@ def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSch
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
-    state = _run_dir_state(cfg, run_dir, resume)
+    state = run_dir_state(cfg, run_dir, resume)
     images = load_source(cfg.data.source)
     test_images = None
     if cfg.data.test_source is not None:
@@ -310,105 +311,10 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
         if source is not None and source.check_images(cfg.data.decode_check_limit):
             _logger.info("%s: all %d images decode", source.source.path, len(source))
     if state is not None and state["dataset_fingerprint"] != images.fingerprint:
-        _check_fixed_images(state, images, run_dir, cfg.data.source.path)
+        check_fixed_images(state, images, run_dir, cfg.data.source.path)
     split = split_indices(images.labels(), cfg.data.holdout_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     model = create_model(cfg.model, len(images.class_names), list(images.class_names))
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
-
-
-def _run_dir_state(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
-    """The checkpoint to resume from, or None to start (a fresh or a restarted run).
-
-    A directory without ``last.pt`` but with the run's ``config.yaml`` holds a run that stopped
-    before its first checkpoint: with the same settings it is started over, with or without
-    ``--resume``. A directory with a checkpoint is only continued (``--resume``), never overwritten.
-    """
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if checkpoint.is_file():
-        if not resume:
-            raise ValueError(f"run directory {run_dir} already exists and holds a checkpoint ({CHECKPOINT_FILE}); "
-                             "pass --resume to continue it or choose another --run-dir")
-        state = load_checkpoint(checkpoint)
-        _check_resume_config(cfg, run_dir)
-        return state
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / CONFIG_FILE).is_file():  # not a run of ours: never touched
-            if resume:
-                raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
-            raise ValueError(f"run directory {run_dir} already exists and is not empty; pass --resume to continue "
-                             "it or choose another --run-dir")
-        _check_resume_config(cfg, run_dir, restart=True)
-        _logger.warning("%s holds a run that stopped before its first checkpoint (no %s); starting it over",
-                        run_dir, CHECKPOINT_FILE)
-        return None
-    if resume:
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
-    return None
-
-
-def _check_resume_config(cfg: Config, run_dir: Path, restart: bool = False) -> None:
-    saved_path = run_dir / CONFIG_FILE
-    saved = load_config(saved_path)
-    changed = [k for k in diff_configs(saved, cfg) if k not in RESUMABLE_CHANGES]
-    if changed and restart:
-        raise ValueError(f"{saved_path}: {run_dir} holds a run that stopped before its first checkpoint, started "
-                         f"with other settings for {changed}; rerun it with its own config, or remove it, or choose "
-                         "another --run-dir")
-    if changed:
-        raise ValueError(f"{saved_path}: the run was started with other settings for {changed}; "
-                         "resume with the run's own config (leave out --config)")
-
-
-def labels_sha256(images: LabeledImages) -> str:
-    """sha256 of what a fix of images must leave alone: class names, row count and every label."""
-    h = hashlib.sha256(json.dumps(list(images.class_names)).encode())
-    h.update(f"rows={len(images)};".encode())
-    h.update(np.asarray(images.labels(), dtype="<i8").tobytes())
-    return h.hexdigest()
-
-
-def _check_fixed_images(state: dict, images: LabeledImages, run_dir: Path, path: str) -> None:
-    """Accept a changed data-set fingerprint on resume only as a fix of the image the run stopped on.
-
-    Raises:
-        FormatError: any other change (naming both fingerprints and the rule).
-    """
-    before, now = state["dataset_fingerprint"], images.fingerprint
-    record = _read_data_error(run_dir)
-    if (record is not None and record.get("dataset_fingerprint") == before
-            and state.get("labels_sha256") == labels_sha256(images)):
-        _logger.warning("data set %r changed since the checkpoint (fingerprint %s -> %s) after the run stopped on a "
-                        "bad image (%s); same rows and labels, so resuming with the fixed images", path, before[:12],
-                        now[:12], record.get("error", "?"))
-        return
-    raise FormatError(str(run_dir / CHECKPOINT_FILE),
-                      f"checkpoint was trained on data set {before[:12]}, data.source {path!r} is {now[:12]}; a "
-                      f"resume takes changed data only as a fix of the image the run stopped on (recorded in "
-                      f"{DATA_ERRORS_FILE}), with the same rows and labels")
-
-
-@contextlib.contextmanager
-def _recording_bad_images(run_dir: Path, images: LabeledImages, progress: _Progress) -> Iterator[None]:
-    """On a SampleError (an image that does not decode) write ``data_errors.json``: which image,
-    at which epoch, with which data-set fingerprint, so that a resume accepts the fixed data."""
-    try:
-        yield
-    except SampleError as e:
-        record = {"dataset_fingerprint": images.fingerprint, "epoch": progress.epoch, "error": str(e)}
-        try:
-            atomic_write_text(run_dir / DATA_ERRORS_FILE, json.dumps(record, indent=2) + "\n")
-        except OSError as write_error:
-            _logger.warning("cannot record the bad image in %s: %s", run_dir / DATA_ERRORS_FILE, write_error)
-        raise
-
-
-def _read_data_error(run_dir: Path) -> Optional[dict]:
-    path = run_dir / DATA_ERRORS_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
@@ -460,16 +366,18 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
 def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
                images: LabeledImages, holdout: Optional[Predictions], test_acc: float, num_rounds: int) -> dict:
     assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
-    hard = holdout.hard_samples(images, list(images.class_names))
+    hard, selection = holdout.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
     info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
             "manifest": str(round_dir(run_dir, r) / MANIFEST_FILE)}
     if rt.is_main:
         write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
-                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds)
+                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
+                    selection=selection)
     dist_utils.barrier(rt)
     if cfg.synthetic.source == "inline":
         if rt.is_main:
-            build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r))
+            build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r),
+                        cfg.data.source)
         dist_utils.barrier(rt)
     return info
 
@@ -489,7 +397,7 @@ def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], 
 
 
 def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLog, seconds: float,
-             rt: Runtime) -> dict:
+             rt: Runtime, optimizer_steps: int) -> dict:
     """``summary.json`` (written by rank 0, logged) and the summary ``run`` returns."""
     rows = metrics.rows() if rt.is_main else []
     tests = [r["test_acc"] for r in rows if r.get("test_acc") is not None]
@@ -506,14 +414,15 @@ def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLo
         "synthetic_seen_total": progress.synthetic_seen_total,
         "wall_time_s": seconds,
         "world_size": rt.world_size,
+        "optimizer_steps": optimizer_steps,
     }
     if rt.is_main:
         with writing(run_dir / SUMMARY_FILE):
             atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         _logger.info("%s %s after %d/%d epochs: test acc %s, hold-out acc %s, %d rounds, %d synthetic images "
                      "in the pool, %d seen", "finished" if summary["complete"] else "stopped", run_dir,
-                     progress.epoch, cfg.train.epochs, _pct(summary["final"].get("test_acc")),
-                     _pct(summary["final"].get("holdout_acc")), len(progress.rounds_done),
+                     progress.epoch, cfg.train.epochs, pct(summary["final"].get("test_acc")),
+                     pct(summary["final"].get("holdout_acc")), len(progress.rounds_done),
                      summary["synthetic_pool"], progress.synthetic_seen_total)
     return summary
 
@@ -531,15 +440,3 @@ def _eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Con
 
 def _test_size(inputs: _Inputs) -> int:
     return len(inputs.test_images) if inputs.test_images is not None else len(inputs.split.test)
-
-
-def _pct(value: Optional[float]) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.2f}%"
-
-
-def _log_epoch(row: dict, epochs: int) -> None:
-    pct = _pct
-    _logger.info("epoch %d/%d done: loss %.4f, train %s, hold-out %s, test %s | pool %d synthetic, %d seen "
-                 "| %.0f img/s, %.1f s", row["epoch"], epochs, row["loss"], pct(row["train_acc"]),
-                 pct(row["holdout_acc"]), pct(row["test_acc"]), row["synthetic_pool"], row["synthetic_seen"],
-                 row["images_per_s"], row["epoch_time_s"])
