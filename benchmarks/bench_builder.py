@@ -139,10 +139,13 @@ def make_callers(gen, plain_unet, classifier, steps: int, batch: int):
         bank.add([y] * cfg.bank_capacity, torch.randn(cfg.bank_capacity, c, h, w, generator=torch.Generator().manual_seed(y)))
     plain = GuidedSampler(gen, cfg)
     guided = GuidedSampler(gen, cfg, classifier, copy.deepcopy(bank))
+    # The adversarial decode of the whole batch at once, as before guidance.adversarial_chunk.
+    unchunked = GuidedSampler(gen, dataclasses.replace(cfg, adversarial_chunk=batch), classifier, copy.deepcopy(bank))
     pipe = diffusers_pipeline(gen, plain_unet)
 
     def ours(mode):
-        sampler = guided if mode == "actgen" else plain
+        sampler = {"actgen": guided, "actgen-unchunked": unchunked}.get(mode, plain)
+        mode = "actgen" if mode == "actgen-unchunked" else mode
 
         # The actgen bank stays at 1,024 latents per class (FIFO), so every call costs the same.
         def call():
@@ -156,7 +159,7 @@ def make_callers(gen, plain_unet, classifier, steps: int, batch: int):
                     guidance_scale=cfg.cfg_scale, generator=gens, output_type="pt").images
 
     return {"txt2img": ours("txt2img"), "img2img": ours("img2img"), "actgen": ours("actgen"),
-            "diffusers-img2img": theirs}
+            "actgen-unchunked": ours("actgen-unchunked"), "diffusers-img2img": theirs}
 
 
 def _sync(device):
@@ -190,7 +193,7 @@ def bench_arch(arch: str, device: str, steps: int, batch: int, repeats: int, siz
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     gen, plain_unet = build_components(arch, device, dtype, size)
     classifier = build_classifier(arch, device)
-    callers = make_callers(gen, plain_unet, classifier, steps, batch)
+    callers = {m: c for m, c in make_callers(gen, plain_unet, classifier, steps, batch).items() if m in MODES}
     stats = time_modes(callers, device, repeats)
     rows = []
     for mode in MODES:

@@ -60,7 +60,7 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     manifest_path = Path(cfg.manifest)
     manifest = read_manifest(manifest_path)
     header = manifest.header
-    if not manifest.samples and cfg.targets == "hard":
+    if not manifest.samples and cfg.targets == "hard" and not round_not_fired(manifest):
         raise FormatError(str(manifest_path), "lists no hard samples (the classifier got every hold-out "
                                               "sample right); there is nothing to render near (targets: "
                                               "uniform renders classes drawn uniformly instead)")
@@ -99,6 +99,12 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     return BuildInputs(manifest=manifest, manifest_sha256=file_sha256(manifest_path), images=images, bundle=bundle,
                        checkpoint_sha256=checkpoint_sha256, class_names=list(header.class_names), round=round,
                        output=output, stored_size=stored)
+
+
+def round_not_fired(manifest: HardSampleManifest) -> bool:
+    """Whether the trainer's round did not fire (its start condition did not hold yet): no
+    samples, and ``header.selection.fired`` false. The build then renders uniform targets."""
+    return not manifest.samples and manifest.header.selection.get("fired") is False
 
 
 def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, manifest_path: Path,

@@ -40,7 +40,7 @@ from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
 from .config import BuildConfig
 from .bank_store import BANK_FILE, StartBank, merge_parts, remove_parts, start_bank
 from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
-from .inputs import BuildInputs, resolve_inputs
+from .inputs import BuildInputs, resolve_inputs, round_not_fired
 from .outputs import build_settings, prepare_output, write_build_file
 from .plan import BuildPlan, effective_budget, make_plan, num_shards
 from .workers import render_shards
@@ -86,7 +86,7 @@ def run(cfg: BuildConfig) -> BuildResult:
     """
     # 1. Inputs; nothing is written before they pass.
     inputs = resolve_inputs(cfg)
-    cfg = resolve_horizon(cfg, inputs)
+    cfg = resolve_horizon(not_fired_fallback(cfg, inputs), inputs)
     with output_lock(inputs.output):
         return _build(cfg, inputs)
 
@@ -101,6 +101,8 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
                      targets=cfg.targets, class_names=inputs.class_names)
     bank = start_bank(inputs.output, inputs.round, cfg.bank_sources) if cfg.bank_scope == "run" else StartBank()
     settings = build_settings(cfg, inputs, plan, bank)
+    if round_not_fired(inputs.manifest):
+        settings["settings"]["round_not_fired"] = inputs.manifest.header.selection.get("reason")
     _logger.info("round %d: %d images (%s targets) from %d hard samples in %d shards (%s), output %s", inputs.round,
                  budget, cfg.targets, len(hard), shards, mode_counts(plan), inputs.output)
     # 3. Output directory: fresh, resumed, or already finished.
@@ -199,6 +201,18 @@ def build_round(directory: Path, cfg: BuildConfig,
                                                          images=result.index.num_samples,
                                                          seconds=round(time.perf_counter() - started, 3)))
     return status, result
+
+
+def not_fired_fallback(cfg: BuildConfig, inputs: BuildInputs) -> BuildConfig:
+    """A round the trainer did not fire (``header.selection.fired: false``, no samples) renders its
+    budget text-to-image for classes drawn uniformly: before the classifier is competent its
+    mistakes are noise, so the budget goes to class-balanced generation instead of being wasted
+    or skipped (``targets: uniform``, ``mode: txt2img``, recorded in ``build.json``)."""
+    if not round_not_fired(inputs.manifest):
+        return cfg
+    _logger.info("round %d did not fire in the trainer (%s): rendering %d images text-to-image for classes "
+                 "drawn uniformly", inputs.round, inputs.manifest.header.selection.get("reason"), cfg.budget)
+    return dataclasses.replace(cfg, targets="uniform", mode="txt2img")
 
 
 def resolve_horizon(cfg: BuildConfig, inputs: BuildInputs) -> BuildConfig:

@@ -1,4 +1,4 @@
-"""Hard-sample manifest: every top-1-misclassified held-out sample of one round, plus a header.
+"""Hard-sample manifest: the hard held-out samples of one round (by default every top-1 mistake), plus a header.
 
 One JSON file (``hard_samples.json``), written atomically.
 """
@@ -44,6 +44,10 @@ class ManifestHeader:
     # Rounds the run's schedule has in all; the builder's §1.3 schedules need it. Optional so
     # that manifests written before it existed still read.
     num_rounds: Optional[int] = None
+    # How the samples were selected (the trainer's rounds.selection: rule, k, fraction,
+    # drop_hardest, start_epoch, min_holdout_acc) and whether the round fired (fired, reason,
+    # num_candidates). Empty in manifests written before it existed: the paper's rule, fired.
+    selection: dict = field(default_factory=dict)
     format: str = MANIFEST_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -72,6 +76,9 @@ def _check(manifest: HardSampleManifest, where: str) -> None:
     if header.num_rounds is not None and not header.round < header.num_rounds:
         raise FormatError(where, f"field 'header.num_rounds' ({header.num_rounds}) must exceed "
                                  f"'header.round' ({header.round})")
+    if header.selection.get("fired") is False and manifest.samples:
+        raise FormatError(where, f"field 'header.selection.fired' is false (the round did not fire), but the "
+                                 f"manifest lists {len(manifest.samples)} samples")
     fp12 = header.dataset_fingerprint[:12]
     seen: dict[str, int] = {}
     for i, s in enumerate(manifest.samples):

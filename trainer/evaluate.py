@@ -1,7 +1,9 @@
 """Evaluation: accuracy, and the hard samples of the hold-out (paper §1.1 2b).
 
-A hard sample is every hold-out image whose top-1 prediction is wrong; there is no confidence
-threshold. Its probability of the true class and its loss are recorded for the builder.
+By default (``rounds.selection.rule: misclassified``, the paper) a hard sample is every hold-out
+image whose top-1 prediction is wrong; there is no confidence threshold. The other rules rank
+the hold-out by loss, entropy or margin (:mod:`.selection`). Each hard sample's probability of
+the true class and its loss are recorded for the builder.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from torch import nn
 
 from actgen.shards.manifest import HardSample
 
+from .config import SelectionConfig
 from .distributed import Runtime, all_gather_objects
 from .loop import autocast
+from .selection import Hardness, fires, select, selection_record
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,8 @@ class Predictions:
         labels, predicted: true and top-1 labels.
         prob_true: softmax probability of the true class.
         loss: cross-entropy of the true class.
+        entropy: entropy of the softmax distribution.
+        margin: ``prob_true`` minus the highest probability of another class.
     """
 
     indices: np.ndarray
@@ -34,17 +40,32 @@ class Predictions:
     predicted: np.ndarray
     prob_true: np.ndarray
     loss: np.ndarray
+    entropy: np.ndarray
+    margin: np.ndarray
 
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.labels).mean()) if len(self.labels) else float("nan")
 
-    def hard_samples(self, images, class_names: list[str]) -> list[HardSample]:
-        """Every top-1-misclassified sample, with its stable id from the ``LabeledImages``."""
-        wrong = np.flatnonzero(self.predicted != self.labels)
-        return [HardSample(id=images.sample_id(int(self.indices[i])), label=int(self.labels[i]),
-                           class_name=class_names[int(self.labels[i])], predicted=int(self.predicted[i]),
-                           prob_true=float(self.prob_true[i]), loss=float(self.loss[i])) for i in wrong]
+    def hardness(self) -> Hardness:
+        return Hardness(labels=self.labels, predicted=self.predicted, prob_true=self.prob_true, loss=self.loss,
+                        entropy=self.entropy, margin=self.margin)
+
+    def hard_samples(self, images, class_names: list[str], cfg: SelectionConfig,
+                     epoch: int) -> tuple[list[HardSample], dict]:
+        """The samples ``cfg`` selects, hardest first, with their stable ids from the
+        ``LabeledImages``, and the record for the manifest header (``selection``).
+
+        A round that ended after ``epoch`` below ``cfg``'s start condition selects none.
+        """
+        fired, reason = fires(cfg, epoch, self.accuracy)
+        if not fired:
+            return [], selection_record(cfg, False, reason, num_candidates=0)
+        chosen, num_candidates = select(self.hardness(), cfg)
+        samples = [HardSample(id=images.sample_id(int(self.indices[i])), label=int(self.labels[i]),
+                              class_name=class_names[int(self.labels[i])], predicted=int(self.predicted[i]),
+                              prob_true=float(self.prob_true[i]), loss=float(self.loss[i])) for i in chosen]
+        return samples, selection_record(cfg, True, None, num_candidates)
 
 
 @torch.no_grad()
@@ -68,13 +89,19 @@ def predict(model: nn.Module, loader, source_indices: np.ndarray, rt: Runtime, a
             logits = model(inputs)
         logits = logits.float()  # (B, C); softmax and CE in float32 under AMP
         loss = F.cross_entropy(logits, labels, reduction="none")
-        prob_true = logits.softmax(dim=-1).gather(1, labels[:, None])[:, 0]
-        # Kept on the device; one transfer at the end instead of one per batch.
+        log_probs = logits.log_softmax(dim=-1)
+        probs = log_probs.exp()                                           # (B, C)
+        prob_true = probs.gather(1, labels[:, None])[:, 0]
+        entropy = -(probs * log_probs).sum(dim=-1)                        # log_probs finite: underflowed probs add 0
+        margin = prob_true - probs.scatter(1, labels[:, None], float("-inf")).amax(dim=-1)
+        # Per-sample statistics only (not the (N, C) probabilities): a 1000-class hold-out stays
+        # small to gather. Kept on the device; one transfer at the end instead of one per batch.
         parts.append(torch.stack([positions.to(device).double(), labels.double(), logits.argmax(-1).double(),
-                                  prob_true.double(), loss.double()], dim=1))
-    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 5))
+                                  prob_true.double(), loss.double(), entropy.double(), margin.double()], dim=1))
+    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 7))
     local[:, 0] = np.asarray(source_indices)[local[:, 0].astype(np.int64)] if len(local) else local[:, 0]
     table = np.concatenate(all_gather_objects(local, rt))
     table = table[np.argsort(table[:, 0], kind="stable")]
     return Predictions(indices=table[:, 0].astype(np.int64), labels=table[:, 1].astype(np.int64),
-                       predicted=table[:, 2].astype(np.int64), prob_true=table[:, 3], loss=table[:, 4])
+                       predicted=table[:, 2].astype(np.int64), prob_true=table[:, 3], loss=table[:, 4],
+                       entropy=table[:, 5], margin=table[:, 6])

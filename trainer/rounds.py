@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -27,7 +28,7 @@ __all__ = ["CHECKPOINT_DIR", "MANIFEST_FILE", "round_dir", "write_round"]
 
 def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_dict: dict[str, torch.Tensor],
                 images, hard_samples: list[HardSample], num_evaluated: int, metrics: dict[str, float],
-                num_rounds: int) -> Path:
+                num_rounds: int, selection: Optional[dict] = None) -> Path:
     """Write round ``round``'s bundle and manifest; return the manifest path.
 
     Args:
@@ -37,10 +38,12 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         state_dict: the classifier's weights (the trained model, not the EMA: the paper guides
             generation with the current model).
         images: the training ``LabeledImages`` (class names, fingerprint, source).
-        hard_samples: the misclassified hold-out samples.
+        hard_samples: the selected hold-out samples, hardest first (by default the misclassified ones).
         num_evaluated: hold-out size.
         metrics: recorded in the bundle (finite floats only).
         num_rounds: rounds in the run's schedule (the builder's §1.3 schedules need it).
+        selection: how ``hard_samples`` were selected and whether the round fired
+            (``header.selection``; see ``selection.selection_record``).
     """
     directory = round_dir(run_dir, round)
     size = cfg.input.image_size
@@ -55,7 +58,7 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         dataset=dataclasses.asdict(images.source), dataset_fingerprint=images.fingerprint,
         class_names=list(images.class_names), split_seed=cfg.data.split_seed,
         holdout_fraction=cfg.data.holdout_fraction, num_evaluated=num_evaluated, checkpoint_sha256=sha256,
-        round=round, epoch=epoch, num_rounds=num_rounds)
+        round=round, epoch=epoch, num_rounds=num_rounds, selection=dict(selection or {}))
     path = directory / MANIFEST_FILE
     manifest = HardSampleManifest(header=header, samples=list(hard_samples))
     if _same_as_written(path, manifest):
@@ -65,8 +68,12 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         return path
     with writing(path):
         write_manifest(path, manifest)
-    _logger.info("round %d (after epoch %d): %d hard samples of %d hold-out images -> %s", round, epoch,
-                 len(hard_samples), num_evaluated, path)
+    if selection and selection.get("fired") is False:
+        _logger.info("round %d (after epoch %d) does not fire (%s): no hard samples; the builder renders "
+                     "classes drawn uniformly -> %s", round, epoch, selection.get("reason"), path)
+    else:
+        _logger.info("round %d (after epoch %d): %d hard samples (rule %s) of %d hold-out images -> %s", round,
+                     epoch, len(hard_samples), (selection or {}).get("rule", "misclassified"), num_evaluated, path)
     return path
 
 
