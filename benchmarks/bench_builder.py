@@ -215,7 +215,8 @@ def _cfg(steps):
 
 
 # ------------------------------------------------------------------------------ FLOP model
-def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", classifier_size: int = 224) -> dict:
+def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", classifier_size: int = 224,
+               small_classifier_size: int = 32, cheap_decode_size: int = 64) -> dict:
     """TFLOPs per image of each sampler on SD 2.1-base at 512x512, counted with torch's
     FlopCounterMode on the meta device (no weights, no compute: runs anywhere in seconds).
 
@@ -223,6 +224,11 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
     also back-propagates to the prompt embeddings through the UNet and, for the adversarial term,
     decodes x0_hat with the VAE and back-propagates through decoder and classifier. A GPU that is
     compute-bound takes time in proportion.
+
+    The ``small`` rows take a classifier of ``small_classifier_size``² input (CIFAR's 32²: the
+    paper's CIFAR recipe renders at 512² too) with the adversarial decode at full size (the
+    method) and with ``guidance.adversarial_decode_size: cheap_decode_size`` (x0_hat's latents
+    resized to cheap_decode_size / 8 before the decode).
     """
     import timm
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -252,6 +258,14 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
     decode_bwd = tflops(lambda: clf(torch.nn.functional.interpolate(
         vae.decode(meta(1, 4, 64, 64, grad=True)).sample, size=(classifier_size, classifier_size),
         mode="bilinear")).sum().backward())
+
+    def decode_clf_bwd(latent_side: int, size: int) -> float:
+        return tflops(lambda: clf(torch.nn.functional.interpolate(
+            vae.decode(meta(1, 4, latent_side, latent_side, grad=True)).sample, size=(size, size),
+            mode="bilinear")).sum().backward())
+
+    small_full = decode_clf_bwd(64, small_classifier_size)
+    small_cheap = decode_clf_bwd(cheap_decode_size // 8, small_classifier_size)
     plain = steps * unet_fwd
     contra = (steps - guided) * unet_fwd + guided * unet_fwd_bwd
     rows = {
@@ -260,9 +274,14 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
         "diffusers-img2img": encode + plain + decode,
         "actgen (contrastive only)": encode + contra + decode,
         "actgen (contrastive + adversarial)": encode + contra + decode + guided * decode_bwd,
+        f"actgen (adv, {classifier}@{small_classifier_size}, decode 512)": encode + contra + decode + guided * small_full,
+        f"actgen (adv, {classifier}@{small_classifier_size}, decode {cheap_decode_size})":
+            encode + contra + decode + guided * small_cheap,
     }
     parts = {"unet_cfg_step": unet_fwd, "unet_cfg_step_with_embedding_grad": unet_fwd_bwd, "vae_encode": encode,
-             "vae_decode": decode, f"vae_decode+{classifier}@{classifier_size}_fwd_bwd": decode_bwd}
+             "vae_decode": decode, f"vae_decode+{classifier}@{classifier_size}_fwd_bwd": decode_bwd,
+             f"vae_decode+{classifier}@{small_classifier_size}_fwd_bwd": small_full,
+             f"vae_decode@{cheap_decode_size}+{classifier}@{small_classifier_size}_fwd_bwd": small_cheap}
     return {"steps": steps, "guided_steps": guided, "tflops_per_image": rows, "parts_tflops": parts,
             "ratio_to_img2img": {k: v / rows["img2img"] for k, v in rows.items()}}
 
@@ -369,9 +388,9 @@ def main(argv=None) -> int:
         flops = flop_model(steps=args.steps, guided=_cfg(args.steps).scaled_guidance_steps)
         print(f"\nSD 2.1-base 512x512, FLOPs per image (counted on the meta device), {flops['steps']} steps, "
               f"{flops['guided_steps']} guided")
-        print(f"{'sampler':<38}{'TFLOPs':>10}{'x img2img':>11}")
+        print(f"{'sampler':<44}{'TFLOPs':>10}{'x img2img':>11}")
         for k, v in flops["tflops_per_image"].items():
-            print(f"{k:<38}{v:>10.1f}{flops['ratio_to_img2img'][k]:>11.2f}")
+            print(f"{k:<44}{v:>10.1f}{flops['ratio_to_img2img'][k]:>11.2f}")
         print("parts (TFLOPs): " + ", ".join(f"{k} {v:.2f}" for k, v in flops["parts_tflops"].items()))
     scaling = None
     if args.ray_scaling:

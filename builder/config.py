@@ -75,6 +75,12 @@ class GuidanceConfig:
             term. The VAE decode of x̂0 at full resolution with its backward pass is the largest
             memory cost of guidance; chunks bound it (the paper code decodes one image at a
             time). A speed/memory knob: it changes no image beyond float rounding.
+        adversarial_decode_size: null (the method): the adversarial term decodes x̂0 at the
+            generator's size. An int: x̂0's latents are first resized (bilinear) to
+            ``adversarial_decode_size / f`` per side (f: the VAE's downsampling, 8 for Stable
+            Diffusion), so the VAE decodes (and back-propagates) a smaller image; for a classifier whose input is small (CIFAR's 32², e.g. 64). It
+            changes the method (the classifier sees a decode of resized latents), hence off by
+            default.
     """
 
     num_steps: int = 40
@@ -94,6 +100,7 @@ class GuidanceConfig:
     use_contrastive: bool = True
     use_adversarial: bool = True
     adversarial_chunk: int = 4
+    adversarial_decode_size: Optional[int] = None
 
     def __post_init__(self):
         for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity", "adversarial_chunk"):
@@ -109,6 +116,9 @@ class GuidanceConfig:
             raise ValueError(f"guidance.mask={self.mask!r}: expected 'cumulative' or 'foreground'")
         if self.grad_norm not in ("token", "global"):
             raise ValueError(f"guidance.grad_norm={self.grad_norm!r}: expected 'token' or 'global'")
+        if self.adversarial_decode_size is not None and self.adversarial_decode_size < 1:
+            raise ValueError(f"guidance.adversarial_decode_size={self.adversarial_decode_size}: must be null or an "
+                             "int >= 1 (a multiple of the VAE's downsampling, 8 for Stable Diffusion)")
         if self.mask_threshold is not None and self.mask != "foreground":
             raise ValueError(f"guidance.mask_threshold={self.mask_threshold}: only applies to mask='foreground'")
 
@@ -135,7 +145,11 @@ class GeneratorConfig:
         attention_resolution: side of the captured cross-attention maps; null = image side / 32.
         local_files_only: never touch the network for a hub id.
         tiny_seed, tiny_image_size: the ``tiny`` generator's weight seed and image side.
-        prompt_template: ``str.format`` template with one ``{}`` for the class name.
+        prompt_template: ``str.format`` template with one ``{}`` for the class's prompt name.
+        prompt_names: null: a class's prompt name is its class name; else a file of prompt names
+            (:func:`actgen.builder.prompts.load_prompt_names`): a JSON object class name -> prompt
+            name (e.g. ``configs/imagenet-simple-names.json`` for ImageNet's WordNet ids), a JSON
+            list or a text file in label order. Labels, keys and provenance keep the class names.
     """
 
     path: str = TINY
@@ -146,8 +160,11 @@ class GeneratorConfig:
     tiny_seed: int = 0
     tiny_image_size: int = 32
     prompt_template: str = "a photo of {}"
+    prompt_names: Optional[str] = None
 
     def __post_init__(self) -> None:
+        _check(self.prompt_names is None or bool(self.prompt_names), "generator.prompt_names", self.prompt_names,
+               "null or a prompt-name file")
         _check(bool(self.path), "generator.path", self.path, "a directory, a hub id or 'tiny'")
         _check(self.attention_resolution is None or self.attention_resolution >= 1,
                "generator.attention_resolution", self.attention_resolution, "null or an int >= 1")
@@ -295,6 +312,10 @@ class BuildConfig:
             in order; null = rounds 0..r-1 of the run when the output is ``<run>/rounds/<r>/shards``
             (the trainer's layout), else none.
         check_checkpoint: the checkpoint's sha256 must be the manifest's ``checkpoint_sha256``.
+        guide_preprocess: ``classifier``: a hard sample's guide is the centre crop the bundle's
+            evaluation transform shows the classifier (``crop_pct``; the shorter side at 1.0),
+            then resized to the generator's size; ``raw``: the whole stored image, resized (a
+            non-square one squashed).
         output: where and how to write.
         ray: where to render.
     """
@@ -316,6 +337,7 @@ class BuildConfig:
     bank_scope: Literal["run", "worker", "shard"] = "run"
     bank_sources: Optional[list[str]] = None
     check_checkpoint: bool = True
+    guide_preprocess: Literal["classifier", "raw"] = "classifier"
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

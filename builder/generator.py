@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import torch
 
@@ -335,8 +335,10 @@ def _hash_state_dict(h, prefix: str, state: dict[str, torch.Tensor]) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def tiny_tokenizer(words: Sequence[str] = TINY_WORDS, max_length: int = 77):
-    """A CLIP BPE tokenizer over the 256 byte symbols plus whole-word merges for ``words``."""
+def tiny_tokenizer(words: Sequence[str] = TINY_WORDS, max_length: int = 77, vocab_size: Optional[int] = None):
+    """A CLIP BPE tokenizer over the 256 byte symbols plus whole-word merges for ``words``;
+    ``vocab_size`` pads the vocabulary with filler tokens to that many ids (e.g. CLIP's 49,408,
+    for a text encoder of the real architecture)."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -356,6 +358,8 @@ def tiny_tokenizer(words: Sequence[str] = TINY_WORDS, max_length: int = 77):
                 merges.append(pair)
             syms = [syms[0] + syms[1]] + syms[2:]
             vocab.setdefault(syms[0], len(vocab))
+    while vocab_size is not None and len(vocab) < vocab_size:
+        vocab[f"<|filler{len(vocab)}|>"] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 

@@ -41,6 +41,7 @@ class BuildInputs:
         round: the round being built.
         output: the data-set directory.
         stored_size: ``(H, W)`` of stored images when fixed by the config, None for the rendered size.
+        prompt_names: each class's prompt name in label order (``generator.prompt_names``), or None.
     """
 
     manifest: HardSampleManifest
@@ -52,6 +53,7 @@ class BuildInputs:
     round: int
     output: Path
     stored_size: Optional[tuple[int, int]]
+    prompt_names: Optional[list[str]] = None
 
 
 def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
@@ -84,8 +86,13 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
                                            f"{manifest_path} was made by checkpoint {header.checkpoint_sha256[:12]} "
                                            "(header.checkpoint_sha256); pass check_checkpoint=false to guide "
                                            "with another classifier on purpose")
-    # 3. The generator location.
+    # 3. The generator location, and the classes' prompt names.
     check_generator(cfg.generator)
+    prompt_names = None
+    if cfg.generator.prompt_names is not None:
+        from .prompts import load_prompt_names
+
+        prompt_names = load_prompt_names(cfg.generator.prompt_names, header.class_names)
     # 4. The output location: creatable and writable (probed, nothing left behind).
     # Absolute, because workers on other nodes run elsewhere (they need the same shared path).
     output = Path(cfg.output.path).expanduser().absolute()
@@ -98,7 +105,7 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     round = cfg.round if cfg.round is not None else header.round
     return BuildInputs(manifest=manifest, manifest_sha256=file_sha256(manifest_path), images=images, bundle=bundle,
                        checkpoint_sha256=checkpoint_sha256, class_names=list(header.class_names), round=round,
-                       output=output, stored_size=stored)
+                       output=output, stored_size=stored, prompt_names=prompt_names)
 
 
 def round_not_fired(manifest: HardSampleManifest) -> bool:

@@ -61,6 +61,10 @@ def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, bank:
     settings.update(round=inputs.round, plan_sha256=plan.digest(), manifest_sha256=inputs.manifest_sha256,
                     checkpoint_sha256=inputs.checkpoint_sha256, dataset_fingerprint=inputs.images.fingerprint,
                     tool_version=__version__, bank_start=bank.record())
+    if inputs.prompt_names is not None:     # the names decide the images, not only the file's path
+        settings["prompt_names"] = list(inputs.prompt_names)
+    if cfg.guide_preprocess == "classifier":
+        settings["guide_crop_pct"] = inputs.bundle.crop_pct
     return {"format": BUILD_FORMAT, "format_version": 1, "settings": settings, "config": config}
 
 

@@ -128,7 +128,10 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
         checkpoint=str(Path(cfg.checkpoint).resolve()), checkpoint_sha256=inputs.checkpoint_sha256,
         resize_to=inputs.stored_size, resample=cfg.output.resample, image_format=cfg.output.image_format,
         round=inputs.round, build_seed=cfg.seed, tool_version=__version__,
-        expected_generator_sha256=state.generator_sha256, bank_files=bank.files)
+        expected_generator_sha256=state.generator_sha256, bank_files=bank.files,
+        prompt_names=tuple(inputs.prompt_names) if inputs.prompt_names is not None else None,
+        guide_crop=((tuple(inputs.bundle.input_size[1:]), inputs.bundle.crop_pct)
+                    if cfg.guide_preprocess == "classifier" else None))
     start = time.perf_counter()
     rows = render_shards(spec, todo, cfg, inputs.images) if todo else []
     seconds = time.perf_counter() - start

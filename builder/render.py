@@ -35,7 +35,9 @@ from actgen.shards.writer import write_shard
 from .bank_store import EMPTY, BankEntries, load_start, part_path, save_entries
 from .config import TINY, GeneratorConfig, GuidanceConfig
 from .plan import BuildPlan, PlannedSample
-from .sampler import GuidanceClassifier, GuidedRenderer
+from .prompts import classifier_crop
+from .batch_transform import GuidedRenderer
+from .sampler import GuidanceClassifier
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ class RenderSpec:
         round, build_seed, tool_version: recorded in provenance.
         expected_generator_sha256: the generator hash recorded in shards kept from an earlier
             attempt; a worker whose generator hashes differently refuses to render.
+        prompt_names: each class's prompt name in label order; None: the class names.
+        guide_crop: ``(classifier input (H, W), crop_pct)``: guides are the classifier's centre
+            crop (``guide_preprocess: classifier``); None: the whole stored image.
     """
 
     plan: BuildPlan
@@ -87,6 +92,8 @@ class RenderSpec:
     tool_version: str
     expected_generator_sha256: Optional[str] = None
     bank_files: tuple[str, ...] = ()
+    prompt_names: Optional[tuple[str, ...]] = None
+    guide_crop: Optional[tuple[tuple[int, int], float]] = None
 
     @property
     def needs_classifier(self) -> bool:
@@ -203,7 +210,8 @@ class ShardWriter:
         #    with bank_scope=run every shard starts from the earlier rounds' banks.
         self.renderer = GuidedRenderer(lambda: generator, spec.class_names, spec.guidance,
                                        classifier_factory=(lambda: classifier) if classifier is not None else None,
-                                       prompt_template=spec.generator.prompt_template)
+                                       prompt_template=spec.generator.prompt_template,
+                                       prompt_names=spec.prompt_names)
         self.start_bank = load_start(spec.bank_files) if spec.bank_scope == "run" else None
         _logger.info("worker ready: %s on %s (%s), weights %s, classifier %s", self.generator_record["id"],
                      spec.device, self.generator_record["dtype"], self.generator_record["weights_sha256"][:12],
@@ -253,6 +261,14 @@ class ShardWriter:
                 "size_bytes": info.size_bytes, "height": sizes[0][0], "width": sizes[0][1],
                 "generator_sha256": self.generator_record["weights_sha256"], "seconds": seconds}
 
+    def guide(self, source_id: str) -> np.ndarray:
+        """The guide of hard sample ``source_id``: uint8 HWC, the classifier's crop or the whole image."""
+        pixels = np.array(self.images.image(self.images.index_of(source_id)))
+        if self.spec.guide_crop is None:
+            return pixels
+        input_size, crop_pct = self.spec.guide_crop
+        return np.ascontiguousarray(classifier_crop(pixels, input_size, crop_pct))
+
     def _render(self, chunk: Sequence[PlannedSample]) -> list[SyntheticSample]:
         from PIL import Image
 
@@ -261,7 +277,7 @@ class ShardWriter:
         batch = {"label": np.array([s.label for s in chunk]), "seed": np.array([s.seed for s in chunk]),
                  "mode": np.array([s.mode for s in chunk]), "adversarial": np.array([s.adversarial for s in chunk])}
         if any(s.mode != "txt2img" for s in chunk):
-            batch["guide"] = [np.array(self.images.image(self.images.index_of(s.source_id))) for s in chunk]
+            batch["guide"] = [self.guide(s.source_id) for s in chunk]
         # 2. Render (uint8 NHWC at the generator's size).
         out = self.renderer(batch)
         # 3. Samples: resized for storage, with full provenance.

@@ -38,6 +38,8 @@ class BundleConfig:
     epoch: int
     metrics: dict[str, float] = field(default_factory=dict)
     model_kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs (e.g. in_chans)
+    crop_pct: float = 1.0                   # evaluation centre-crop share (timm); 1.0 = resize only; absent
+                                            # in bundles written before it (they read as 1.0)
     format: str = BUNDLE_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -53,6 +55,8 @@ def _check_config(config: BundleConfig, where: str) -> None:
         raise FormatError(where, f"class_names must be unique, got {config.class_names}")
     if any(v <= 0 for v in config.input_size):
         raise FormatError(where, f"input_size must be positive (C, H, W), got {list(config.input_size)}")
+    if not 0.0 < config.crop_pct <= 1.0:
+        raise FormatError(where, f"crop_pct must be in (0, 1], got {config.crop_pct}")
     if any(v <= 0 for v in config.std):
         raise FormatError(where, f"std must be positive, got {list(config.std)}")
     for name, value in config.metrics.items():
@@ -167,6 +171,6 @@ def load_classifier(directory: str | Path, device="cpu"):
     model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}),
                             "input_size": tuple(config.input_size), "mean": tuple(config.mean),
                             "std": tuple(config.std), "interpolation": config.interpolation,
-                            "num_classes": config.num_classes}
+                            "crop_pct": config.crop_pct, "num_classes": config.num_classes}
     model.to(device).eval()
     return model, config

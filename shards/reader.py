@@ -2,210 +2,25 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
-import io
 import logging
 import math
 import os
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from ._schema import check_format, from_jsonable, load_json
 from .atomic import atomic_directory
 from .errors import FormatError, writing
 from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
                       decode_sample, sample_members)
+from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, _http_get, _is_pattern, _Sink, deadline_after,
+                       is_url, join_location, read_location)
 from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
 
 _logger = logging.getLogger(__name__)
-
-# HTTP limits. Every download has a deadline: the caller's (``timeout_s``: a round's wall-clock
-# budget) or its own, whichever is earlier. Its own is HTTP_TIMEOUT_S plus the time the file takes
-# at HTTP_MIN_BYTES_PER_S, so a server that trickles cannot hold a reader forever.
-HTTP_TIMEOUT_S = 60.0                 # the longest wait for a connection or for the next bytes
-HTTP_MIN_BYTES_PER_S = 256 * 1024     # slower than this on average, a download has failed
-HTTP_RETRY_FIRST_S = 0.25             # first pause after a refused or reset connection, doubled each time
-HTTP_RETRY_MAX_S = 10.0
-INDEX_MAX_BYTES = 64 << 20            # an index.json larger than this is not read
-SHARD_MAX_BYTES = 64 << 30            # a download whose size no index gives stops here
-_RETRY_HTTP_STATUS = (502, 503, 504)  # a proxy or a busy server: retried like a refused connection
-_CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# Locations
-
-
-def is_url(location: str | Path) -> bool:
-    return str(location).startswith(("http://", "https://"))
-
-
-def _is_pattern(location: str) -> bool:
-    """A brace pattern or a single shard rather than a data-set directory."""
-    return "{" in location or location.endswith(".tar")
-
-
-def join_location(location: str | Path, filename: str) -> str:
-    """``<location>/<filename>`` for a directory or a URL."""
-    if is_url(location):
-        return str(location).rstrip("/") + "/" + filename
-    return str(Path(location) / filename)
-
-
-# --------------------------------------------------------------------------------------------
-# Bounded HTTP reads
-
-
-def deadline_after(timeout_s: Optional[float]) -> float:
-    """``time.monotonic()`` deadline ``timeout_s`` from now (``inf`` for None)."""
-    return math.inf if timeout_s is None else time.monotonic() + max(float(timeout_s), 0.0)
-
-
-class _Retry(Exception):
-    """A connection-level failure worth another try (refused, reset, cut short, 502/503/504)."""
-
-
-class _Sink:
-    """Where a download goes: a file object, with the sha256 and size of what was written."""
-
-    def __init__(self, out: BinaryIO):
-        self.out, self.sha256, self.size = out, hashlib.sha256(), 0
-
-    def write(self, chunk: bytes) -> None:
-        self.out.write(chunk)
-        self.sha256.update(chunk)
-        self.size += len(chunk)
-
-    def reset(self) -> None:
-        self.out.seek(0)
-        self.out.truncate()
-        self.sha256, self.size = hashlib.sha256(), 0
-
-
-def _set_read_timeout(response, seconds: float) -> None:
-    # The socket under http.client's buffered reader: its timeout bounds each recv, so that a
-    # read never blocks past the download's deadline.
-    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
-
-
-def _timed_out(url: str, waited: float, sink: _Sink, started: bool) -> TimeoutError:
-    """The TimeoutError of a read that waited ``waited`` s: a stall, or the deadline."""
-    if waited < HTTP_TIMEOUT_S:
-        return TimeoutError(f"{url}: download not finished in time ({sink.size} bytes read)")
-    what = "stalled, no data" if started else "no response"
-    return TimeoutError(f"{url}: {what} for {waited:.1f} s ({sink.size} bytes read)")
-
-
-def _http_get_once(url: str, sink: _Sink, deadline: float, max_bytes: int, too_large: str) -> None:
-    wait = min(deadline - time.monotonic(), HTTP_TIMEOUT_S)
-    if wait <= 0:
-        raise _timed_out(url, 0.0, sink, False)
-    try:
-        response = urllib.request.urlopen(url, timeout=wait)
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code in _RETRY_HTTP_STATUS:
-            raise _Retry(f"HTTP {e.code} {e.reason}") from None
-        raise FormatError(url, f"cannot fetch (HTTP {e.code} {e.reason})") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            raise _timed_out(url, wait, sink, False) from None
-        if isinstance(e.reason, ConnectionError):
-            raise _Retry(str(e.reason)) from None
-        raise ConnectionError(f"{url}: cannot connect ({e.reason})") from None
-    except TimeoutError:
-        raise _timed_out(url, wait, sink, False) from None
-    except (ConnectionError, http.client.HTTPException) as e:
-        raise _Retry(f"{type(e).__name__}: {e}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length is not None and length.isdigit() else None
-        if length is not None and length > max_bytes:
-            raise FormatError(url, f"{too_large} (the server announces {length} bytes; nothing read)")
-        # The file's own deadline: a stall limit plus its size at the minimum rate.
-        size = length if length is not None else max_bytes
-        deadline = min(deadline, time.monotonic() + HTTP_TIMEOUT_S + size / HTTP_MIN_BYTES_PER_S)
-        while True:
-            wait = min(deadline - time.monotonic(), HTTP_TIMEOUT_S)
-            if wait <= 0:
-                raise _timed_out(url, 0.0, sink, True)
-            _set_read_timeout(response, wait)
-            try:
-                # read1: whatever one recv returns, so the deadline is checked between chunks even
-                # when a server trickles; never more than one byte past max_bytes.
-                chunk = response.read1(min(_CHUNK, max_bytes + 1 - sink.size))
-            except TimeoutError:
-                raise _timed_out(url, wait, sink, True) from None
-            except (ConnectionError, http.client.HTTPException) as e:
-                raise _Retry(f"{type(e).__name__}: {e}") from None
-            if not chunk:
-                break
-            sink.write(chunk)
-            if sink.size > max_bytes:
-                raise FormatError(url, f"{too_large} (stopped reading at byte {sink.size})")
-        if response.length:  # the connection closed before the announced Content-Length
-            raise _Retry(f"connection closed after {sink.size} of {sink.size + response.length} bytes")
-
-
-def _http_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large: str) -> _Sink:
-    """Download ``url`` into ``out`` (rewound between tries) under ``deadline`` and ``max_bytes``.
-
-    Limits: the caller's ``deadline``; per try, HTTP_TIMEOUT_S for a connection and for each
-    wait for data, and HTTP_TIMEOUT_S plus the file's size (Content-Length, else ``max_bytes``) at
-    HTTP_MIN_BYTES_PER_S for the whole body. Refused, reset or cut-short connections and HTTP
-    502/503/504 are retried with exponential backoff for up to HTTP_TIMEOUT_S (and the deadline).
-
-    Raises:
-        FormatError: HTTP 4xx/5xx, or more than ``max_bytes`` (message ``too_large``).
-        ConnectionError: "cannot connect", with the last failure, once no try is left.
-        TimeoutError: the server stalled, or the download did not finish in time.
-    """
-    sink, tries, pause, started = _Sink(out), 0, HTTP_RETRY_FIRST_S, time.monotonic()
-    retry_until = min(deadline, started + HTTP_TIMEOUT_S)
-    while True:
-        tries += 1
-        try:
-            _http_get_once(url, sink, deadline, max_bytes, too_large)
-            return sink
-        except _Retry as e:
-            if time.monotonic() + pause >= retry_until:
-                raise ConnectionError(f"{url}: cannot connect ({e}; {tries} tries in "
-                                      f"{time.monotonic() - started:.1f} s)") from None
-            _logger.debug("%s: %s; trying again in %.2f s", url, e, pause)
-            time.sleep(pause)
-            pause = min(2 * pause, HTTP_RETRY_MAX_S)
-            sink.reset()
-
-
-def read_location(location: str, max_bytes: int, timeout_s: Optional[float] = None,
-                  too_large: str = "") -> bytes:
-    """The bytes of a local file or an http(s) URL, at most ``max_bytes`` (FormatError beyond).
-
-    URLs are read under the limits of :func:`_http_get`; ``timeout_s`` is the caller's
-    wall-clock budget.
-    """
-    too_large = too_large or f"larger than {max_bytes} bytes"
-    if is_url(location):
-        buffer = io.BytesIO()
-        _http_get(location, buffer, deadline_after(timeout_s), max_bytes, too_large)
-        return buffer.getvalue()
-    try:
-        with open(location, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise FormatError(location, "file not found") from None
-    if len(data) > max_bytes:
-        raise FormatError(location, too_large)
-    return data
-
 
 # --------------------------------------------------------------------------------------------
 # Index

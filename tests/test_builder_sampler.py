@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from actgen.builder.bank import MemoryBank
+from actgen.builder.batch_transform import GuidedRenderer
 from actgen.builder.config import GuidanceConfig
 from actgen.builder.generator import build_tiny_generator
-from actgen.builder.sampler import (GuidedRenderer, GuidedSampler,
-                                    attention_mask, gamma_schedule, leading_timesteps,
+from actgen.builder.sampler import (GuidedSampler, attention_mask, gamma_schedule, leading_timesteps,
                                     normalize_gradient, posterior_coefficients)
 
 
@@ -352,3 +352,40 @@ def test_guided_renderer_batch_transform(tiny_guidance_classifier):
     assert diff.max() <= 1                               # float rounding may flip a last bit
     with pytest.raises(ValueError, match="label 9 is outside the 4 class names"):
         renderer({**batch, "label": np.array([9, 0, 0])})
+
+
+def test_cheap_adversarial_decode_is_smaller_and_still_raises_the_classifier_loss(
+        tiny_generator, tiny_guidance_classifier, monkeypatch):
+    names = ["cat", "dog", "ship", "aquarium_fish"]
+    labels = torch.tensor([BUILDER_CLASS_NAMES.index(n) for n in names])
+    seeds, guides = [21, 22, 23, 24], _guides(4, seed=2)
+    base = dict(**FAST, guidance_strength=-INF, use_mask=False, use_contrastive=False, step_size=0.5)
+    shapes: list[tuple[int, ...]] = []
+    real_decode = tiny_generator.decode_latents
+
+    def recording_decode(latents):
+        if torch.is_grad_enabled():
+            shapes.append(tuple(latents.shape[1:]))
+        return real_decode(latents)
+
+    monkeypatch.setattr(tiny_generator, "decode_latents", recording_decode)
+
+    def ce(**kw):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, **kw), tiny_guidance_classifier)
+        out = _render(sampler, names, seeds, ["actgen"] * 4, adversarial=[True] * 4, guides=guides)
+        with torch.no_grad():
+            return F.cross_entropy(tiny_guidance_classifier.logits(out.images), labels, reduction="none")
+
+    without = ce(use_adversarial=False)
+    assert shapes == []
+    # The tiny VAE halves the side: a 16x16 decode is of 8x8 latents (the full one of 16x16).
+    cheap = ce(adversarial_decode_size=16)
+    assert set(shapes) == {(4, 8, 8)} and len(shapes) == FAST["guidance_steps"]
+    assert cheap.mean() > without.mean() + 1e-3
+    shapes.clear()
+    ce(adversarial_decode_size=32)                         # the generator's own size: the method
+    assert set(shapes) == {(4, 16, 16)}
+    with pytest.raises(ValueError, match="adversarial_decode_size=15: must be a multiple of the VAE's"):
+        ce(adversarial_decode_size=15)
+    with pytest.raises(ValueError, match="adversarial_decode_size=0"):
+        GuidanceConfig(adversarial_decode_size=0)

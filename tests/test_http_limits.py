@@ -1,7 +1,7 @@
 """HTTP reads are bounded: servers that stall, trickle, flood, reset or refuse (loopback only).
 
 Each test runs in a few seconds: the limits are shrunk through ``timeout_s``, ``synthetic.timeout_s``
-or ``actgen.shards.reader.HTTP_TIMEOUT_S``, and every server thread stops at the end of its test.
+or ``actgen.shards.transfer.HTTP_TIMEOUT_S``, and every server thread stops at the end of its test.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from actgen.shards import reader
+from actgen.shards import transfer
 from actgen.shards.errors import FormatError
 from actgen.shards.reader import fetch, read_index
 from actgen.trainer.config import SyntheticConfig
@@ -155,7 +155,7 @@ def test_a_trickling_shard_ends_at_its_per_file_deadline(shard_dataset, server, 
     """1 byte per 0.2 s on every read: before, each read met the per-socket timeout and the fetch
     went on for hours; now the file has a deadline (HTTP_TIMEOUT_S + size at the minimum rate)."""
     directory, index, _ = shard_dataset
-    monkeypatch.setattr(reader, "HTTP_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(transfer, "HTTP_TIMEOUT_S", 1.0)
     s = server(directory)
     s.on(index.shards[0].filename, trickle(0.2))
     started = time.monotonic()
@@ -192,7 +192,7 @@ def test_a_flood_is_cut_one_byte_past_the_index_size(shard_dataset, server, tmp_
 
 def test_a_stalled_server_is_a_timeout_naming_the_url(shard_dataset, server, monkeypatch):
     directory, _, _ = shard_dataset
-    monkeypatch.setattr(reader, "HTTP_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(transfer, "HTTP_TIMEOUT_S", 0.5)
     s = server(directory)
     s.on("index.json", stall())
     started = time.monotonic()
@@ -202,7 +202,7 @@ def test_a_stalled_server_is_a_timeout_naming_the_url(shard_dataset, server, mon
 
 
 def test_a_refused_connection_is_retried_then_reported_as_cannot_connect(monkeypatch):
-    monkeypatch.setattr(reader, "HTTP_TIMEOUT_S", 1.0)  # how long connections are retried
+    monkeypatch.setattr(transfer, "HTTP_TIMEOUT_S", 1.0)  # how long connections are retried
     url = _refused_url()
     started = time.monotonic()
     with pytest.raises(ConnectionError, match=rf"{url}/index.json: cannot connect .*[2-9] tries"):
@@ -220,7 +220,7 @@ def test_reset_connections_are_retried(shard_dataset, server):
 
 # ------------------------------------------------------------------------ trainer: the wait loop
 def test_a_refused_connection_is_not_reported_as_not_finished(monkeypatch):
-    monkeypatch.setattr(reader, "HTTP_TIMEOUT_S", 1.0)  # how long connections are retried
+    monkeypatch.setattr(transfer, "HTTP_TIMEOUT_S", 1.0)  # how long connections are retried
     url = _refused_url()
     with pytest.raises(ConnectionError, match=f"round 3's synthetic data set at {url} cannot be reached"):
         wait_until_finished(url, SyntheticConfig(on_missing="error", timeout_s=1.0), round=3)
@@ -229,7 +229,7 @@ def test_a_refused_connection_is_not_reported_as_not_finished(monkeypatch):
 def test_a_stalled_first_poll_does_not_end_the_wait(shard_dataset, server, monkeypatch):
     """Before, the first poll's socket timeout escaped the wait loop: on_missing: wait ended there."""
     directory, _, _ = shard_dataset
-    monkeypatch.setattr(reader, "HTTP_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(transfer, "HTTP_TIMEOUT_S", 0.5)
     s = server(directory)
     s.on("index.json", stall(times=1))
     cfg = SyntheticConfig(on_missing="wait", timeout_s=10, poll_s=0.1)

@@ -51,7 +51,8 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         architecture=cfg.model.name, num_classes=len(images.class_names), class_names=list(images.class_names),
         input_size=(3, size, size), mean=tuple(cfg.input.mean), std=tuple(cfg.input.std),
         interpolation=cfg.input.interpolation, dataset_fingerprint=images.fingerprint, round=round, epoch=epoch,
-        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model))
+        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model),
+        crop_pct=cfg.input.eval_crop_pct)
     with writing_weights(directory / CHECKPOINT_DIR / WEIGHTS_FILE):
         sha256 = write_bundle(directory / CHECKPOINT_DIR, state_dict, bundle)
     header = ManifestHeader(

@@ -1,0 +1,626 @@
+"""The parts of the one prepared GPU check (``benchmarks/gpu_check.sh``), one subcommand each.
+
+Each part runs in its own process (so that a hang or an out-of-memory in one cannot take the
+others down, and the shell script can put a hard ``timeout`` on each) and merges its figures into
+one JSON file (``--json``) as soon as it has them, so that whatever ran before a time-out is kept.
+
+    env        versions, GPU name and memory
+    samplers   txt2img / img2img / actgen (every row adversarial, contrastive bank full: the worst
+               case for memory) and diffusers' StableDiffusionImg2ImgPipeline on the same
+               components: images/s and peak GPU memory at one batch size (out-of-memory recorded)
+    nan        one actgen batch per dtype (float16, bfloat16): non-finite pixels and latents
+    round      a full ``actgen-build`` round through Ray: saves the SD 2.1-base-architecture
+               generator (random weights) in the Stable Diffusion layout, writes a round folder
+               (random ``test_resnet`` bundle + hard-sample manifest over ``builtin:digits``), runs
+               ``python -m actgen.builder.cli --round-dir ...`` as a subprocess and times it
+    compile    txt2img with the UNet eager and under ``torch.compile``: compile time and images/s
+    mark       record a part's exit status and wall time (called by the shell script)
+    report     print the final table from the JSON
+
+The SD 2.1-base architecture is built by ``bench_builder.build_components`` (random weights, tiny
+tokenizer); ``--arch-dir`` points it at the component configs. Images made with random weights are
+noise: these figures are cost (time, memory) and numerics of the code path, never quality.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PAPER_STEPS = 40
+GIB = 2**30
+STARTED = time.perf_counter()
+
+
+# ------------------------------------------------------------------------------ JSON
+def load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def update_json(path: Path, keys: list[str], value) -> None:
+    """Set ``data[k0][k1]...[kn] = value`` in the JSON file, atomically."""
+    data = load_json(path)
+    d = data
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def log(msg: str) -> None:
+    print(f"[bench_gpu {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _torch():
+    import torch
+
+    return torch
+
+
+def _sync(device: str) -> None:
+    torch = _torch()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device: str) -> None:
+    torch = _torch()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _mem(device: str) -> dict:
+    """Peak and current GPU memory (GiB) since the last reset; empty on the CPU."""
+    torch = _torch()
+    if not device.startswith("cuda"):
+        return {}
+    free, total = torch.cuda.mem_get_info()
+    return {"peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / GIB,
+            "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+            "allocated_gib": torch.cuda.memory_allocated() / GIB,
+            "device_free_gib": free / GIB, "device_total_gib": total / GIB}
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        _torch().cuda.empty_cache()
+
+
+def _is_oom(e: BaseException) -> bool:
+    torch = _torch()
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _first_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    return text.splitlines()[0][:400]
+
+
+def _bench_builder(arch_dir: str):
+    """bench_builder, with its SD 2.1-base architecture folder pointed at ``arch_dir``."""
+    sys.path.insert(0, str(HERE))
+    import bench_builder
+
+    bench_builder.SD21_ARCH = Path(arch_dir).resolve()
+    return bench_builder
+
+
+def build(args, dtype_name: str):
+    """-> (generator, plain UNet copy) of the SD 2.1-base architecture, weights drawn on the device."""
+    torch = _torch()
+    bb = _bench_builder(args.arch_dir)
+    dtype = getattr(torch, dtype_name)
+    start = time.perf_counter()
+    try:
+        gen, plain = bb.build_components("sd21", args.device, dtype, args.size, init_device=args.device)
+    except Exception as e:   # weights drawn on the device failed: draw them on the CPU (slower)
+        if args.device == "cpu":
+            raise
+        log(f"building on {args.device} failed ({_first_line(e)}); building on the CPU")
+        _free(args.device)
+        gen, plain = bb.build_components("sd21", args.device, dtype, args.size, init_device="cpu")
+    log(f"built SD 2.1-base architecture ({dtype_name}, {gen.image_size}x{gen.image_size}) on {args.device} "
+        f"in {time.perf_counter() - start:.1f} s")
+    return gen, plain
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", type=Path, required=True, help="results file (merged into)")
+    p.add_argument("--arch-dir", default=str(REPO / ".gpu" / "sd21-base-arch"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=PAPER_STEPS)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def _setup(args) -> None:
+    torch = _torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+# ------------------------------------------------------------------------------ env
+def cmd_env(args) -> int:
+    torch = _torch()
+    env = {"python": platform.python_version(), "python_executable": sys.executable, "torch": torch.__version__,
+           "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+           "cpu_count": os.cpu_count(), "hostname": platform.node(), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=torch.cuda.get_device_name(0), gpu_total_gib=props.total_memory / GIB,
+                   gpu_multiprocessors=props.multi_processor_count, gpu_capability=f"{props.major}.{props.minor}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("diffusers", "transformers", "huggingface_hub", "timm", "ray", "datasets", "webdataset", "omegaconf",
+                 "pyarrow", "pandas", "numpy", "safetensors", "tokenizers", "peft", "fsspec", "triton"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    env["packages"] = versions
+    modules = {}
+    for name in ("actgen.shards", "actgen.builder.generator", "actgen.builder.sampler", "actgen.builder.config",
+                 "diffusers", "ray", "ray.data", "datasets", "webdataset", "omegaconf"):
+        try:
+            mod = __import__(name, fromlist=["_"])
+            modules[name] = getattr(mod, "__file__", None) or "namespace"
+        except Exception as e:   # recorded, not fatal: the parts that need it fail on their own
+            modules[name] = f"IMPORT FAILED: {_first_line(e)}"
+    env["modules"] = modules
+    import actgen.shards
+
+    env["actgen_version"] = actgen.shards.__version__
+    update_json(args.json, ["env"], env)
+    for k, v in env.items():
+        log(f"{k}: {v}")
+    failed = [k for k, v in modules.items() if str(v).startswith("IMPORT FAILED")]
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ samplers
+def cmd_samplers(args) -> int:
+    torch = _torch()
+    _setup(args)
+    bb = _bench_builder(args.arch_dir)
+    key = ["samplers", f"batch{args.batch}"]
+    dtype_name = args.dtype
+    gen, plain = build(args, dtype_name)
+    classifier = bb.build_classifier("sd21", args.device)
+    callers = bb.make_callers(gen, plain, classifier, args.steps, args.batch)
+    modes = [m for m in args.modes.split(",") if m]
+    _free(args.device)
+    result = {"arch": "sd21-base (random weights)", "device": args.device, "dtype": dtype_name,
+              "image_size": gen.image_size, "steps": args.steps, "guided_steps": bb._cfg(args.steps).scaled_guidance_steps,
+              "batch": args.batch, "repeats": args.repeats, "cfg_rows_per_unet_call": 2 * args.batch,
+              "resident_weights_gib": _mem(args.device).get("allocated_gib"),
+              "note": ("peak memory includes the resident weights (generator + diffusers' UNet copy + resnet50); "
+                       "actgen: every row adversarial and contrastive (bank of 1,024 latents per class)"),
+              "modes": {}}
+    update_json(args.json, key, result)
+    ok = []
+    for mode in modes:                       # warm-up, one mode at a time: peak memory and first-call time
+        log(f"batch {args.batch}: warm-up {mode}")
+        _reset_peak(args.device)
+        start = time.perf_counter()
+        try:
+            images = callers[mode]()
+            _sync(args.device)
+            row = {"status": "ok", "warmup_s": time.perf_counter() - start, **_mem(args.device),
+                   "nonfinite_pixels": int((~torch.isfinite(images)).sum())}
+            del images
+            ok.append(mode)
+        except Exception as e:
+            if not _is_oom(e):
+                traceback.print_exc()
+                row = {"status": "error", "error": _first_line(e), **_mem(args.device)}
+            else:
+                row = {"status": "OOM", "error": _first_line(e), **_mem(args.device)}
+            del e
+        _free(args.device)
+        result["modes"][mode] = row
+        log(f"  {mode}: {row}")
+        update_json(args.json, key, result)
+    times: dict[str, list[float]] = {m: [] for m in ok}
+    for r in range(args.repeats):            # interleaved, so that drift hits every mode alike
+        for mode in list(ok):
+            _sync(args.device)
+            start = time.perf_counter()
+            try:
+                callers[mode]()
+                _sync(args.device)
+            except Exception as e:           # e.g. out of memory on a fragmented allocator: keep the rest
+                traceback.print_exc()
+                result["modes"][mode].update(status="OOM" if _is_oom(e) else "error",
+                                             error=f"in timed call {r + 1}: {_first_line(e)}")
+                ok.remove(mode)
+                del e
+                _free(args.device)
+                update_json(args.json, key, result)
+                continue
+            times[mode].append(time.perf_counter() - start)
+            t = times[mode]
+            med = statistics.median(t)
+            result["modes"][mode].update(
+                timed_calls=len(t), all_s=t, median_s=med, min_s=min(t), images_per_s=args.batch / med,
+                s_per_image=med / args.batch, ms_per_step=1000 * med / args.steps,
+                s_per_image_at_40_steps=(med / args.batch) * PAPER_STEPS / args.steps)
+            update_json(args.json, key, result)
+        log(f"batch {args.batch}: repeat {r + 1}/{args.repeats} done")
+    m = result["modes"]
+    if "median_s" in m.get("img2img", {}) and "median_s" in m.get("diffusers-img2img", {}):
+        result["img2img_vs_diffusers"] = m["img2img"]["median_s"] / m["diffusers-img2img"]["median_s"]
+    if "median_s" in m.get("actgen", {}) and "median_s" in m.get("img2img", {}):
+        result["actgen_vs_img2img"] = m["actgen"]["median_s"] / m["img2img"]["median_s"]
+    update_json(args.json, key, result)
+    return 0 if all(m[x]["status"] in ("ok", "OOM") for x in modes) else 1
+
+
+# ------------------------------------------------------------------------------ nan
+def cmd_nan(args) -> int:
+    torch = _torch()
+    _setup(args)
+    bb = _bench_builder(args.arch_dir)
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidedSampler, MemoryBank
+
+    rc = 0
+    for dtype_name in [d for d in args.dtypes.split(",") if d]:
+        key = ["nan", dtype_name]
+        row = {"batch": args.batch, "steps": args.steps, "mode": "actgen", "adversarial": "all rows"}
+        try:
+            gen, plain = build(args, dtype_name)
+            del plain
+            classifier = bb.build_classifier("sd21", args.device)
+            cfg = GuidanceConfig(num_steps=args.steps)
+            c, h, w = gen.latent_shape
+            bank = MemoryBank(cfg.bank_capacity, cfg.bank_sample_size)
+            names = [bb.NAMES[i % len(bb.NAMES)] for i in range(args.batch)]
+            labels = [bb.NAMES.index(n) for n in names]
+            for y in range(len(bb.NAMES)):         # a full bank, as in the sampler benchmark
+                bank.add([y] * cfg.bank_capacity,
+                         torch.randn(cfg.bank_capacity, c, h, w, generator=torch.Generator().manual_seed(y)))
+            sampler = GuidedSampler(gen, cfg, classifier, bank)
+            size = gen.image_size
+            guides = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            _free(args.device)
+            _reset_peak(args.device)
+            start = time.perf_counter()
+            out = sampler.sample([f"a photo of {n}" for n in names], names, labels, list(range(args.batch)),
+                                 ["actgen"] * args.batch, adversarial=[True] * args.batch, guides=guides)
+            _sync(args.device)
+            images, latents = out.images.float(), out.latents.float()
+            fin = torch.isfinite(images)
+            row.update(status="ok", seconds=time.perf_counter() - start,
+                       nonfinite_pixels=int((~fin).sum()), pixels=images.numel(),
+                       nonfinite_latents=int((~torch.isfinite(latents)).sum()), latents=latents.numel(),
+                       images_with_nonfinite=int((~fin).flatten(1).any(1).sum()),
+                       pixel_min=float(images[fin].min()) if fin.any() else None,
+                       pixel_max=float(images[fin].max()) if fin.any() else None,
+                       pixel_std=float(images[fin].std()) if fin.any() else None,
+                       latent_abs_max=float(latents[torch.isfinite(latents)].abs().max())
+                       if torch.isfinite(latents).any() else None,
+                       **_mem(args.device))
+            if row["nonfinite_pixels"] or row["nonfinite_latents"]:
+                rc = 1
+            del out, images, latents, sampler, gen, classifier, bank
+        except Exception as e:
+            traceback.print_exc()
+            row.update(status="OOM" if _is_oom(e) else "error", error=_first_line(e), **_mem(args.device))
+            rc = 1
+            del e
+        _free(args.device)
+        log(f"nan {dtype_name}: {row}")
+        update_json(args.json, key, row)
+    return rc
+
+
+# ------------------------------------------------------------------------------ compile
+def cmd_compile(args) -> int:
+    torch = _torch()
+    _setup(args)
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidedSampler
+
+    key = ["compile"]
+    gen, plain = build(args, args.dtype)
+    del plain
+    _free(args.device)
+    cfg = GuidanceConfig(num_steps=args.steps)
+    sampler = GuidedSampler(gen, cfg)
+    names = ["cat", "dog", "ship", "truck"]
+    names = [names[i % 4] for i in range(args.batch)]
+
+    def call():
+        return sampler.sample([f"a photo of {n}" for n in names], names, [0] * args.batch, list(range(args.batch)),
+                              ["txt2img"] * args.batch).images
+
+    def timed():
+        _sync(args.device)
+        start = time.perf_counter()
+        call()
+        _sync(args.device)
+        return time.perf_counter() - start
+
+    result = {"mode": "txt2img", "dtype": args.dtype, "batch": args.batch, "steps": args.steps,
+              "image_size": gen.image_size, "backend": args.backend, "compile_mode": args.compile_mode,
+              "what": "UNet.forward compiled with torch.compile (nn.Module.compile); the timestep is passed as a "
+                      "0-d tensor so that the 40 distinct step values do not each recompile"}
+    result["eager_warmup_s"] = timed()
+    eager = [timed() for _ in range(args.repeats)]
+    result.update(eager_all_s=eager, eager_median_s=statistics.median(eager),
+                  eager_images_per_s=args.batch / statistics.median(eager))
+    update_json(args.json, key, result)
+    log(f"eager: {eager}")
+
+    unet = gen.unet
+    forward = unet.forward
+
+    def forward_tensor_t(sample, timestep, *a, **kw):
+        if not torch.is_tensor(timestep):
+            timestep = torch.tensor(timestep, device=sample.device)
+        return compiled(sample, timestep, *a, **kw)
+
+    compiled = torch.compile(forward, backend=args.backend,
+                             **({"mode": args.compile_mode} if args.compile_mode and args.backend == "inductor" else {}))
+    unet.forward = forward_tensor_t          # nn.Module.__call__ looks up self.forward per call
+    try:
+        import torch._dynamo.utils as dutils
+
+        dutils.counters.clear()
+    except Exception:
+        dutils = None
+    try:
+        first = timed()
+        result.update(compiled_first_call_s=first, compile_s_est=first - result["eager_median_s"])
+        update_json(args.json, key, result)
+        log(f"compiled first call (compile + run): {first:.1f} s")
+        second = timed()
+        result["compiled_second_call_s"] = second
+        comp = [timed() for _ in range(args.repeats)]
+        med = statistics.median(comp)
+        result.update(status="ok", compiled_all_s=comp, compiled_median_s=med, compiled_images_per_s=args.batch / med,
+                      speedup=result["eager_median_s"] / med)
+        if dutils is not None:
+            try:
+                result["graph_breaks"] = {str(k)[:200]: v for k, v in dutils.counters["graph_break"].items()}
+                result["unique_graphs"] = dutils.counters["stats"].get("unique_graphs")
+                result["recompiles"] = {str(k)[:200]: v for k, v in dutils.counters["recompiles"].items()} \
+                    if "recompiles" in dutils.counters else None
+            except Exception as e:
+                result["counters_error"] = _first_line(e)
+    except Exception as e:
+        traceback.print_exc()
+        result.update(status="OOM" if _is_oom(e) else "error", error=_first_line(e))
+    update_json(args.json, key, result)
+    log(f"compile: {result}")
+    return 0 if result.get("status") == "ok" else 1
+
+
+# ------------------------------------------------------------------------------ round
+RENDER_LINE = re.compile(r"rendered (\d+) images in (\d+) shards in ([\d.]+) s \(([\d.]+) images/s\)")
+
+
+def cmd_round(args) -> int:
+    _setup(args)
+    bb = _bench_builder(args.arch_dir)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    key = ["round", args.executor]
+    result = {"executor": args.executor, "budget": args.budget, "batch_size": args.batch, "steps": args.steps,
+              "dtype": args.dtype, "workers": 1, "config": "configs/build-sd21-base.yaml"}
+    gen_dir = work / "generator"
+    # 1. The generator: the SD 2.1-base architecture with random weights, in the Stable Diffusion layout.
+    if not (gen_dir / "unet").is_dir():
+        start = time.perf_counter()
+        gen, plain = build(args, args.dtype)
+        del plain
+        gen.save_pretrained(gen_dir)
+        del gen
+        _free(args.device)
+        result["generator_save_s"] = time.perf_counter() - start
+        log(f"saved the generator to {gen_dir} in {result['generator_save_s']:.1f} s")
+    result["generator_gib_on_disk"] = sum(f.stat().st_size for f in gen_dir.rglob("*") if f.is_file()) / GIB
+    # 2. The round folder (bundle + manifest), as actgen-train writes one.
+    round_dir = work / args.executor / "0"           # a trainer round folder: rounds/<r>/
+    if not (round_dir / "hard_samples.json").is_file():
+        round_dir.mkdir(parents=True, exist_ok=True)
+        bb._write_round(round_dir)
+    # 3. actgen-build, as a subprocess.
+    sets = [f"generator.path={gen_dir}", f"generator.device={args.device}", f"generator.dtype={args.dtype}",
+            f"guidance.num_steps={args.steps}", f"budget={args.budget}", f"batch_size={args.batch}",
+            "schedule.enabled=false", "mode=actgen", f"output.samples_per_shard={args.batch}",
+            f"output.min_shards={max(1, args.budget // args.batch)}", "output.overwrite=true",
+            f"ray.executor={args.executor}", "ray.workers=1", f"ray.cpus_per_worker={args.cpus_per_worker}"]
+    if args.num_cpus:
+        sets.append(f"ray.num_cpus={args.num_cpus}")
+    cmd = [sys.executable, "-m", "actgen.builder.cli", "--config", str(REPO / "configs" / "build-sd21-base.yaml"),
+           "--round-dir", str(round_dir)] + [x for s in sets for x in ("--set", s)]
+    result["command"] = shlex.join(cmd)
+    update_json(args.json, key, result)
+    log(f"running {result['command']}")
+    start = time.perf_counter()
+    # Its own process group, so that a time-out ends it with every process it started (Ray's
+    # included); the pid file lets the shell script do the same if this process is killed first.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    (work / "cli.pid").write_text(str(proc.pid))
+    lines: list[str] = []
+
+    def pump():
+        for line in proc.stdout:
+            print(f"  | {line}", end="", flush=True)
+            lines.append(line)
+
+    import threading
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=max(10.0, args.timeout - (time.perf_counter() - STARTED)))
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+        log(f"actgen-build still running {args.timeout:.0f} s after this part began: killing its process group")
+        try:
+            os.killpg(proc.pid, 9)
+        except OSError:
+            pass
+        proc.wait()
+    wall = time.perf_counter() - start
+    reader.join(timeout=5)
+    (work / "cli.pid").unlink(missing_ok=True)
+    result.update(rc=rc, wall_s=wall, images_per_s_wall=args.budget / wall if rc == 0 else None)
+    for line in lines:                       # the pipeline's own figure: rendering, worker start-up included
+        m = RENDER_LINE.search(line)
+        if m:
+            result.update(rendered_images=int(m[1]), shards=int(m[2]), render_s=float(m[3]),
+                          render_images_per_s=int(m[1]) / float(m[3]) if float(m[3]) > 0 else None)
+    index = round_dir / "shards" / "index.json"
+    if index.is_file():
+        data = load_json(index)
+        result["index_num_samples"] = data.get("num_samples")
+        result["index_image_size"] = data.get("image_size")
+    status = load_json(round_dir / "build_status.json")
+    if status:
+        result["build_status"] = status
+    sheet = round_dir / "shards" / "contact_sheet.png"
+    if sheet.is_file() and args.copy_sheet:
+        import shutil
+
+        shutil.copyfile(sheet, Path(args.copy_sheet))
+    result["status"] = "ok" if rc == 0 and result.get("index_num_samples") == args.budget else "failed"
+    result["tail"] = [ln.rstrip()[:300] for ln in lines[-8:]] if result["status"] != "ok" else None
+    if result["status"] != "ok":             # the CLI leaves its traceback in a file it names
+        for line in lines:
+            m = re.search(r"traceback in (\S+?\.log)", line)
+            if m and Path(m[1]).is_file():
+                result["traceback"] = Path(m[1]).read_text(errors="replace").splitlines()[-60:]
+    update_json(args.json, key, result)
+    log(f"round ({args.executor}): {({k: v for k, v in result.items() if k != 'tail'})}")
+    return 0 if result["status"] == "ok" else 1
+
+
+# ------------------------------------------------------------------------------ mark / report
+def cmd_mark(args) -> int:
+    update_json(args.json, ["parts", args.part], {"rc": args.rc, "seconds": args.seconds,
+                                                   "timed_out": args.rc in (124, 137), "note": args.note or None})
+    return 0
+
+
+def _f(x, fmt="{:.3f}"):
+    return "-" if x is None else (fmt.format(x) if isinstance(x, (int, float)) else str(x))
+
+
+def cmd_report(args) -> int:
+    data = load_json(args.json)
+    env = data.get("env", {})
+    print("=" * 100)
+    print(f"GPU check ({data.get('mode', '?')}): {env.get('gpu', 'no GPU')} | torch {env.get('torch')} | "
+          f"python {env.get('python')} | diffusers {env.get('packages', {}).get('diffusers')} | "
+          f"ray {env.get('packages', {}).get('ray')}")
+    print("-- parts (rc, seconds)")
+    for name, p in data.get("parts", {}).items():
+        print(f"   {name:<14} rc={p.get('rc')} {_f(p.get('seconds'), '{:.0f}')} s"
+              + (" TIMED OUT" if p.get("timed_out") else "") + (f" ({p['note']})" if p.get("note") else ""))
+    for bkey, res in data.get("samplers", {}).items():
+        print(f"-- samplers, {res.get('image_size')}² {res.get('dtype')}, {res.get('steps')} steps "
+              f"({res.get('guided_steps')} guided), batch {res.get('batch')}, median of {res.get('repeats')} "
+              f"(resident weights {_f(res.get('resident_weights_gib'), '{:.2f}')} GiB)")
+        print(f"   {'sampler':<20}{'status':>8}{'images/s':>10}{'s/image':>10}{'s/img@40':>10}{'peak GiB':>10}{'NaN px':>8}")
+        for mode, r in res.get("modes", {}).items():
+            print(f"   {mode:<20}{r.get('status', '?'):>8}{_f(r.get('images_per_s')):>10}{_f(r.get('s_per_image')):>10}"
+                  f"{_f(r.get('s_per_image_at_40_steps')):>10}{_f(r.get('peak_gpu_mem_gib'), '{:.2f}'):>10}"
+                  f"{_f(r.get('nonfinite_pixels'), '{}'):>8}")
+        if res.get("steps") != PAPER_STEPS:
+            print(f"   (timed at {res.get('steps')} steps; s/img@40 scales the time per image to the paper's 40)")
+        print(f"   img2img/diffusers time {_f(res.get('img2img_vs_diffusers'))} (target <= 1.05); "
+              f"actgen/img2img time {_f(res.get('actgen_vs_img2img'))} (target <= 1.6)")
+    if data.get("nan"):
+        print("-- NaN check (actgen batch, every row adversarial)")
+        for dt, r in data["nan"].items():
+            print(f"   {dt:<10} {r.get('status')}: non-finite pixels {r.get('nonfinite_pixels')}/{r.get('pixels')}, "
+                  f"latents {r.get('nonfinite_latents')}/{r.get('latents')}, pixel range "
+                  f"[{_f(r.get('pixel_min'), '{:.2f}')}, {_f(r.get('pixel_max'), '{:.2f}')}], "
+                  f"{_f(r.get('seconds'), '{:.1f}')} s" + (f" ({r['error']})" if r.get("error") else ""))
+    for ex, r in data.get("round", {}).items():
+        print(f"-- actgen-build round ({ex}): {r.get('status')}, {r.get('budget')} images, rc {r.get('rc')}, "
+              f"wall {_f(r.get('wall_s'), '{:.1f}')} s ({_f(r.get('images_per_s_wall'))} images/s incl. start-up), "
+              f"render {_f(r.get('render_s'), '{:.1f}')} s ({_f(r.get('render_images_per_s'))} images/s)")
+        for ln in (r.get("tail") or []) + (r.get("traceback") or [])[-15:]:
+            print(f"   | {ln}")
+    c = data.get("compile")
+    if c:
+        print(f"-- torch.compile UNet, txt2img batch {c.get('batch')}, {c.get('steps')} steps, backend {c.get('backend')}: "
+              f"{c.get('status', 'incomplete')}; eager {_f(c.get('eager_images_per_s'))} images/s, compiled "
+              f"{_f(c.get('compiled_images_per_s'))} images/s (x{_f(c.get('speedup'), '{:.2f}')}), first compiled call "
+              f"{_f(c.get('compiled_first_call_s'), '{:.1f}')} s (compile ~{_f(c.get('compile_s_est'), '{:.1f}')} s), "
+              f"second {_f(c.get('compiled_second_call_s'), '{:.1f}')} s" + (f" ({c['error']})" if c.get("error") else ""))
+    print("=" * 100)
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("env")
+    s.add_argument("--json", type=Path, required=True)
+    s = sub.add_parser("samplers")
+    _common(s)
+    s.add_argument("--dtype", default="float16")
+    s.add_argument("--modes", default="txt2img,img2img,actgen,diffusers-img2img")
+    s = sub.add_parser("nan")
+    _common(s)
+    s.add_argument("--dtypes", default="float16,bfloat16")
+    s = sub.add_parser("compile")
+    _common(s)
+    s.add_argument("--dtype", default="float16")
+    s.add_argument("--backend", default="inductor")
+    s.add_argument("--compile-mode", default=None)
+    s = sub.add_parser("round")
+    _common(s)
+    s.add_argument("--dtype", default="float16")
+    s.add_argument("--budget", type=int, default=32)
+    s.add_argument("--executor", choices=["ray", "local"], default="ray")
+    s.add_argument("--workdir", default="/tmp/gpu_check_round")
+    s.add_argument("--cpus-per-worker", type=float, default=4)
+    s.add_argument("--num-cpus", type=int, default=0)
+    s.add_argument("--timeout", type=float, default=600,
+                   help="seconds for this whole part; actgen-build is killed when they run out")
+    s.add_argument("--copy-sheet", default=None)
+    s = sub.add_parser("mark")
+    s.add_argument("--json", type=Path, required=True)
+    s.add_argument("--part", required=True)
+    s.add_argument("--rc", type=int, required=True)
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--note", default="")
+    s = sub.add_parser("report")
+    s.add_argument("--json", type=Path, required=True)
+    args = p.parse_args(argv)
+    return {"env": cmd_env, "samplers": cmd_samplers, "nan": cmd_nan, "compile": cmd_compile, "round": cmd_round,
+            "mark": cmd_mark, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
