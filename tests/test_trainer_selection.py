@@ -130,6 +130,10 @@ def test_hard_samples_and_their_record():
     for cfg, epoch in ((SelectionConfig(start_epoch=4), 3), (SelectionConfig(min_holdout_acc=0.6), 3)):
         samples, record = holdout.hard_samples(_Images(), names, cfg, epoch=epoch)
         assert samples == [] and record["fired"] is False and record["reason"] and record["num_candidates"] == 0
+    # Every hold-out sample right: the paper's rule selects nothing, and the round does not fire.
+    right = dataclasses.replace(holdout, predicted=holdout.labels.copy())
+    samples, record = right.hard_samples(_Images(), names, SelectionConfig(), epoch=3)
+    assert samples == [] and record["fired"] is False and "no hold-out sample selected" in record["reason"]
 
 
 def test_predict_computes_the_same_statistics_as_the_probabilities():

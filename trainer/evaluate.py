@@ -56,12 +56,18 @@ class Predictions:
         """The samples ``cfg`` selects, hardest first, with their stable ids from the
         ``LabeledImages``, and the record for the manifest header (``selection``).
 
-        A round that ended after ``epoch`` below ``cfg``'s start condition selects none.
+        A round that ended after ``epoch`` below ``cfg``'s start condition selects none, and so
+        does one whose selection is empty: either does not fire (``fired: false`` and the reason).
         """
         fired, reason = fires(cfg, epoch, self.accuracy)
         if not fired:
             return [], selection_record(cfg, False, reason, num_candidates=0)
         chosen, num_candidates = select(self.hardness(), cfg)
+        if len(chosen) == 0:
+            # Nothing to render near (e.g. the whole hold-out is right): the round does not fire,
+            # so the builder spends its budget on class-uniform text-to-image instead of failing.
+            return [], selection_record(cfg, False, f"no hold-out sample selected by rule {cfg.rule!r} "
+                                                    f"({num_candidates} candidates)", num_candidates)
         samples = [HardSample(id=images.sample_id(int(self.indices[i])), label=int(self.labels[i]),
                               class_name=class_names[int(self.labels[i])], predicted=int(self.predicted[i]),
                               prob_true=float(self.prob_true[i]), loss=float(self.loss[i])) for i in chosen]
