@@ -24,14 +24,9 @@ noise: these figures are cost (time, memory) and numerics of the code path, neve
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
 import platform
-import re
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -43,122 +38,9 @@ PAPER_STEPS = 40
 GIB = 2**30
 STARTED = time.perf_counter()
 
-
-# ------------------------------------------------------------------------------ JSON
-def load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def update_json(path: Path, keys: list[str], value) -> None:
-    """Set ``data[k0][k1]...[kn] = value`` in the JSON file, atomically."""
-    data = load_json(path)
-    d = data
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-    d[keys[-1]] = value
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def log(msg: str) -> None:
-    print(f"[bench_gpu {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ------------------------------------------------------------------------------ helpers
-def _torch():
-    import torch
-
-    return torch
-
-
-def _sync(device: str) -> None:
-    torch = _torch()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _reset_peak(device: str) -> None:
-    torch = _torch()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _mem(device: str) -> dict:
-    """Peak and current GPU memory (GiB) since the last reset; empty on the CPU."""
-    torch = _torch()
-    if not device.startswith("cuda"):
-        return {}
-    free, total = torch.cuda.mem_get_info()
-    return {"peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / GIB,
-            "peak_gpu_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
-            "allocated_gib": torch.cuda.memory_allocated() / GIB,
-            "device_free_gib": free / GIB, "device_total_gib": total / GIB}
-
-
-def _free(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        _torch().cuda.empty_cache()
-
-
-def _is_oom(e: BaseException) -> bool:
-    torch = _torch()
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
-def _first_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip()
-    return text.splitlines()[0][:400]
-
-
-def _bench_builder(arch_dir: str):
-    """bench_builder, with its SD 2.1-base architecture folder pointed at ``arch_dir``."""
-    sys.path.insert(0, str(HERE))
-    import bench_builder
-
-    bench_builder.SD21_ARCH = Path(arch_dir).resolve()
-    return bench_builder
-
-
-def build(args, dtype_name: str):
-    """-> (generator, plain UNet copy) of the SD 2.1-base architecture, weights drawn on the device."""
-    torch = _torch()
-    bb = _bench_builder(args.arch_dir)
-    dtype = getattr(torch, dtype_name)
-    start = time.perf_counter()
-    try:
-        gen, plain = bb.build_components("sd21", args.device, dtype, args.size, init_device=args.device)
-    except Exception as e:   # weights drawn on the device failed: draw them on the CPU (slower)
-        if args.device == "cpu":
-            raise
-        log(f"building on {args.device} failed ({_first_line(e)}); building on the CPU")
-        _free(args.device)
-        gen, plain = bb.build_components("sd21", args.device, dtype, args.size, init_device="cpu")
-    log(f"built SD 2.1-base architecture ({dtype_name}, {gen.image_size}x{gen.image_size}) on {args.device} "
-        f"in {time.perf_counter() - start:.1f} s")
-    return gen, plain
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", type=Path, required=True, help="results file (merged into)")
-    p.add_argument("--arch-dir", default=str(REPO / ".gpu" / "sd21-base-arch"))
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=PAPER_STEPS)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-
-
-def _setup(args) -> None:
-    torch = _torch()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+from gpu_common import (_bench_builder, _common, _first_line, _free, _is_oom, _mem, _reset_peak, _setup,  # noqa: E402
+                        _sync, _torch, build, load_json, log, update_json)
+from gpu_round import cmd_round  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ env
@@ -417,108 +299,6 @@ def cmd_compile(args) -> int:
     update_json(args.json, key, result)
     log(f"compile: {result}")
     return 0 if result.get("status") == "ok" else 1
-
-
-# ------------------------------------------------------------------------------ round
-RENDER_LINE = re.compile(r"rendered (\d+) images in (\d+) shards in ([\d.]+) s \(([\d.]+) images/s\)")
-
-
-def cmd_round(args) -> int:
-    _setup(args)
-    bb = _bench_builder(args.arch_dir)
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    key = ["round", args.executor]
-    result = {"executor": args.executor, "budget": args.budget, "batch_size": args.batch, "steps": args.steps,
-              "dtype": args.dtype, "workers": 1, "config": "configs/build-sd21-base.yaml"}
-    gen_dir = work / "generator"
-    # 1. The generator: the SD 2.1-base architecture with random weights, in the Stable Diffusion layout.
-    if not (gen_dir / "unet").is_dir():
-        start = time.perf_counter()
-        gen, plain = build(args, args.dtype)
-        del plain
-        gen.save_pretrained(gen_dir)
-        del gen
-        _free(args.device)
-        result["generator_save_s"] = time.perf_counter() - start
-        log(f"saved the generator to {gen_dir} in {result['generator_save_s']:.1f} s")
-    result["generator_gib_on_disk"] = sum(f.stat().st_size for f in gen_dir.rglob("*") if f.is_file()) / GIB
-    # 2. The round folder (bundle + manifest), as actgen-train writes one.
-    round_dir = work / args.executor / "0"           # a trainer round folder: rounds/<r>/
-    if not (round_dir / "hard_samples.json").is_file():
-        round_dir.mkdir(parents=True, exist_ok=True)
-        bb._write_round(round_dir)
-    # 3. actgen-build, as a subprocess.
-    sets = [f"generator.path={gen_dir}", f"generator.device={args.device}", f"generator.dtype={args.dtype}",
-            f"guidance.num_steps={args.steps}", f"budget={args.budget}", f"batch_size={args.batch}",
-            "schedule.enabled=false", "mode=actgen", f"output.samples_per_shard={args.batch}",
-            f"output.min_shards={max(1, args.budget // args.batch)}", "output.overwrite=true",
-            f"ray.executor={args.executor}", "ray.workers=1", f"ray.cpus_per_worker={args.cpus_per_worker}"]
-    if args.num_cpus:
-        sets.append(f"ray.num_cpus={args.num_cpus}")
-    cmd = [sys.executable, "-m", "actgen.builder.cli", "--config", str(REPO / "configs" / "build-sd21-base.yaml"),
-           "--round-dir", str(round_dir)] + [x for s in sets for x in ("--set", s)]
-    result["command"] = shlex.join(cmd)
-    update_json(args.json, key, result)
-    log(f"running {result['command']}")
-    start = time.perf_counter()
-    # Its own process group, so that a time-out ends it with every process it started (Ray's
-    # included); the pid file lets the shell script do the same if this process is killed first.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    (work / "cli.pid").write_text(str(proc.pid))
-    lines: list[str] = []
-
-    def pump():
-        for line in proc.stdout:
-            print(f"  | {line}", end="", flush=True)
-            lines.append(line)
-
-    import threading
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        rc = proc.wait(timeout=max(10.0, args.timeout - (time.perf_counter() - STARTED)))
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-        log(f"actgen-build still running {args.timeout:.0f} s after this part began: killing its process group")
-        try:
-            os.killpg(proc.pid, 9)
-        except OSError:
-            pass
-        proc.wait()
-    wall = time.perf_counter() - start
-    reader.join(timeout=5)
-    (work / "cli.pid").unlink(missing_ok=True)
-    result.update(rc=rc, wall_s=wall, images_per_s_wall=args.budget / wall if rc == 0 else None)
-    for line in lines:                       # the pipeline's own figure: rendering, worker start-up included
-        m = RENDER_LINE.search(line)
-        if m:
-            result.update(rendered_images=int(m[1]), shards=int(m[2]), render_s=float(m[3]),
-                          render_images_per_s=int(m[1]) / float(m[3]) if float(m[3]) > 0 else None)
-    index = round_dir / "shards" / "index.json"
-    if index.is_file():
-        data = load_json(index)
-        result["index_num_samples"] = data.get("num_samples")
-        result["index_image_size"] = data.get("image_size")
-    status = load_json(round_dir / "build_status.json")
-    if status:
-        result["build_status"] = status
-    sheet = round_dir / "shards" / "contact_sheet.png"
-    if sheet.is_file() and args.copy_sheet:
-        import shutil
-
-        shutil.copyfile(sheet, Path(args.copy_sheet))
-    result["status"] = "ok" if rc == 0 and result.get("index_num_samples") == args.budget else "failed"
-    result["tail"] = [ln.rstrip()[:300] for ln in lines[-8:]] if result["status"] != "ok" else None
-    if result["status"] != "ok":             # the CLI leaves its traceback in a file it names
-        for line in lines:
-            m = re.search(r"traceback in (\S+?\.log)", line)
-            if m and Path(m[1]).is_file():
-                result["traceback"] = Path(m[1]).read_text(errors="replace").splitlines()[-60:]
-    update_json(args.json, key, result)
-    log(f"round ({args.executor}): {({k: v for k, v in result.items() if k != 'tail'})}")
-    return 0 if result["status"] == "ok" else 1
 
 
 # ------------------------------------------------------------------------------ mark / report

@@ -55,8 +55,13 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 
 def curve(table: dict, condition: str) -> list[tuple[float, float, float, int]]:
-    """``[(mean images generated, mean accuracy, CI half-width, runs)]`` over budget multiples."""
+    """``[(mean images generated, mean accuracy, CI half-width, runs)]`` over budget multiples,
+    starting at real-only training (0 images generated) when the table has it."""
     points = []
+    real = table.get(("real", 1.0))
+    if real and condition not in ("real", "real-steps"):
+        acc, half = mean_ci([r["final_test_acc"] for r in real.values()])
+        points.append((0.0, acc, half, len(real)))
     for (c, m), runs in sorted(table.items(), key=lambda kv: kv[0][1]):
         if c != condition or not runs:
             continue
@@ -104,7 +109,7 @@ def write_report(table: dict, out: Path, title: str, budget: int) -> dict:
               "curve; — = the curve never reaches it):", "",
               "| actgen budget × | actgen images | actgen acc | random images to match | ratio | txt2img images to "
               "match | ratio |", "|---|---|---|---|---|---|---|"]
-    act = curve(table, "actgen")
+    act = [p for p in curve(table, "actgen") if p[0] > 0]      # real-only is the curve's 0 point
     for images, acc, _, _ in act:
         row = [f"{images:.0f}", f"{100 * acc:.2f}%"]
         for base in ("random", "txt2img"):
