@@ -109,15 +109,15 @@ def write_report(table: dict, out: Path, title: str, budget: int) -> dict:
               "curve; — = the curve never reaches it):", "",
               "| actgen budget × | actgen images | actgen acc | random images to match | ratio | txt2img images to "
               "match | ratio |", "|---|---|---|---|---|---|---|"]
-    act = [p for p in curve(table, "actgen") if p[0] > 0]      # real-only is the curve's 0 point
-    for images, acc, _, _ in act:
+    for m in sorted(mm for c, mm in table if c == "actgen"):
+        runs = table[("actgen", m)]
+        images = sum(r["images_generated"] for r in runs.values()) / len(runs)
+        acc = sum(r["final_test_acc"] for r in runs.values()) / len(runs)
         row = [f"{images:.0f}", f"{100 * acc:.2f}%"]
         for base in ("random", "txt2img"):
             need = images_to_match(curve(table, base), acc)
             row += ["—" if need is None else f"{need:.0f}", "—" if need is None or images == 0 else f"{need / images:.2f}×"]
             summary["match"].setdefault(base, []).append({"actgen_images": images, "actgen_acc": acc, "images": need})
-        m = next(mm for (c, mm), runs in table.items() if c == "actgen" and
-                 abs(sum(r["images_generated"] for r in runs.values()) / len(runs) - images) < 1e-9)
         lines.append(f"| {m:g} | " + " | ".join(row) + " |")
     text = "\n".join(lines) + "\n"
     (out / "study.md").write_text(text)
