@@ -51,7 +51,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _refusal(e: Exception) -> str:
     """One line for a checkpoint ``torch.load(weights_only=True)`` refused. torch's own message
-    spans lines and suggests ``weights_only=False``, which is exactly what must not be done here."""
+    spans lines and suggests turning ``weights_only`` off, which is exactly what must not be done here."""
     text = str(e)
     _, unpickler, tail = text.partition("WeightsUnpickler error:")
     reason = next((line.strip() for line in (tail if unpickler else text).splitlines() if line.strip()), "")
