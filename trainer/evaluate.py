@@ -23,33 +23,15 @@ from .selection import Hardness, fires, select, selection_record
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """Per-sample results over a whole split (all ranks), ordered by ``indices``.
-
-    Attributes:
-        indices: row indices into the evaluated source.
-        labels, predicted: true and top-1 labels.
-        prob_true: softmax probability of the true class.
-        loss: cross-entropy of the true class.
-        entropy: entropy of the softmax distribution.
-        margin: ``prob_true`` minus the highest probability of another class.
-    """
+class Predictions(Hardness):
+    """The per-sample statistics (:class:`~.selection.Hardness`) of a whole split (all ranks), and
+    ``indices``: the row indices into the evaluated source they belong to."""
 
     indices: np.ndarray
-    labels: np.ndarray
-    predicted: np.ndarray
-    prob_true: np.ndarray
-    loss: np.ndarray
-    entropy: np.ndarray
-    margin: np.ndarray
 
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.labels).mean()) if len(self.labels) else float("nan")
-
-    def hardness(self) -> Hardness:
-        return Hardness(labels=self.labels, predicted=self.predicted, prob_true=self.prob_true, loss=self.loss,
-                        entropy=self.entropy, margin=self.margin)
 
     def hard_samples(self, images, class_names: list[str], cfg: SelectionConfig,
                      epoch: int) -> tuple[list[HardSample], dict]:
@@ -62,7 +44,7 @@ class Predictions:
         fired, reason = fires(cfg, epoch, self.accuracy)
         if not fired:
             return [], selection_record(cfg, False, reason, num_candidates=0)
-        chosen, num_candidates = select(self.hardness(), cfg)
+        chosen, num_candidates = select(self, cfg)
         if len(chosen) == 0:
             # Nothing to render near (e.g. the whole hold-out is right): the round does not fire,
             # so the builder spends its budget on class-uniform text-to-image instead of failing.
