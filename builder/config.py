@@ -78,9 +78,9 @@ class GuidanceConfig:
         adversarial_decode_size: null (the method): the adversarial term decodes x̂0 at the
             generator's size. An int: x̂0's latents are first resized (bilinear) to
             ``adversarial_decode_size / f`` per side (f: the VAE's downsampling, 8 for Stable
-            Diffusion), so the VAE decodes (and back-propagates) a smaller image; for a classifier whose input is small (CIFAR's 32², e.g. 64). It
-            changes the method (the classifier sees a decode of resized latents), hence off by
-            default.
+            Diffusion), so the VAE decodes (and back-propagates) a smaller image: for a classifier
+            whose input is small (CIFAR's 32², e.g. 64). It changes the method (the classifier sees
+            a decode of resized latents), hence off by default.
     """
 
     num_steps: int = 40
