@@ -47,13 +47,14 @@ def fit(fit_config: Path, output: Path, overrides: list[str]) -> dict:
             "grids": [str(p) for p in result.grids]}
 
 
-def train_classifier(train_config: Path, run_dir: Path, epochs: int | None) -> tuple[Path, dict]:
+def train_classifier(train_config: Path, run_dir: Path, epochs: int | None,
+                     overrides: list[str] = ()) -> tuple[Path, dict]:
     from actgen.trainer.config import load_config
     from actgen.trainer.run import run
 
-    base = load_config(train_config)
+    base = load_config(train_config, list(overrides))
     e = epochs or base.train.epochs
-    cfg = load_config(train_config, [f"run_dir='{run_dir}'", "synthetic.source=none", f"train.epochs={e}",
+    cfg = load_config(train_config, [*overrides, f"run_dir='{run_dir}'", "synthetic.source=none", f"train.epochs={e}",
                                      f"rounds.horizon={e}", f"rounds.merge_epoch={e}", "train.progress=false"])
     bundle = run_dir / "rounds" / str(e - 1) / "checkpoint"
     summary_path = run_dir / "summary.json"
@@ -63,7 +64,7 @@ def train_classifier(train_config: Path, run_dir: Path, epochs: int | None) -> t
 
 
 def score(generator_dir: Path, bundle: Path, per_class: int, steps: int, cfg_scale: float, seed: int,
-          batch: int, grid_path: Path) -> dict:
+          batch: int, grid_path: Path, device: str = "cpu") -> dict:
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
@@ -75,10 +76,11 @@ def score(generator_dir: Path, bundle: Path, per_class: int, steps: int, cfg_sca
     names = record.data.class_names
     template = record.prompt_template
     gen = DiffusersGenerator.from_pretrained(
-        str(generator_dir), device="cpu",
+        str(generator_dir), device=device,
         attention_resolution=record.builder_settings["generator.attention_resolution"])
     sampler = GuidedSampler(gen, GuidanceConfig(num_steps=steps, reference_steps=steps, cfg_scale=cfg_scale))
     model, _ = load_classifier(bundle)
+    model = model.to(device)
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
     jobs = [(c, j) for c in range(len(names)) for j in range(per_class)]
     t0 = time.time()
@@ -89,10 +91,10 @@ def score(generator_dir: Path, bundle: Path, per_class: int, steps: int, cfg_sca
             out = sampler.sample([template.format(names[c]) for c, _ in chunk], [names[c] for c, _ in chunk],
                                  [c for c, _ in chunk], [seed + c * per_class + j for c, j in chunk],
                                  ["txt2img"] * len(chunk)).images
-        pil = [Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+        pil = [Image.fromarray(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
                for x in out]
         with torch.no_grad():
-            logits = model(torch.stack([transform(p) for p in pil]))
+            logits = model(torch.stack([transform(p) for p in pil]).to(device))
         images += pil
         preds += logits.argmax(1).tolist()
     render_s = time.time() - t0
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000, help="first image seed (unlike the fit's grids)")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="rendering and scoring device (cpu, cuda)")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="classifier train config override (e.g. data.source.path=...)")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -154,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     result["fit_record"] = {"seconds": record.seconds, "steps": record.steps, "seed": record.seed,
                             "final_loss": record.losses[-1], "fingerprint": record.data.fingerprint}
     clf_dir = args.classifier_dir or args.output.parent / f"{args.output.name}-classifier"
-    bundle, summary = train_classifier(args.train_config, clf_dir, args.epochs)
+    bundle, summary = train_classifier(args.train_config, clf_dir, args.epochs, args.train_set)
     result["classifier"] = {"bundle": str(bundle), "test_acc": summary.get("final", {}).get("test_acc")}
-    results_dir = ROOT / "benchmarks" / "results"
+    results_dir = args.results_dir
+    results_dir.mkdir(parents=True, exist_ok=True)
     result["score"] = score(args.output, bundle, args.per_class, args.steps, args.cfg_scale, args.seed,
-                            args.batch, results_dir / f"generator-{name}.png")
+                            args.batch, results_dir / f"generator-{name}.png", args.device)
     result["sampling"] = {"per_class": args.per_class, "steps": args.steps, "cfg_scale": args.cfg_scale}
     (results_dir / f"generator-{name}.json").write_text(json.dumps(result, indent=1))
     s = result["score"]

@@ -296,8 +296,8 @@ def main(argv=None) -> None:
     records = Path(args.records)
     if not args.report_only:
         meta = make_split(args, out)
-        _check_records(args, records)
         ensure_generator(args, out)
+        _check_records(args, records)
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
         todo = plan_runs(args)
         started = time.perf_counter()
@@ -321,7 +321,7 @@ def _check_records(args: argparse.Namespace, records: Path) -> None:
     """Records of one study only: the settings that decide a run's outcome are written beside
     them, and a study with other settings is refused (it would mix its runs with these)."""
     settings = {"data": args.data, "split": [args.pool_fraction, args.labeled_per_class, args.split_seed],
-                "generator": str(Path(args.generator).resolve()), "train_config": args.train_config,
+                "generator": _generator_identity(Path(args.generator)), "train_config": args.train_config,
                 "train_config_text": (ROOT / args.train_config).read_text(), "build_config": args.build_config,
                 "build_config_text": (ROOT / args.build_config).read_text(), "train_set": args.train_set,
                 "build_set": args.build_set, "budget": args.budget}
@@ -334,6 +334,14 @@ def _check_records(args: argparse.Namespace, records: Path) -> None:
         return
     records.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def _generator_identity(path: Path) -> str:
+    """The generator as its weights' sha256 (its fit record's), so the same generator on another
+    machine or in another folder (a GPU fit brought back) continues the same records."""
+    from actgen.shards.fit_record import read_fit_record
+
+    return "sha256:" + read_fit_record(path).weights_sha256
 
 
 def _reap(args, running: list) -> list:

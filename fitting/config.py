@@ -107,6 +107,10 @@ class FitTrainConfig:
         sample_every: steps between per-class sample grids (0: only at the end).
         checkpoint_every: steps between checkpoints (the last step always checkpoints).
         progress: show a tqdm progress bar.
+        max_seconds: a time box for the diffusion steps (null: none). When it runs out the fit
+            stops at the step it reached, checkpoints, and writes the generator as if finished;
+            the record's ``steps`` says how many were done (the learning-rate schedule is still
+            the one over ``steps``, so set ``steps`` near what the box allows). For a lent GPU.
     """
 
     steps: int = 3000
@@ -128,8 +132,11 @@ class FitTrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 500
     progress: bool = True
+    max_seconds: Optional[float] = None
 
     def __post_init__(self) -> None:
+        _check(self.max_seconds is None or self.max_seconds > 0, "train.max_seconds", self.max_seconds,
+               "null or a number of seconds > 0")
         for key in ("steps", "batch_size", "log_every", "checkpoint_every"):
             _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an int >= 1")
         for key in ("warmup_steps", "autoencoder_steps", "sample_every", "seed"):

@@ -198,9 +198,14 @@ def run(cfg: FitConfig, resume: bool = False, stop_after: Optional[int] = None) 
                          conditions=fit.class_ids, unconditional=fit.uncond_ids, alphas_cumprod=fit.abar)
     # 4. Train.
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
-    grids = _train(fit, data, inputs, end, config_dict, ckpt_path)
+    deadline = None if cfg.train.max_seconds is None else time.time() + cfg.train.max_seconds
+    grids = _train(fit, data, inputs, end, config_dict, ckpt_path, deadline)
     # 5. The generator: EMA weights in the Stable Diffusion layout, and the record.
-    finished = fit.step >= cfg.train.steps
+    timed_out = deadline is not None and fit.step < end
+    if timed_out:
+        _logger.warning("train.max_seconds=%g ran out at step %d/%d: writing the generator of the steps done",
+                        cfg.train.max_seconds, fit.step, cfg.train.steps)
+    finished = fit.step >= cfg.train.steps or timed_out
     if finished:
         _save_generator(fit, inputs, config_dict, time.time() - t_start)
     return FitResult(output=out, step=fit.step, finished=finished, losses=fit.losses, grids=grids,
@@ -219,8 +224,8 @@ def _load_inputs(cfg: FitConfig) -> _Inputs:
 
 
 def _train(fit: _Fit, data: DiffusionData, inputs: _Inputs, end: int, config_dict: dict,
-           ckpt_path: Path) -> list[Path]:
-    """Steps up to ``end``: log lines, sample grids and checkpoints on their intervals."""
+           ckpt_path: Path, deadline: Optional[float] = None) -> list[Path]:
+    """Steps up to ``end`` (or the ``deadline``): log lines, sample grids and checkpoints on their intervals."""
     cfg, tc = fit.cfg, fit.cfg.train
     grids: list[Path] = []
     bar = _progress(tc.progress, fit.step, tc.steps)
@@ -230,6 +235,9 @@ def _train(fit: _Fit, data: DiffusionData, inputs: _Inputs, end: int, config_dic
     while fit.step < end:
         running.append(fit.train_one(data))
         step = fit.step
+        boxed = deadline is not None and step < end and time.time() >= deadline
+        if boxed:
+            end = step          # the time box ran out: this step is the last (logged, sampled, checkpointed)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{running[-1]:.4f}", avg=f"{np.mean(running[-50:]):.4f}")
@@ -238,7 +246,7 @@ def _train(fit: _Fit, data: DiffusionData, inputs: _Inputs, end: int, config_dic
             _logger.info("step %d/%d  loss %.4f (%.4f)  lr %.2e  %.1f it/s", step, tc.steps, running[-1],
                          float(np.mean(running)), fit.lr_sched.get_last_lr()[0], len(running) / max(dt, 1e-9))
             t_log, running = time.time(), []
-        if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+        if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps or boxed:
             path = Path(cfg.output) / "samples" / f"step-{step:06d}.png"
             grids.append(write_grid(fit.ema_generator(), list(inputs.data.class_names), inputs.prompts, cfg, path))
         if step % tc.checkpoint_every == 0 or step == end:
@@ -286,7 +294,7 @@ def write_grid(generator, class_names: list[str], prompts: list[str], cfg: FitCo
             images = sampler.sample([prompt] * n, [name] * n, [label] * n,
                                     [sc.seed + label * n + j for j in range(n)], ["txt2img"] * n).images
         rows.append(torch.cat(list(images), dim=-1))                              # [3, S, n*S]
-    grid = ((torch.cat(rows, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    grid = ((torch.cat(rows, dim=-2).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 64 // cfg.model.image_size)   # small images are enlarged (nearest) to be seen
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)

@@ -164,3 +164,16 @@ def test_resume_refuses_a_checkpoint_with_pickled_code(tiny_fit, tmp_path):
     errors = [line for line in res.output.splitlines() if line.startswith("actgen-fit-generator:")]
     assert len(errors) == 1 and errors[0].startswith("actgen-fit-generator: error: "), res.output
     assert str(checkpoint_path(out)) in errors[0] and "weights_only=True" in errors[0]
+
+
+def test_time_box_stops_early_and_still_writes_the_generator(tiny_fit_config, tmp_path):
+    # A box of a millisecond ends after the first step: the generator and its record are written
+    # from the steps done, which the record counts (not train.steps).
+    out = tmp_path / "boxed"
+    result = run(tiny_fit_config(out, "train.max_seconds=0.001"))
+    assert result.finished and result.step == 1 and len(result.losses) == 1
+    record = json.loads((out / FIT_RECORD_FILE).read_text())
+    assert record["steps"] == 1 < record["config"]["train"]["steps"]
+    assert (out / "unet" / "config.json").is_file()
+    with pytest.raises(ValueError, match="train.max_seconds"):
+        tiny_fit_config(tmp_path / "bad", "train.max_seconds=0")

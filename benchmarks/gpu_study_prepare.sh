@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepare benchmarks/gpu_study.sh HERE, before the device call. What the GPU machine lacks travels
+# inside the repository in one folder git ignores, .gpustudy/:
+#
+#   .gpustudy/whl/                the wheels of benchmarks/gpu_prepare.sh without Ray (a study's
+#                                 builds run ray.executor=local; Ray's wheel would not fit the
+#                                 64 MiB the working tree may weigh beside the data)
+#   .gpustudy/study/data/         the study's split of the CIFAR-10-5k subset (pool, labeled, test),
+#                                 made here by benchmarks/study_active.py's own make_split
+#
+# Then call the device with: command `bash benchmarks/gpu_study.sh`, carry [".gpustudy"].
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+DATA=${STUDY_DATA:-../shared/data/cifar10-5k/train.parquet}
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+grep -qxF /.gpustudy/ "$EXCLUDE" 2>/dev/null || echo /.gpustudy/ >>"$EXCLUDE"
+[[ -d .whl ]] || bash benchmarks/gpu_prepare.sh
+mkdir -p .gpustudy/whl
+rm -f .gpustudy/whl/*.whl
+for w in .whl/*.whl; do
+    case $(basename "$w") in ray-*) ;; *) cp "$w" .gpustudy/whl/ ;; esac
+done
+.venv/bin/python - "$DATA" <<'PY'
+import sys
+sys.path.insert(0, "benchmarks")
+from pathlib import Path
+from study_active import make_split, parse_args
+args = parse_args(["--data", sys.argv[1], "--labeled-per-class", "50", "--generator", "-",
+                   "--out", ".gpustudy/study", "--records", "-"])
+make_split(args, Path(".gpustudy/study"))
+PY
+du -sh .gpustudy/whl .gpustudy/study/data
