@@ -36,6 +36,11 @@ finished rounds are skipped and an interrupted one keeps its finished shards. On
 directory (a lock file beside it): a second one exits with status 2, naming the first.
   actgen-build --config configs/build-smoke.yaml --watch runs/digits
   actgen-build --config configs/build-sd21-base.yaml --watch /shared/runs/c10 --set ray.address=auto
+
+\b
+Server mode (what actgen-train's synthetic.source: inline starts once per run): --serve reads one
+JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, builds it as
+--round-dir R --output O would, and answers one line 'actgen-serve {"ok": ...}' on stdout.
 """
 
 
@@ -55,12 +60,15 @@ directory (a lock file beside it): a second one exits with status 2, naming the 
               metavar="SECONDS", help="With --watch: seconds between looks for a new round.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="With --watch: fail after this long without a new round (default: wait for ever).")
+@click.option("--serve", is_flag=True,
+              help="Build the rounds named on stdin (one JSON line each), one reply line each on stdout, "
+                   "with workers kept across rounds; for actgen-train's inline builds.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
               help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
          manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
-         poll: float, idle_timeout: Optional[float], print_config: bool, verbose: bool) -> None:
+         poll: float, idle_timeout: Optional[float], serve: bool, print_config: bool, verbose: bool) -> None:
     """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
 
     Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
@@ -74,6 +82,18 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
                     interrupted="interrupted; rerun the same command to finish the missing shards"):
         from .config import config_to_yaml, load_config
 
+        if serve:
+            clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
+                                          ("--manifest", manifest), ("--output", output), ("--watch", watch_dir))
+                     if v is not None]
+            if clash or print_config:
+                raise click.UsageError(f"--serve takes each round's paths from stdin; drop {clash or ['--print-config']}")
+            import sys
+
+            from .serve import serve as serve_rounds
+
+            serve_rounds(config_path, overrides, sys.stdin, sys.stdout)
+            return
         if watch_dir is not None:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
                                           ("--manifest", manifest), ("--output", output)) if v is not None]

@@ -141,7 +141,8 @@ class GeneratorConfig:
         path: a local Stable Diffusion 1.x/2.x directory (``unet/ vae/ text_encoder/ tokenizer/
             scheduler/``), a hub id, or ``tiny`` (random weights built in-process; tests, smoke runs).
         device: ``auto`` = CUDA when the worker has a GPU, else CPU.
-        dtype: ``auto`` = float16 on a GPU, float32 on the CPU (the CPU runs float32 only).
+        dtype: ``auto`` = float16 on a GPU, float32 on the CPU; the CPU also runs bfloat16 (fast
+            only with AMX or AVX512-BF16; elsewhere emulated and slow), never float16.
         attention_resolution: side of the captured cross-attention maps; null = image side / 32.
         local_files_only: never touch the network for a hub id.
         tiny_seed, tiny_image_size: the ``tiny`` generator's weight seed and image side.
@@ -172,8 +173,8 @@ class GeneratorConfig:
                self.tiny_image_size, "a multiple of 4, at least 8")
         _check(self.prompt_template.count("{}") == 1, "generator.prompt_template", self.prompt_template,
                "a template with exactly one '{}' for the class name")
-        _check(not (self.device == "cpu" and self.dtype in ("float16", "bfloat16")), "generator.dtype",
-               self.dtype, "float32 or auto with generator.device=cpu (the CPU runs float32 only)")
+        _check(not (self.device == "cpu" and self.dtype == "float16"), "generator.dtype",
+               self.dtype, "float32, bfloat16 or auto with generator.device=cpu (no float16 on the CPU)")
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class DiffusersGenerator:
         self._attention = install_attention_capture(self.unet, side, res)
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._hash: str | None = None
+        self._identity: tuple | None = None     # set by from_pretrained for a local directory
 
     # -- construction -------------------------------------------------------------------------
 
@@ -134,8 +135,8 @@ class DiffusersGenerator:
         Args:
             path_or_id: directory with ``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` or hub id.
             device: ``"cuda"``, ``"cpu"``, ...; default cuda when available.
-            dtype: ``"float16"``, ``"bfloat16"`` (GPU only) or ``"float32"``; default float16 on a
-                GPU, float32 on the CPU.
+            dtype: ``"float16"`` (GPU only), ``"bfloat16"`` or ``"float32"``; default float16 on
+                a GPU, float32 on the CPU.
             attention_resolution: see the class docstring.
             local_files_only: never touch the network for a hub id.
 
@@ -154,8 +155,11 @@ class DiffusersGenerator:
         _check_device_dtype(dev, torch_dtype)
 
         local = Path(path_or_id)
+        identity = None
         if local.is_dir():
             check_components(local, key=None)
+            # Taken before loading: files replaced during the load give a new identity next time.
+            identity = (str(local.resolve()), dtype_name, files_identity(local))
 
         def load(comp, fn, **kw):
             try:
@@ -175,6 +179,7 @@ class DiffusersGenerator:
         generator = cls(unet, vae, text_encoder, tokenizer, scheduler_config,
                         attention_resolution=attention_resolution, device=dev, dtype=torch_dtype,
                         name=str(path_or_id))
+        generator._identity = identity
         _logger.info("loaded generator %s (%s on %s, %dx%d images, attention captured at %d on %d layers)",
                      path_or_id, dtype_name, dev, generator.image_size, generator.image_size,
                      generator.attention.resolution, len(generator.attention.layers))
@@ -227,7 +232,14 @@ class DiffusersGenerator:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
 
+    def weights_changed(self) -> None:
+        """Forget the weights' hash (and their files' identity) after changing weights in place."""
+        self._hash = None
+        self._identity = None
+
     def weights_hash(self) -> str:
+        if self._hash is None and self._identity is not None:
+            self._hash = _HASHES.get(self._identity)
         if self._hash is None:
             h = hashlib.sha256()
             for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
@@ -238,6 +250,8 @@ class DiffusersGenerator:
             sched = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
             h.update(json.dumps(sched, sort_keys=True, default=str).encode())
             self._hash = h.hexdigest()
+            if self._identity is not None:
+                _HASHES[self._identity] = self._hash
         return self._hash
 
     # -- the interface ------------------------------------------------------------------------
@@ -324,8 +338,25 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 
 def _check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
-    if device.type == "cpu" and dtype != torch.float32:
-        raise ValueError(f"dtype={dtype} on device={device}: the CPU runs float32 only")
+    if device.type == "cpu" and dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype={dtype} on device={device}: the CPU runs float32 or bfloat16, not float16")
+
+
+# Weights hashes of generators loaded from local directories in this process, by the identity of
+# their files (:func:`files_identity`) and the dtype they were loaded in: a worker that reloads an
+# unchanged generator (for example after its settings changed) does not hash gigabytes again.
+_HASHES: dict[tuple, str] = {}
+
+
+def files_identity(directory: Path) -> tuple:
+    """Every file under ``directory`` as ``(relative path, size, mtime_ns, inode)``, sorted: a
+    rewritten or replaced file changes it."""
+    found = []
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            found.append((p.relative_to(directory).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(found)
 
 
 def _hash_state_dict(h, prefix: str, state: dict[str, torch.Tensor]) -> None:

@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from actgen.shards import __version__
 from actgen.shards._schema import utc_now
@@ -43,7 +43,7 @@ from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
 from .inputs import BuildInputs, resolve_inputs, round_not_fired
 from .outputs import build_settings, prepare_output, write_build_file
 from .plan import BuildPlan, effective_budget, make_plan, num_shards
-from .workers import render_shards
+from .workers import WorkerPool, render_shards
 
 _logger = logging.getLogger(__name__)
 
@@ -76,8 +76,10 @@ def output_lock(output: str | Path):
     return hold_lock(sibling_lock_path(path, "actgen-build"), f"output folder {path}")
 
 
-def run(cfg: BuildConfig) -> BuildResult:
+def run(cfg: BuildConfig, pool: Optional[WorkerPool] = None) -> BuildResult:
     """Build one round's synthetic shard data set (see the module docstring).
+
+    ``pool``: render workers kept across builds (``--watch``, ``--serve``); None: this build's own.
 
     Raises:
         ValueError, OSError: bad input (nothing is written then), or the output folder is being
@@ -88,10 +90,10 @@ def run(cfg: BuildConfig) -> BuildResult:
     inputs = resolve_inputs(cfg)
     cfg = resolve_horizon(not_fired_fallback(cfg, inputs), inputs)
     with output_lock(inputs.output):
-        return _build(cfg, inputs)
+        return _build(cfg, inputs, pool)
 
 
-def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
+def _build(cfg: BuildConfig, inputs: BuildInputs, pool: Optional[WorkerPool]) -> BuildResult:
     # 2. Plan.
     hard = inputs.manifest.samples
     budget = effective_budget(cfg.budget, len(hard), cfg.max_renders_per_sample) if cfg.targets == "hard" else cfg.budget
@@ -133,7 +135,7 @@ def _build(cfg: BuildConfig, inputs: BuildInputs) -> BuildResult:
         guide_crop=((tuple(inputs.bundle.input_size[1:]), inputs.bundle.crop_pct)
                     if cfg.guide_preprocess == "classifier" else None))
     start = time.perf_counter()
-    rows = render_shards(spec, todo, cfg, inputs.images) if todo else []
+    rows = render_shards(spec, todo, cfg, inputs.images, pool) if todo else []
     seconds = time.perf_counter() - start
     if rows:
         n = sum(r["num_samples"] for r in rows)

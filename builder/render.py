@@ -171,6 +171,49 @@ def load_guidance_classifier(checkpoint: str, device: str) -> GuidanceClassifier
                               std=tuple(config.std))
 
 
+# -- what stays loaded in a worker across builds --------------------------------------------
+
+# One entry per slot ("generator", "classifier", "images"): a worker process keeps the last one it
+# loaded and reuses it while the key is equal. A new key drops the old value before loading the
+# new one, so two generators never sit in one GPU's memory.
+_RESIDENT: dict[str, tuple[object, object]] = {}
+_LOADS: dict[str, int] = {}     # loads per slot in this process (what a pool's persistence saves)
+
+
+def resident(slot: str, key, load):
+    """The value of ``slot`` for ``key``: the one this process loaded last if its key is equal,
+    else ``load()`` (after dropping the old value)."""
+    held = _RESIDENT.get(slot)
+    if held is not None and held[0] == key:
+        return held[1]
+    _RESIDENT.pop(slot, None)
+    value = load()
+    _RESIDENT[slot] = (key, value)
+    _LOADS[slot] = _LOADS.get(slot, 0) + 1
+    return value
+
+
+def resident_loads() -> dict[str, int]:
+    """How many times this process loaded each slot (``generator``, ``classifier``, ``images``)."""
+    return dict(_LOADS)
+
+
+def generator_key(cfg: GeneratorConfig, device: str) -> tuple:
+    """What decides the loaded generator: its settings, the device, and for a local directory
+    the identity of its files (a generator refitted into the same folder is loaded again)."""
+    from .generator import files_identity
+
+    local = Path(cfg.path).expanduser()
+    return (cfg, device, files_identity(local) if cfg.path != TINY and local.is_dir() else None)
+
+
+def _load_with_record(cfg: GeneratorConfig, device: str) -> tuple[object, dict]:
+    generator = load_generator(cfg, device)
+    record = {"id": getattr(generator, "name", cfg.path), "weights_sha256": generator.weights_hash(),
+              "dtype": str(generator.dtype).removeprefix("torch."), "image_size": generator.image_size}
+    return generator, record
+
+
 # -- the worker ------------------------------------------------------------------------------
 
 
@@ -189,18 +232,20 @@ class ShardWriter:
 
     def __init__(self, spec: RenderSpec, images: LabeledImages | None = None):
         self.spec = spec
-        # 1. Guide images, checked against the data set the plan was made from.
-        self.images = images if images is not None else load_source(spec.dataset)
+        # 1. Guide images, checked against the data set the plan was made from. What a worker
+        #    loads stays resident in its process (see `resident`), so a worker that lives across
+        #    rounds loads the generator and hashes its weights once.
+        self.images = images if images is not None else resident(
+            "images", spec.dataset, lambda: load_source(spec.dataset))
         if self.images.fingerprint != spec.dataset_fingerprint:
             raise ValueError(f"worker: data set {spec.dataset.path!r} has fingerprint {self.images.fingerprint[:12]}, "
                              f"the plan was made for {spec.dataset_fingerprint[:12]} (is it the same on every node?)")
         # 2. Generator and, only when some image gets the adversarial term, the classifier.
-        generator = load_generator(spec.generator, spec.device)
-        classifier = load_guidance_classifier(spec.checkpoint, spec.device) if spec.needs_classifier else None
-        self.generator_record = {"id": getattr(generator, "name", spec.generator.path),
-                                 "weights_sha256": generator.weights_hash(),
-                                 "dtype": str(generator.dtype).removeprefix("torch."),
-                                 "image_size": generator.image_size}
+        generator, self.generator_record = resident("generator", generator_key(spec.generator, spec.device),
+                                                    lambda: _load_with_record(spec.generator, spec.device))
+        classifier = (resident("classifier", (spec.checkpoint, spec.checkpoint_sha256, spec.device),
+                               lambda: load_guidance_classifier(spec.checkpoint, spec.device))
+                      if spec.needs_classifier else None)
         expected = spec.expected_generator_sha256
         if expected is not None and expected != self.generator_record["weights_sha256"]:
             raise ValueError(f"generator {spec.generator.path!r} hashes to {self.generator_record['weights_sha256'][:12]}, "

@@ -21,6 +21,7 @@ a watcher that died is taken over. Each build also holds its output folder's loc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -113,13 +114,16 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
         ValueError, OSError, RuntimeError: a round failed to build (marked ``failed`` first).
     """
     from .pipeline import build_round, run   # torch and Ray: loaded once there may be a round to build
+    from .workers import WorkerPool
 
-    build = build or run
     # Check the config once up front, so a typo fails now and not at the first round.
     load_round_config(config_path, overrides, Path("round"))
     run_dir = Path(opts.run_dir)
-    with hold_lock(watch_lock_path(run_dir), f"run directory {run_dir} (actgen-build --watch)"):
-        return _watch(run_dir, config_path, overrides, opts, build, build_round, sleep, clock)
+    # One pool for the whole run: Ray starts once, its workers keep their loaded generator.
+    with hold_lock(watch_lock_path(run_dir), f"run directory {run_dir} (actgen-build --watch)"), \
+            WorkerPool() as pool:
+        return _watch(run_dir, config_path, overrides, opts, build or functools.partial(run, pool=pool),
+                      build_round, sleep, clock)
 
 
 def watch_lock_path(run_dir: Path) -> Path:

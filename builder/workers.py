@@ -1,12 +1,20 @@
 """Where the shards are rendered: a pool of Ray actors (one GPU each, or CPU actors), or here.
 
-The unit of work is one shard (:class:`~.render.ShardWriter`); each actor loads the generator once
-and renders whole shards, one at a time, returning only their records. ``ray.executor: local``
-runs the same writer in this process.
+The unit of work is one shard (:class:`~.render.ShardWriter`); each actor renders whole shards,
+one at a time, returning only their records. ``ray.executor: local`` runs the same writer in
+this process.
+
+A :class:`WorkerPool` lives as long as its caller wants: a one-off build uses one for its round,
+``--watch`` and ``--serve`` keep one for the whole run, so Ray starts once, the actors persist
+between rounds, and each keeps its loaded generator (``render.resident``: reloaded only when the
+generator settings or files change; its weights hashed once). The actors are Ray core actors
+driven through ``ray.util.ActorPool`` rather than Ray Data's ``map_batches``: Ray Data's actor
+pool lives only as long as one data set's execution, so every round would start and load anew.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import re
 from typing import TYPE_CHECKING, Optional
@@ -14,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 from actgen.shards.runtime import resolve_device
 from actgen.shards.sources import LabeledImages
 
-from .config import BuildConfig
+from .config import BuildConfig, RayConfig
 
 if TYPE_CHECKING:  # the renderer imports torch; the Ray path hands Ray the class, the local one builds it
     from .render import RenderSpec
@@ -24,60 +32,129 @@ _logger = logging.getLogger(__name__)
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")   # a traceback's last line
 
 
-def render_shards(spec: RenderSpec, todo: list[int], cfg: BuildConfig, images: LabeledImages) -> list[dict]:
+def render_shards(spec: RenderSpec, todo: list[int], cfg: BuildConfig, images: LabeledImages,
+                  pool: Optional[WorkerPool] = None) -> list[dict]:
     """Render and write shards ``todo`` of ``spec.plan``; return their records (never the images).
 
     ``images`` is the guide data set already loaded here (the local executor reuses it; Ray
-    workers load it from ``spec.dataset`` and check its fingerprint).
+    workers load it from ``spec.dataset`` and check its fingerprint). Without a ``pool``, one is
+    made for this call and closed after it.
     """
-    from .render import ShardWriter
-
-    if cfg.ray.executor == "local":
-        device = resolve_device(cfg.generator.device, key="generator.device")
-        writer = ShardWriter(dataclasses.replace(spec, device=device), images=images)
-        return [writer.write(n) for n in todo]
-    return _render_on_ray(spec, todo, cfg, ShardWriter)
+    if pool is not None:
+        return pool.render(spec, todo, cfg, images)
+    with WorkerPool() as own:
+        return own.render(spec, todo, cfg, images)
 
 
-def _render_on_ray(spec: RenderSpec, todo: list[int], cfg: BuildConfig, writer_class: type) -> list[dict]:
-    import ray
-    import ray.data
+class _ShardActor:
+    """One Ray worker: a :class:`~.render.ShardWriter` per build, over what stays resident."""
 
-    rc = cfg.ray
-    started = False
-    if not ray.is_initialized():
-        # address=None starts a local cluster; anything else joins one (no local resources then).
-        ray.init(address=rc.address, num_cpus=rc.num_cpus if rc.address is None else None,
-                 include_dashboard=False, configure_logging=False, log_to_driver=True)
-        started = True
-    try:
+    def __init__(self):
+        self._build = None
+        self._writer = None
+
+    def write(self, build: int, spec: RenderSpec, number: int) -> dict:
+        from .render import ShardWriter
+
+        if build != self._build:
+            self._writer, self._build = ShardWriter(spec), build
+        return self._writer.write(number)
+
+    def loads(self) -> dict[str, int]:
+        """What this worker process has loaded so far (``render.resident_loads``)."""
+        from .render import resident_loads
+
+        return resident_loads()
+
+
+class WorkerPool:
+    """Render workers that outlive one build (a context manager; :meth:`close` ends them).
+
+    Ray is started on first use (or joined, ``ray.address``) and shut down by :meth:`close` only
+    if this pool started it. The actors are made again only when the pool's shape changes
+    (workers, CPUs and GPUs per worker, device) or after a failure.
+    """
+
+    def __init__(self):
+        self._started_ray = False
+        self._actors: list = []
+        self._shape: Optional[tuple] = None
+        self._builds = itertools.count()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def render(self, spec: RenderSpec, todo: list[int], cfg: BuildConfig, images: LabeledImages) -> list[dict]:
+        from .render import ShardWriter
+
+        if cfg.ray.executor == "local":
+            device = resolve_device(cfg.generator.device, key="generator.device")
+            writer = ShardWriter(dataclasses.replace(spec, device=device), images=images)
+            return [writer.write(n) for n in todo]
+        try:
+            return self._render_on_ray(spec, todo, cfg)
+        except Exception as e:
+            self._actors, self._shape = [], None     # a failed actor may be dead: start afresh next time
+            raise unwrap_ray_error(e) from None
+
+    def _render_on_ray(self, spec: RenderSpec, todo: list[int], cfg: BuildConfig) -> list[dict]:
+        import ray
+        from ray.util import ActorPool
+
+        rc = cfg.ray
+        self._init_ray(rc)
         gpus = float(ray.cluster_resources().get("GPU", 0))
         device = resolve_device(cfg.generator.device, has_gpu=gpus > 0, key="generator.device")
         gpus_per_worker = rc.gpus_per_worker if rc.gpus_per_worker is not None else (1.0 if device == "cuda" else 0.0)
         workers = rc.workers or (max(1, int(gpus // max(gpus_per_worker, 1e-9))) if device == "cuda" else 1)
-        workers = min(workers, len(todo))
-        _logger.info("Ray: %d workers (%g CPU, %g GPU each) on %s; cluster %s", workers, rc.cpus_per_worker,
-                     gpus_per_worker, device, {k: v for k, v in ray.cluster_resources().items()
-                                               if k in ("CPU", "GPU", "memory")})
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        # One row and one block per shard, so the pool balances shard by shard; one task in
-        # flight per actor, so a slow shard never holds others queued behind it.
-        ds = ray.data.from_items([{"shard": n} for n in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            writer_class, batch_size=1, fn_constructor_kwargs={"spec": dataclasses.replace(spec, device=device)},
-            compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
-            num_cpus=rc.cpus_per_worker, num_gpus=gpus_per_worker or None)
+        shape = (workers, rc.cpus_per_worker, gpus_per_worker, device)
+        if shape != self._shape:
+            self._actors = [ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=gpus_per_worker or None)(_ShardActor)
+                            .remote() for _ in range(workers)]
+            self._shape = shape
+            _logger.info("Ray: %d workers (%g CPU, %g GPU each) on %s; cluster %s", workers, rc.cpus_per_worker,
+                         gpus_per_worker, device, {k: v for k, v in ray.cluster_resources().items()
+                                                   if k in ("CPU", "GPU", "memory")})
+        build = next(self._builds)
+        spec_ref = ray.put(dataclasses.replace(spec, device=device))    # shipped once, not per shard
+        # One shard in flight per actor, so a slow shard never holds others queued behind it.
         rows = []
-        for row in ds.iter_rows():
-            rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-            _logger.info("%s done (%d/%d)", row["filename"], len(rows), len(todo))
+        for row in ActorPool(self._actors[:len(todo)]).map_unordered(
+                lambda actor, n: actor.write.remote(build, spec_ref, n), todo):
+            rows.append(row)
+            _logger.info("%s done (%d/%d): %d images in %.2f s", row["filename"], len(rows), len(todo),
+                         row["num_samples"], row["seconds"])
         return rows
-    except Exception as e:
-        raise unwrap_ray_error(e) from None
-    finally:
-        if started:
-            ray.shutdown()
+
+    def _init_ray(self, rc: RayConfig) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            # address=None starts a local cluster; anything else joins one (no local resources then).
+            ray.init(address=rc.address, num_cpus=rc.num_cpus if rc.address is None else None,
+                     include_dashboard=False, configure_logging=False, log_to_driver=True)
+            self._started_ray = True
+
+    def worker_loads(self) -> list[dict[str, int]]:
+        """Each live actor's load counts (``render.resident_loads``); empty without actors."""
+        import ray
+
+        return ray.get([a.loads.remote() for a in self._actors]) if self._actors else []
+
+    def close(self) -> None:
+        """End the actors, and Ray if this pool started it."""
+        if self._actors or self._started_ray:
+            import ray
+
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors, self._shape = [], None
+            if self._started_ray and ray.is_initialized():
+                ray.shutdown()
+            self._started_ray = False
 
 
 def unwrap_ray_error(e: Exception) -> Exception:

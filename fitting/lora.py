@@ -108,7 +108,7 @@ def run_lora(cfg: LoraFitConfig, base: Optional[DiffusersGenerator] = None) -> L
     unet.save_lora_adapter(str(out / ADAPTER_DIR))
     unet.fuse_lora()
     unet.unload_lora()        # drop the peft layers; their merged base weights stay
-    gen._hash = None          # weights changed
+    gen.weights_changed()
     gen.save_pretrained(out)
     write_fit_record(out, FitRecord(
         method="lora", base=cfg.base if base is None else gen.name,

@@ -115,3 +115,29 @@ def test_a_failing_worker_gives_one_error_naming_the_cause(ray_cluster, build_co
     with pytest.raises(RuntimeError, match=r"^a Ray worker failed: RuntimeError: .*sd: cannot load component 'unet'"):
         run(build_config("ray.executor=ray", f"generator.path={tmp_path / 'sd'}", output=out))
     assert not (out / INDEX_FILE).exists() and not list(out.glob("*.tar"))
+
+
+def test_a_pool_keeps_its_workers_and_their_generator_across_rounds(ray_cluster, write_round, build_fast, tmp_path):
+    # Three rounds through one WorkerPool (what --watch and --serve hold): the same two actors
+    # render all of them, and each loads the generator (and hashes its weights) once.
+    from actgen.builder.workers import WorkerPool
+
+    def round_cfg(r):
+        directory, _ = write_round(tmp_path / "rounds" / str(r), round=r, weights_seed=r)
+        return load_config(None, [f"checkpoint={directory / 'checkpoint'}",
+                                  f"manifest={directory / 'hard_samples.json'}",
+                                  f"output.path={directory / 'shards'}", *build_fast, "budget=4",
+                                  "output.samples_per_shard=1", "ray.executor=ray", "ray.workers=2",
+                                  "ray.cpus_per_worker=1", "bank_scope=run"])
+
+    with WorkerPool() as pool:
+        actors = None
+        for r in range(3):
+            result = run(round_cfg(r), pool=pool)
+            assert len(result.rendered) == 4
+            actors = actors or list(pool._actors)
+            assert pool._actors == actors                      # the same actors, round after round
+        loads = pool.worker_loads()
+    assert len(loads) == 2 and all(x["generator"] == 1 for x in loads)
+    for r in range(3):
+        verify(tmp_path / "rounds" / str(r) / "shards", class_names=list(DIGIT_NAMES))

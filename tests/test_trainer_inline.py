@@ -1,4 +1,4 @@
-"""synthetic.source: inline — the trainer runs actgen-build on each round as a subprocess."""
+"""synthetic.source: inline — the trainer runs one actgen-build server per run and sends it each round."""
 from __future__ import annotations
 
 import json
@@ -10,22 +10,22 @@ import pytest
 from actgen.shards.bundle import bundle_sha256
 from actgen.shards.reader import ShardRandomAccess, read_index
 from actgen.trainer.config import SyntheticConfig
-from actgen.trainer.inline import builder_argv, resolve_command
+from actgen.trainer.inline import request_line, resolve_command, server_argv
 from actgen.trainer.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_builder_argv_points_the_builder_at_the_round(tmp_path):
+def test_the_server_and_its_requests_point_the_builder_at_the_round(tmp_path):
     cfg = SyntheticConfig(source="inline", build_config="configs/build-smoke.yaml",
                           build_overrides=["budget=8", "ray.executor=local"])
-    argv = builder_argv(cfg, tmp_path / "rounds" / "3", str(tmp_path / "out"))
-    assert Path(argv[0]).name == "actgen-build"
-    assert argv[1:3] == ["--config", "configs/build-smoke.yaml"]
-    assert argv[argv.index("--round-dir") + 1] == str(tmp_path / "rounds" / "3")
-    assert argv[argv.index("--output") + 1] == str(tmp_path / "out")
+    argv = server_argv(cfg)
+    assert Path(argv[0]).name == "actgen-build" and argv[1] == "--serve"
+    assert argv[2:4] == ["--config", "configs/build-smoke.yaml"]
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert sets == ["budget=8", "ray.executor=local"]  # the config's own win: last
+    assert sets == ["budget=8", "ray.executor=local"]
+    request = json.loads(request_line(tmp_path / "rounds" / "3", str(tmp_path / "out")))
+    assert request == {"round_dir": str(tmp_path / "rounds" / "3"), "output": str(tmp_path / "out"), "dataset": None}
 
 
 def test_a_missing_builder_command_is_named():
@@ -67,10 +67,16 @@ def test_the_builder_is_given_the_trainers_data_source(tmp_path):
     from actgen.builder.config import load_config as load_build
     from actgen.shards.sources import DataSource
 
+    from actgen.builder.serve import parse_request, request_overrides
+
     source = DataSource(path=str(tmp_path / "labeled.parquet"), class_names=["a", "b"])
     cfg = SyntheticConfig(source="inline", build_overrides=["budget=8"])
-    argv = builder_argv(cfg, tmp_path / "rounds" / "0", str(tmp_path / "out"), source)
+    argv = server_argv(cfg)
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    assert sets[-1] == "budget=8"                       # the config's own still come last
-    built = load_build(None, ["checkpoint=c", "manifest=m", "output.path=o", *sets])
+    # The builder's side of the protocol: the request's paths and data set, then the server's own
+    # overrides (last, so they win).
+    round_dir, output, dataset = parse_request(request_line(tmp_path / "rounds" / "0", str(tmp_path / "out"), source))
+    built = load_build(None, [*request_overrides(round_dir, output, dataset), *sets])
     assert built.dataset == source                      # the builder reads exactly the trainer's data
+    assert built.budget == 8 and Path(built.output.path) == tmp_path / "out"
+    assert Path(built.manifest) == tmp_path / "rounds" / "0" / "hard_samples.json"

@@ -1,14 +1,17 @@
-"""``synthetic.source: inline``: run ``actgen-build`` on each finished round, on this machine.
+"""``synthetic.source: inline``: ``actgen-build`` builds each finished round, on this machine.
 
-The trainer never imports builder code (the two programs meet only in ``shards/``): it runs the
-builder's console script on the round folder it has just written, exactly as a separate job
-would, and the next epoch takes the finished data set through the usual path (wait, fetch,
-verify). A rerun after a crash is cheap: the builder keeps complete shards of an unfinished build
-with the same settings, and a finished one is left alone; since resume is exact, a re-run round
-writes the same checkpoint, so its settings match.
+The trainer never imports builder code (the two programs meet only in ``shards/``): it starts the
+builder's console script once per run, in server mode (``actgen-build --serve``), and sends it
+one request per finished round: the round folder, the output, the trainer's data source (see
+``actgen.builder.serve`` for the line protocol). The builder keeps Ray and its workers, with
+their loaded generator, across rounds; the next epoch takes the finished data set through the
+usual path (wait, fetch, verify). A rerun after a crash is cheap: the builder keeps complete
+shards of an unfinished build with the same settings, and a finished one is left alone; since
+resume is exact, a re-run round writes the same checkpoint, so its settings match.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
@@ -39,35 +42,98 @@ def resolve_command(name: str) -> str:
     return found
 
 
-def builder_argv(cfg: SyntheticConfig, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> list[str]:
-    """The command line that builds round ``round_dir``'s data set into ``output``.
+REPLY_PREFIX = "actgen-serve "    # actgen.builder.serve's; the trainer does not import it
 
-    The builder reads the number of rounds for its §1.3 schedules from the manifest. It reads
-    guide images only from a data set it is given (a manifest never chooses what it reads), so
-    the trainer's own ``data.source`` is passed along. The config's own ``build_overrides`` come
-    last, so they win.
-    """
-    argv = [resolve_command(cfg.build_command)]
+
+def server_argv(cfg: SyntheticConfig) -> list[str]:
+    """The command line of the run's builder server; the config's own ``build_overrides`` are
+    its ``--set`` overrides, applied after each round's paths, so they win."""
+    argv = [resolve_command(cfg.build_command), "--serve"]
     if cfg.build_config is not None:
         argv += ["--config", cfg.build_config]
-    argv += ["--round-dir", str(round_dir), "--output", str(output)]
-    if dataset is not None:
-        argv += ["--set", f"dataset={json.dumps(dataclasses.asdict(dataset))}"]
     for override in cfg.build_overrides:
         argv += ["--set", override]
     return argv
 
 
-def build_round(cfg: SyntheticConfig, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> None:
-    """Run the builder for one round (on ``dataset``, the trainer's data source); its output goes
-    to this process's stdout/stderr.
+def request_line(round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> str:
+    """One round's request. The builder reads the number of rounds for its §1.3 schedules from
+    the manifest; it reads guide images only from a data set it is given (a manifest never
+    chooses what it reads), so the trainer's own ``data.source`` is passed along."""
+    return json.dumps({"round_dir": str(round_dir), "output": str(output),
+                       "dataset": dataclasses.asdict(dataset) if dataset is not None else None}) + "\n"
+
+
+class InlineBuilder:
+    """The run's ``actgen-build --serve`` process: started at the first round, ended by :meth:`close`
+    (or at exit). Its log goes to this process's stderr."""
+
+    def __init__(self, cfg: SyntheticConfig):
+        self.cfg = cfg
+        self.proc: Optional[subprocess.Popen] = None
+
+    def build(self, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> dict:
+        """Build one round; return the builder's reply (``images``, ``seconds``).
+
+        Raises:
+            RuntimeError: the round failed (the builder's error line), or the builder exited.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            argv = server_argv(self.cfg)
+            _logger.info("starting the inline builder: %s", " ".join(argv))
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        _logger.info("building round %s inline into %s", round_dir.name, output)
+        try:
+            self.proc.stdin.write(request_line(round_dir, output, dataset))
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass     # it died: the reply loop below reports its exit status
+        for line in self.proc.stdout:
+            if line.startswith(REPLY_PREFIX):
+                reply = json.loads(line[len(REPLY_PREFIX):])
+                if not reply.get("ok"):
+                    raise RuntimeError(f"inline actgen-build for {round_dir} failed: {reply.get('error')}")
+                return reply
+        status = self.proc.wait()
+        raise RuntimeError(f"inline actgen-build exited with status {status} while building {round_dir} "
+                           f"(its own error line is above, on stderr)")
+
+    def close(self, timeout: float = 60.0) -> None:
+        """End the builder: end of input, then wait (kill after ``timeout`` seconds)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+_BUILDERS: dict[str, InlineBuilder] = {}
+
+
+def build_round(cfg: SyntheticConfig, round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> dict:
+    """Build one round with the builder server of ``cfg`` (started on first use).
 
     Raises:
-        RuntimeError: the builder failed (its own error line is above, on stderr).
+        RuntimeError: the builder failed (its error line is in the message and on stderr).
     """
-    argv = builder_argv(cfg, round_dir, output, dataset)
-    _logger.info("building round %s inline: %s", round_dir.name, " ".join(argv))
-    run_script(argv, f"inline actgen-build for {round_dir}")
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    builder = _BUILDERS.get(key)
+    if builder is None:
+        builder = _BUILDERS[key] = InlineBuilder(cfg)
+    return builder.build(round_dir, output, dataset)
+
+
+def close_builders() -> None:
+    """End every builder server this process started (the end of a run)."""
+    while _BUILDERS:
+        _BUILDERS.popitem()[1].close()
+
+
+atexit.register(close_builders)
 
 
 def run_script(argv: list[str], what: str) -> None:

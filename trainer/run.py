@@ -43,7 +43,7 @@ from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, buil
                    make_train_loader, shard_for_rank, split_indices)
 from .distributed import Runtime
 from .evaluate import Predictions, predict
-from .inline import build_round
+from .inline import build_round, close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, recompute_bn_statistics, unwrap
@@ -100,6 +100,7 @@ def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> 
     try:
         return _run(cfg, rt, resume, stop_after)
     finally:
+        close_builders()          # the inline builder server, if this run started one
         dist_utils.teardown(rt)
 
 

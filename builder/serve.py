@@ -1,0 +1,113 @@
+"""``actgen-build --serve``: one builder process for a whole training run, fed round by round.
+
+The trainer's inline builds (``synthetic.source: inline``) start it once, at the first round, and
+send one request per finished round on its stdin, one JSON object per line::
+
+    {"round_dir": "runs/x/rounds/3", "output": "runs/x/rounds/3/shards", "dataset": {...} | null}
+
+Each request is built as ``actgen-build --round-dir ROUND_DIR --output OUTPUT --set dataset=...``
+with the process's own ``--config`` and ``--set`` overrides would be (a round folder's own
+``shards/`` output is marked in ``build_status.json``), but every round shares one
+:class:`~.workers.WorkerPool`: Ray starts once and its workers keep their loaded generator. Each
+request gets one reply line on stdout, ``actgen-serve {"ok": true, "images": N, "seconds": S}``
+or ``actgen-serve {"ok": false, "error": "<one line>"}``; a failed round does not end the server.
+Logs go to stderr; the prefix lets a reader skip anything else a library prints. End of input
+ends it (and its workers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Optional, Sequence
+
+from actgen.shards.errors import one_line
+from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
+
+from .config import load_config, path_override
+
+REPLY_PREFIX = "actgen-serve "
+MAX_REQUEST_CHARS = 1 << 20     # a request is a few paths; anything longer is not one
+
+_logger = logging.getLogger(__name__)
+
+
+def parse_request(line: str) -> tuple[Path, Optional[Path], Optional[dict]]:
+    """``(round_dir, output or None, dataset or None)`` of one request line.
+
+    Raises:
+        ValueError: not a JSON object with a string ``round_dir`` (naming what is wrong).
+    """
+    if len(line) > MAX_REQUEST_CHARS:
+        raise ValueError(f"request of {len(line)} characters: expected at most {MAX_REQUEST_CHARS}")
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"request is not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(request, dict):
+        raise ValueError(f"request is a JSON {type(request).__name__}: expected an object")
+    unknown = sorted(set(request) - {"round_dir", "output", "dataset"})
+    if unknown:
+        raise ValueError(f"request has unknown keys {unknown}: expected round_dir, output, dataset")
+    round_dir, output, dataset = request.get("round_dir"), request.get("output"), request.get("dataset")
+    if not isinstance(round_dir, str) or not round_dir:
+        raise ValueError(f"request round_dir = {round_dir!r}: expected a path")
+    if output is not None and not isinstance(output, str):
+        raise ValueError(f"request output = {output!r}: expected a path or null")
+    if dataset is not None and not isinstance(dataset, dict):
+        raise ValueError(f"request dataset = {dataset!r}: expected an object or null")
+    return Path(round_dir), Path(output) if output else None, dataset
+
+
+def request_overrides(round_dir: Path, output: Optional[Path], dataset: Optional[dict]) -> list[str]:
+    """The ``--set`` overrides of one request, before the server's own."""
+    sets = [path_override("checkpoint", round_dir / CHECKPOINT_DIR),
+            path_override("manifest", round_dir / MANIFEST_FILE),
+            path_override("output.path", output if output is not None else round_dir / SHARDS_DIR)]
+    if dataset is not None:
+        sets.append(f"dataset={json.dumps(dataset)}")
+    return sets
+
+
+def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Iterable[str], replies: IO[str],
+          build=None) -> int:
+    """Answer every request of ``requests`` on ``replies``; return how many rounds were built.
+
+    ``build(cfg, round_dir, pool)`` builds one request (tests pass their own).
+    """
+    from .workers import WorkerPool
+
+    # A typo fails now, not at the first round.
+    load_config(config_path, [*request_overrides(Path("round"), None, None), *overrides])
+    built = 0
+    with WorkerPool() as pool:
+        for line in requests:
+            if not line.strip():
+                continue
+            start = time.perf_counter()
+            try:
+                round_dir, output, dataset = parse_request(line)
+                cfg = load_config(config_path, [*request_overrides(round_dir, output, dataset), *overrides])
+                images = (build or _build)(cfg, round_dir, pool)
+                reply = {"ok": True, "images": images, "seconds": round(time.perf_counter() - start, 3)}
+                built += 1
+            except Exception as e:      # one round's failure is the client's to report; keep serving
+                _logger.error("request failed: %s", one_line(e))
+                reply = {"ok": False, "error": one_line(e)}
+            replies.write(REPLY_PREFIX + json.dumps(reply) + "\n")
+            replies.flush()
+    return built
+
+
+def _build(cfg, round_dir: Path, pool) -> int:
+    import functools
+
+    from .pipeline import build_round, run
+
+    if (round_dir / MANIFEST_FILE).is_file() and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve():
+        _, result = build_round(round_dir, cfg, functools.partial(run, pool=pool))
+    else:
+        result = run(cfg, pool=pool)
+    return result.index.num_samples

@@ -1,0 +1,64 @@
+"""``actgen-build --serve``: requests on stdin, one reply line each, one worker pool for all rounds."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from actgen.builder.serve import REPLY_PREFIX, parse_request, serve
+from actgen.shards.rounds import read_status
+from actgen.shards.sources import DIGIT_NAMES
+from actgen.shards.verify import verify
+
+
+def _replies(out: io.StringIO) -> list[dict]:
+    lines = out.getvalue().splitlines()
+    assert all(line.startswith(REPLY_PREFIX) for line in lines)
+    return [json.loads(line[len(REPLY_PREFIX):]) for line in lines]
+
+
+@pytest.mark.parametrize("line, error", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "JSON list: expected an object"),
+    ('{"round_dir": 3}', "round_dir = 3"),
+    ('{"round_dir": "r", "outptu": "o"}', "unknown keys ['outptu']"),
+    ('{"round_dir": "r", "dataset": "builtin:digits"}', "dataset = 'builtin:digits'"),
+])
+def test_a_bad_request_is_named(line, error):
+    with pytest.raises(ValueError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        parse_request(line)
+
+
+def test_every_request_gets_one_reply_and_a_failure_does_not_end_the_server(build_round, build_fast, tmp_path):
+    pools, seen = [], []
+
+    def fake_build(cfg, round_dir, pool):
+        pools.append(pool)
+        seen.append((round_dir, cfg.output.path, cfg.budget))
+        if round_dir.name == "bad":
+            raise FileNotFoundError(f"{round_dir}/hard_samples.json: no such file")
+        return 6
+
+    requests = [json.dumps({"round_dir": str(build_round), "output": str(tmp_path / "a")}), "",
+                "garbage", json.dumps({"round_dir": str(tmp_path / "bad")}),
+                json.dumps({"round_dir": str(build_round), "output": str(tmp_path / "b")})]
+    out = io.StringIO()
+    built = serve(None, [*build_fast, "budget=6"], requests, out, build=fake_build)
+    replies = _replies(out)
+    assert built == 2 and [r["ok"] for r in replies] == [True, False, False, True]
+    assert "not JSON" in replies[1]["error"] and "hard_samples.json: no such file" in replies[2]["error"]
+    assert replies[0]["images"] == 6
+    assert len(set(map(id, pools))) == 1                 # one pool for every round
+    assert seen[0][1] == str(tmp_path / "a") and seen[0][2] == 6   # the server's overrides apply
+    assert seen[1][1] == str(tmp_path / "bad" / "shards")          # no output: the round's own shards/
+
+
+def test_serving_a_round_folder_builds_and_marks_it(write_round, build_fast, tmp_path):
+    directory, _ = write_round(tmp_path / "run" / "rounds" / "0", round=0)
+    out = io.StringIO()
+    assert serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(directory)})], out) == 1
+    (reply,) = _replies(out)
+    assert reply["ok"] and reply["images"] == 4
+    assert verify(directory / "shards", class_names=list(DIGIT_NAMES)).num_samples == 4
+    assert read_status(directory).state == "done"
