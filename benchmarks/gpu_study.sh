@@ -11,6 +11,9 @@
 #      2x a 50-image round budget, seeds 0-9 in seed-major order, 8 runs at a time) until the
 #      budget runs out; the finished runs' records come back in records.tar.
 #
+# To continue a study, the prepare script also carries the generator and the records made so far
+# (.gpustudy/generator, .gpustudy/records): the fit is skipped and finished runs are not rerun.
+#
 # Prepare HERE first: `bash benchmarks/gpu_study_prepare.sh` (wheels without Ray and the split
 # into the ignored .gpustudy/), then call the device with command `bash benchmarks/gpu_study.sh`,
 # carry [".gpustudy"]. `bash benchmarks/gpu_study.sh --tiny` tries the whole script on this CPU
@@ -83,24 +86,33 @@ left() { echo $((BUDGET - SECONDS)); }
 
 # -------------------------------------------------------------------------------- 1. fit
 GEN=$SCRATCH/cifar10-5k-pool
-say "BEGIN fit (timeout $(( $(left) - 200 ))s)"
-timeout -k 10 $(( $(left) - 200 )) actgen-fit-generator --config configs/fit-cifar10-5k-gpu.yaml --output "$GEN" \
-    --set "data.path=$STUDY_DIR/data/pool.parquet" --set "train.device=$DEVICE" "${FIT_SETS[@]}"
-rc=$?
-say "END fit: rc=$rc"
-[[ -f $GEN/fit_record.json ]] || { say "FATAL: no generator"; exit 4; }
-rm -rf "$GEN/checkpoints"
-tar -C "$SCRATCH" -cf - cifar10-5k-pool | split -b 15M -d - "$OUT/generator.tar.part-"
-( cd "$OUT" && sha256sum generator.tar.part-* )
-cp "$GEN"/samples/*.png "$OUT/fit_grid.png" 2>/dev/null
+mkdir -p "$SCRATCH/records"
+[[ -d $REPO/.gpustudy/records ]] && cp "$REPO"/.gpustudy/records/*.json "$SCRATCH/records/" 2>/dev/null
+if [[ -f $REPO/.gpustudy/generator/fit_record.json ]]; then
+    say "using the carried generator .gpustudy/generator (no fit)"
+    GEN=$REPO/.gpustudy/generator
+else
+    say "BEGIN fit (timeout $(( $(left) - 200 ))s)"
+    timeout -k 10 $(( $(left) - 200 )) actgen-fit-generator --config configs/fit-cifar10-5k-gpu.yaml --output "$GEN" \
+        --set "data.path=$STUDY_DIR/data/pool.parquet" --set "train.device=$DEVICE" "${FIT_SETS[@]}"
+    say "END fit: rc=$?"
+    [[ -f $GEN/fit_record.json ]] || { say "FATAL: no generator"; exit 4; }
+    rm -rf "$GEN/checkpoints"
+    tar -C "$SCRATCH" -cf - cifar10-5k-pool | split -b 15M -d - "$OUT/generator.tar.part-"
+    ( cd "$OUT" && sha256sum generator.tar.part-* )
+    cp "$GEN"/samples/*.png "$OUT/fit_grid.png" 2>/dev/null
+fi
 
 # -------------------------------------------------------------------------------- 2. score (beside)
+BENCH_PID=
+if [[ ! -f $REPO/.gpustudy/generator/fit_record.json ]]; then
 mkdir -p "$SCRATCH/bench"
 OMP_NUM_THREADS=2 timeout -k 10 $(( $(left) - 30 )) "$PY" benchmarks/bench_generator.py --skip-fit --output "$GEN" \
     --train-config configs/train-cifar10-5k.yaml --train-set "data.source.path=$STUDY_DIR/data/pool.parquet" \
     --classifier-dir "$SCRATCH/classifier" --results-dir "$OUT" --threads 2 "${BENCH_SETS[@]}" \
     >"$SCRATCH/bench.log" 2>&1 &
 BENCH_PID=$!
+fi
 
 # -------------------------------------------------------------------------------- 3. study
 say "BEGIN study (timeout $(( $(left) - 20 ))s)"
@@ -109,7 +121,7 @@ timeout -k 10 $(( $(left) - 20 )) "$PY" benchmarks/study_active.py --data ../sha
     --train-config configs/train-study-cifar10-5k.yaml --build-config configs/build-study-cifar10-5k.yaml \
     "${STUDY_SETS[@]}"
 say "END study: rc=$? ($(ls "$SCRATCH/records" 2>/dev/null | grep -c '\-s[0-9]*\.json$') runs recorded)"
-wait $BENCH_PID; say "bench_generator: rc=$?"; tail -n 20 "$SCRATCH/bench.log"
+if [[ -n $BENCH_PID ]]; then wait $BENCH_PID; say "bench_generator: rc=$?"; tail -n 20 "$SCRATCH/bench.log"; fi
 tar -C "$SCRATCH" -cf "$OUT/records.tar" records -C "$STUDY_DIR" logs 2>/dev/null
 ls -la "$OUT"
 say "done"

@@ -7,6 +7,9 @@
 #                                 64 MiB the working tree may weigh beside the data)
 #   .gpustudy/study/data/         the study's split of the CIFAR-10-5k subset (pool, labeled, test),
 #                                 made here by benchmarks/study_active.py's own make_split
+#   .gpustudy/generator/          to continue a study: the generator fitted by an earlier call
+#   .gpustudy/records/            (STUDY_GENERATOR, default runs/generators/cifar10-5k-pool) and the
+#                                 records so far (STUDY_RECORDS, default docs/study/cifar10-5k-gpu-pilot)
 #
 # Then call the device with: command `bash benchmarks/gpu_study.sh`, carry [".gpustudy"].
 set -euo pipefail
@@ -29,4 +32,12 @@ args = parse_args(["--data", sys.argv[1], "--labeled-per-class", "50", "--genera
                    "--out", ".gpustudy/study", "--records", "-"])
 make_split(args, Path(".gpustudy/study"))
 PY
-du -sh .gpustudy/whl .gpustudy/study/data
+GEN=${STUDY_GENERATOR:-runs/generators/cifar10-5k-pool}
+RECORDS=${STUDY_RECORDS:-docs/study/cifar10-5k-gpu-pilot}
+rm -rf .gpustudy/generator .gpustudy/records .gpustudy/study/runs .gpustudy/study/logs
+if [[ -f $GEN/fit_record.json ]]; then
+    cp -r "$GEN" .gpustudy/generator && rm -rf .gpustudy/generator/checkpoints
+    mkdir -p .gpustudy/records
+    cp "$RECORDS"/*-s*.json "$RECORDS"/settings.json .gpustudy/records/ 2>/dev/null || true
+fi
+du -sh .gpustudy/*

@@ -303,6 +303,13 @@ class ShardRandomAccess:
         """All labels in sample order (read once at construction)."""
         return list(self._labels)
 
+    def provenance(self, index: int) -> dict:
+        """The sample's provenance alone (its image is not read)."""
+        number, key, _, _, json_span = self._entry(index)
+        path = self._paths[number]
+        with open(path, "rb") as f:
+            return decode_provenance(read_member(f, json_span), path, key)
+
     def sample(self, index: int) -> SyntheticSample:
         """The full sample, provenance included."""
         number, key, ext, span, json_span = self._entry(index)

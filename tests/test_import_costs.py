@@ -20,6 +20,7 @@ CLI_CALLS = [
     ("actgen.trainer.cli", ["--config", str(REPO_CONFIGS / "train-digits.yaml"), "--print-config"]),
     ("actgen.fitting.cli", ["--help"]),
     ("actgen.demo.cli", ["--help"]),
+    ("actgen.sharing.cli", ["--help"]),
 ]
 
 

@@ -1,0 +1,1 @@
+"""``actgen-data``: inspect and check shard data sets that are shared between teams."""

@@ -1,0 +1,74 @@
+"""``actgen-data``: look into and check shard data sets received from, or handed to, another team."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from actgen.shards.errors import cli_errors
+from actgen.shards.runtime import setup_logging
+
+EPILOG = """\b
+Examples:
+  actgen-data info runs/demo/active/rounds/1/shards
+  actgen-data info runs/demo/active/rounds/1/shards --json
+  actgen-data verify runs/demo/active/rounds/1/shards --decode
+  actgen-data verify https://host/sets/round-1 --class-names airplane,automobile,...
+
+\b
+A data set is a folder (or an http(s) URL, for verify) holding index.json and the shards it lists,
+as actgen-build writes it. A data set that fails a check (or is none) exits with status 2 and one
+line naming the file and what is wrong; info prints its summary and exits 1 when it does not verify.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("-v", "--verbose", "--debug", "verbose", is_flag=True, help="Debug logging and tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """Inspect and verify ActGen synthetic data sets (WebDataset shards + index.json)."""
+    setup_logging(verbose)
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip the checksum / count check.")
+@click.option("--decode", is_flag=True, help="Verify by decoding every image too (slower).")
+@click.pass_context
+def info(ctx: click.Context, dataset: Path, as_json: bool, no_verify: bool, decode: bool) -> None:
+    """What DATASET holds: images per class, mode, round and generator; image size; the build
+    settings; whether it verifies."""
+    with cli_errors("actgen-data info", ctx.obj["verbose"]):
+        from .inspect import describe, format_summary
+
+        summary = describe(dataset, check=not no_verify, decode=decode)
+        click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
+        if "verify" in summary and not summary["verify"]["ok"]:
+            ctx.exit(1)
+
+
+@main.command("verify")
+@click.argument("dataset")
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="The class names it must have, in label order (comma-separated).")
+@click.option("--decode/--no-decode", default=True, show_default=True, help="Decode every image.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Bound on all downloads together (URLs).")
+@click.pass_context
+def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str], decode: bool,
+                   timeout: Optional[float]) -> None:
+    """Check DATASET: index, sizes, sha256s, sample counts, labels, keys, images, class names."""
+    with cli_errors("actgen-data verify", ctx.obj["verbose"]):
+        from actgen.shards.verify import verify
+
+        names = [n.strip() for n in class_names.split(",")] if class_names else None
+        report = verify(dataset, class_names=names, decode=decode, timeout_s=timeout)
+        click.echo(f"{dataset}: ok, {report.num_samples} samples in {report.num_shards} shards")
+
+
+if __name__ == "__main__":  # python -m actgen.sharing.cli ...
+    main()

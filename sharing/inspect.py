@@ -1,0 +1,104 @@
+"""What a shard data set holds: counts per class, mode, round and generator, image size, the build
+settings and whether it verifies. Pure reading; the CLI formats it (``actgen-data info``)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from actgen.shards.errors import FormatError, one_line
+from actgen.shards.reader import ShardRandomAccess
+from actgen.shards.verify import verify
+
+BUILD_FILE = "build.json"          # the builder's; read, never required
+MAX_BUILD_FILE_BYTES = 1 << 20
+
+
+def describe(directory: str | Path, check: bool = True, decode: bool = False) -> dict[str, Any]:
+    """A summary of the data set in ``directory`` (a JSON-able dict).
+
+    Raises:
+        FormatError: not a data set (no or a bad ``index.json``), or a shard listed there is
+            missing or unreadable (naming the file).
+    """
+    directory = Path(directory)
+    data = ShardRandomAccess(directory)
+    index = data.index
+    by_class: Counter[str] = Counter()
+    by_mode: Counter[str] = Counter()
+    by_round: Counter[str] = Counter()
+    generators: dict[str, dict] = {}
+    for i in range(len(data)):
+        p = data.provenance(i)
+        by_class[data.class_names[data.label(i)]] += 1
+        by_mode[str((p.get("guidance") or {}).get("mode", "unknown"))] += 1
+        by_round[str(p.get("round", "unknown"))] += 1
+        gen = p.get("generator") or {}
+        sha = str(gen.get("weights_sha256", "unknown"))
+        entry = generators.setdefault(sha, {"weights_sha256": sha, "name": generator_name(gen), "images": 0})
+        entry["images"] += 1
+    summary = {
+        "location": str(directory), "name": index.name, "num_samples": index.num_samples,
+        "num_shards": len(index.shards), "image_size": list(index.image_size),
+        "class_names": list(index.class_names),
+        "per_class": {name: by_class.get(name, 0) for name in index.class_names},
+        "per_mode": dict(sorted(by_mode.items())), "per_round": dict(sorted(by_round.items())),
+        "generators": sorted(generators.values(), key=lambda g: -g["images"]),
+        "created": index.created, "build": read_build_settings(directory),
+    }
+    if check:
+        try:
+            verify(directory, decode=decode)
+            summary["verify"] = {"ok": True, "decoded": decode}
+        except FormatError as e:
+            summary["verify"] = {"ok": False, "error": one_line(e)}
+    return summary
+
+
+def generator_name(record: dict) -> str:
+    """A generator's portable name: the last part of its id (a hub id's ``org/name``, a folder's
+    name), never a whole local path."""
+    ident = str(record.get("name") or record.get("id") or "unknown")
+    if ident.startswith("/") or ident.startswith("~") or "\\" in ident:
+        return Path(ident).name or ident
+    return ident
+
+
+def read_build_settings(directory: Path) -> dict | None:
+    """``build.json``'s settings when the data set has one (bounded read), else None."""
+    path = directory / BUILD_FILE
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        raw = f.read(MAX_BUILD_FILE_BYTES + 1)
+    if len(raw) > MAX_BUILD_FILE_BYTES:
+        raise FormatError(str(path), f"over {MAX_BUILD_FILE_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(str(path), f"not valid JSON ({e})") from None
+    return data.get("settings") if isinstance(data, dict) else None
+
+
+def format_summary(s: dict) -> str:
+    """The summary as terminal text."""
+    lines = [f"{s['location']}: {s['num_samples']} images in {s['num_shards']} shards, "
+             f"{s['image_size'][0]}x{s['image_size'][1]}, {len(s['class_names'])} classes"]
+    if "verify" in s:
+        v = s["verify"]
+        lines.append("verify: ok" + (" (images decoded)" if v.get("decoded") else " (checksums, counts, labels)")
+                     if v["ok"] else f"verify: FAILED: {v['error']}")
+    width = max((len(n) for n in s["per_class"]), default=5)
+    lines.append("per class:")
+    lines += [f"  {name:<{width}}  {n:>6}" for name, n in s["per_class"].items()]
+    lines.append("per mode:  " + ", ".join(f"{k} {v}" for k, v in s["per_mode"].items()))
+    lines.append("per round: " + ", ".join(f"{k} {v}" for k, v in s["per_round"].items()))
+    lines.append("generators:")
+    lines += [f"  {g['name']} (weights sha256 {g['weights_sha256'][:12]}): {g['images']} images"
+              for g in s["generators"]]
+    if s.get("build"):
+        b = s["build"]
+        keys = ("mode", "budget", "seed", "round", "targets", "bank_scope")
+        lines.append("build: " + ", ".join(f"{k} {b[k]}" for k in keys if k in b))
+    return "\n".join(lines)
