@@ -34,6 +34,7 @@ from actgen.shards import __version__
 from actgen.shards._schema import utc_now
 from actgen.shards.errors import one_line, writing
 from actgen.shards.locks import hold_lock, sibling_lock_path
+from actgen.shards.portable import portable, portable_path
 from actgen.shards.rounds import STATUS_FILE, BuildStatus, read_status, write_status
 from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
 
@@ -163,9 +164,12 @@ def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: di
         class_names=list(inputs.class_names), image_size=sizes.pop(),
         shards=[infos[s.filename] for s in plan.shards], num_samples=plan.num_samples, name=cfg.output.name,
         created={"tool_version": __version__, "time": utc_now(), "round": inputs.round,
-                 "generator": settings["settings"]["generator"]["path"],
+                 # Portable: what leaves this machine with the data set names no local path.
+                 "generator": {"name": portable_path(settings["settings"]["generator"]["path"]),
+                               "weights_sha256": next((r["generator_sha256"] for r in rows), state.generator_sha256)},
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
-                 "memory_bank": bank_record, "config": settings["config"]})
+                 "memory_bank": portable(bank_record, inputs.output),
+                 "config": portable(settings["config"], inputs.output)})
     with writing(f"{inputs.output} (its index.json, _info.json or README.md)"):
         write_index(inputs.output, index)
     remove_parts(inputs.output)      # after the index: an attempt before it still needed them

@@ -28,6 +28,7 @@ import torch
 
 from actgen.shards._schema import jsonable
 from actgen.shards.errors import writing
+from actgen.shards.portable import portable_path
 from actgen.shards.samples import SyntheticSample
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import write_shard
@@ -209,7 +210,8 @@ def generator_key(cfg: GeneratorConfig, device: str) -> tuple:
 
 def _load_with_record(cfg: GeneratorConfig, device: str) -> tuple[object, dict]:
     generator = load_generator(cfg, device)
-    record = {"id": getattr(generator, "name", cfg.path), "weights_sha256": generator.weights_hash(),
+    # The id is portable (a folder's name, a hub id): provenance travels with the data set.
+    record = {"id": portable_path(getattr(generator, "name", None) or cfg.path), "weights_sha256": generator.weights_hash(),
               "dtype": str(generator.dtype).removeprefix("torch."), "image_size": generator.image_size}
     return generator, record
 
