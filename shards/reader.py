@@ -303,6 +303,10 @@ class ShardRandomAccess:
         """All labels in sample order (read once at construction)."""
         return list(self._labels)
 
+    def image_extension(self, index: int) -> str:
+        """The sample's image member: ``png``, ``jpg`` or ``webp``."""
+        return self._entry(index)[2]
+
     def provenance(self, index: int) -> dict:
         """The sample's provenance alone (its image is not read)."""
         number, key, _, _, json_span = self._entry(index)

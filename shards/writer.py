@@ -218,6 +218,9 @@ def dataset_card(index: DatasetIndex) -> str:
     for key in ("tool_version", "time", "round", "generator"):
         if key in created:
             lines.append(f"- {key.replace('_', ' ').capitalize()}: `{json.dumps(created[key])}`")
+    for source in created.get("sources") or []:      # a merged data set lists what it was made of
+        lines.append(f"- Source: `{source.get('path')}` ({source.get('num_samples')} samples, round "
+                     f"{source.get('round')}, index sha256 {str(source.get('index_sha256'))[:12]})")
     lines += [
         "",
         "Read with timm: `timm.data.create_dataset('wds/<name>', root=<this directory>, split='train')`.",

@@ -16,6 +16,7 @@ Examples:
   actgen-data info runs/demo/active/rounds/1/shards --json
   actgen-data verify runs/demo/active/rounds/1/shards --decode
   actgen-data verify https://host/sets/round-1 --class-names airplane,automobile,...
+  actgen-data merge runs/demo/merged runs/demo/active/rounds/*/shards
 
 \b
 A data set is a folder (or an http(s) URL, for verify) holding index.json and the shards it lists,
@@ -28,7 +29,7 @@ line naming the file and what is wrong; info prints its summary and exits 1 when
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
-    """Inspect and verify ActGen synthetic data sets (WebDataset shards + index.json)."""
+    """Inspect, verify and merge ActGen synthetic data sets (WebDataset shards + index.json)."""
     setup_logging(verbose)
     ctx.obj = {"verbose": verbose}
 
@@ -68,6 +69,23 @@ def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str],
         names = [n.strip() for n in class_names.split(",")] if class_names else None
         report = verify(dataset, class_names=names, decode=decode, timeout_s=timeout)
         click.echo(f"{dataset}: ok, {report.num_samples} samples in {report.num_shards} shards")
+
+
+@main.command("merge")
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--samples-per-shard", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a data set already in OUTPUT.")
+@click.pass_context
+def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], samples_per_shard: int,
+                  overwrite: bool) -> None:
+    """Merge the SOURCES data sets (e.g. every round of a run) into one new data set in OUTPUT:
+    one index and card listing the sources, keys and provenance kept."""
+    with cli_errors("actgen-data merge", ctx.obj["verbose"]):
+        from .merge import merge
+
+        index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite)
+        click.echo(f"{output}: {index.num_samples} images in {len(index.shards)} shards from {len(sources)} data sets")
 
 
 if __name__ == "__main__":  # python -m actgen.sharing.cli ...

@@ -1,0 +1,80 @@
+"""``actgen-data merge``: several data sets (say, every round of a run) into one new data set with
+one index and card. Keys stay as they are (a key seen twice is an error naming both sets), each
+sample keeps its provenance, and the index lists the sources (portable: no local paths)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from actgen.shards.errors import FormatError
+from actgen.shards.portable import portable_path
+from actgen.shards.reader import ShardRandomAccess
+from actgen.shards.verify import verify
+from actgen.shards.writer import INDEX_FILE, DatasetIndex, ShardSetWriter, file_sha256
+
+SAMPLES_PER_SHARD = 1000
+
+
+def merge(sources: Sequence[str | Path], output: str | Path, samples_per_shard: int = SAMPLES_PER_SHARD,
+          overwrite: bool = False) -> DatasetIndex:
+    """Write the samples of ``sources``, in order, as one data set in ``output``.
+
+    Every source is verified first (checksums, counts, labels; images are decoded while copying).
+    PNG images are copied losslessly; JPEG and WebP ones are re-encoded in their own format.
+
+    Raises:
+        FormatError: a source is not a finished data set or fails its check.
+        ValueError: no source, one listed twice, class names or image sizes that differ between
+            sources, or a key present in two of them (naming both); nothing is indexed then.
+        FileExistsError: ``output`` holds a data set and ``overwrite`` is false.
+    """
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise ValueError("merge: no source data sets given")
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"merge: a source is listed twice in {[str(p) for p in paths]}")
+    if Path(output).resolve() in resolved:
+        raise ValueError(f"merge: the output {output} is also a source")
+    # 1. Every source verifies and agrees with the first on class names and image size.
+    sets = []
+    for path in paths:
+        verify(path, decode=False)
+        sets.append(ShardRandomAccess(path))
+    first = sets[0]
+    for path, data in zip(paths[1:], sets[1:]):
+        if data.class_names != first.class_names:
+            raise ValueError(f"merge: {path} has class names {data.class_names}, {paths[0]} has {first.class_names}")
+        if tuple(data.index.image_size) != tuple(first.index.image_size):
+            raise ValueError(f"merge: {path} holds {tuple(data.index.image_size)} (HxW) images, "
+                             f"{paths[0]} holds {tuple(first.index.image_size)}")
+    seen: dict[str, Path] = {}
+    for path, data in zip(paths, sets):
+        for i in range(len(data)):
+            key = data.key(i)
+            if key in seen:
+                raise ValueError(f"merge: key {key!r} is in both {seen[key]} and {path}; keys must be unique "
+                                 "(the same data set twice, or sets built with the same round and seed?)")
+            seen[key] = path
+    # 2. The sources as the index lists them.
+    listed = [{"path": portable_path(str(p)), "name": d.index.name, "num_samples": len(d),
+               "index_sha256": file_sha256(p / INDEX_FILE), "round": d.index.created.get("round")}
+              for p, d in zip(paths, sets)]
+    total = sum(len(d) for d in sets)
+    fmt = _image_format(first)
+    # 3. Copy, sample by sample (the writer checks keys, labels, sizes; an error leaves no index).
+    with ShardSetWriter(output, first.class_names, total, max(1, -(-total // samples_per_shard)),
+                        prefix="merged", image_format=fmt, overwrite=overwrite,
+                        created={"merged_by": "actgen-data merge", "sources": listed}) as writer:
+        for data in sets:
+            for i in range(len(data)):
+                writer.write(data.sample(i))
+        index = writer.close()
+    return index
+
+
+def _image_format(data: ShardRandomAccess) -> str:
+    ext = data.image_extension(0) if len(data) else "png"
+    if ext not in ("png", "jpg", "webp"):
+        raise FormatError(str(data.directory), f"image member {ext!r}: expected png, jpg or webp")
+    return ext
