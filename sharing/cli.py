@@ -17,6 +17,7 @@ Examples:
   actgen-data verify runs/demo/active/rounds/1/shards --decode
   actgen-data verify https://host/sets/round-1 --class-names airplane,automobile,...
   actgen-data merge runs/demo/merged runs/demo/active/rounds/*/shards
+  actgen-data browse runs/demo/merged runs/demo/gallery      # then open runs/demo/gallery/index.html
 
 \b
 A data set is a folder (or an http(s) URL, for verify) holding index.json and the shards it lists,
@@ -29,7 +30,7 @@ line naming the file and what is wrong; info prints its summary and exits 1 when
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
-    """Inspect, verify and merge ActGen synthetic data sets (WebDataset shards + index.json)."""
+    """Inspect, verify, merge and browse ActGen synthetic data sets (WebDataset shards + index.json)."""
     setup_logging(verbose)
     ctx.obj = {"verbose": verbose}
 
@@ -86,6 +87,23 @@ def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], s
 
         index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite)
         click.echo(f"{output}: {index.num_samples} images in {len(index.shards)} shards from {len(sources)} data sets")
+
+
+@main.command("browse")
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--thumb", type=click.IntRange(16, 512), default=96, show_default=True, help="Thumbnail side (px).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
+@click.option("--overwrite", is_flag=True, help="Replace a gallery already in OUTPUT.")
+@click.pass_context
+def browse_command(ctx: click.Context, dataset: Path, output: Path, thumb: int, limit, overwrite: bool) -> None:
+    """A static HTML gallery of DATASET in OUTPUT (index.html + thumbs/; no server, no network):
+    filters by class, mode and round, each image's provenance on a click."""
+    with cli_errors("actgen-data browse", ctx.obj["verbose"]):
+        from .browse import write_gallery
+
+        n = write_gallery(dataset, output, thumb=thumb, limit=limit, overwrite=overwrite)
+        click.echo(f"{output / 'index.html'}: {n} images")
 
 
 if __name__ == "__main__":  # python -m actgen.sharing.cli ...
