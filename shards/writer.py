@@ -218,7 +218,11 @@ def dataset_card(index: DatasetIndex) -> str:
     for key in ("tool_version", "time", "round", "generator"):
         if key in created:
             lines.append(f"- {key.replace('_', ' ').capitalize()}: `{json.dumps(created[key])}`")
-    for source in created.get("sources") or []:      # a merged data set lists what it was made of
+    if isinstance(created.get("filter"), dict):       # a filtered one says how
+        f = created["filter"]
+        lines.append(f"- Filter: kept {f.get('kept')} of {f.get('of')} images with p(label) >= {f.get('min_prob')} "
+                     f"and rank <= {f.get('max_rank')}, scorer `{json.dumps(f.get('scorer'))}`")
+    for source in created.get("sources") or []:      # a merged or filtered data set lists what it was made of
         lines.append(f"- Source: `{source.get('path')}` ({source.get('num_samples')} samples, round "
                      f"{source.get('round')}, index sha256 {str(source.get('index_sha256'))[:12]})")
     lines += [

@@ -17,6 +17,7 @@ Examples:
   actgen-data verify runs/demo/active/rounds/1/shards --decode
   actgen-data verify https://host/sets/round-1 --class-names airplane,automobile,...
   actgen-data merge runs/demo/merged runs/demo/active/rounds/*/shards
+  actgen-data filter runs/demo/merged runs/demo/kept --checkpoint runs/demo/active/rounds/2/checkpoint
   actgen-data browse runs/demo/merged runs/demo/gallery      # then open runs/demo/gallery/index.html
 
 \b
@@ -30,7 +31,7 @@ line naming the file and what is wrong; info prints its summary and exits 1 when
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
-    """Inspect, verify, merge and browse ActGen synthetic data sets (WebDataset shards + index.json)."""
+    """Inspect, verify, merge, filter and browse ActGen synthetic data sets (WebDataset shards + index.json)."""
     setup_logging(verbose)
     ctx.obj = {"verbose": verbose}
 
@@ -87,6 +88,31 @@ def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], s
 
         index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite)
         click.echo(f"{output}: {index.num_samples} images in {len(index.shards)} shards from {len(sources)} data sets")
+
+
+@main.command("filter")
+@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The classifier bundle that scores the images (e.g. a round's checkpoint/).")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Keep an image when the probability of its label is at least this.")
+@click.option("--max-rank", type=click.IntRange(min=1), default=1, show_default=True,
+              help="... and its label is among this many most probable classes (1: the top class).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a data set already in OUTPUT.")
+@click.pass_context
+def filter_command(ctx: click.Context, dataset: Path, output: Path, checkpoint: Path, min_prob: float,
+                   max_rank: int, device: str, overwrite: bool) -> None:
+    """A new data set in OUTPUT with the images of DATASET that a classifier assigns to their label
+    (the filter's settings and the classifier's sha256 in its index and card)."""
+    with cli_errors("actgen-data filter", ctx.obj["verbose"]):
+        from .filter import ClassifierScorer, filter_dataset
+
+        index = filter_dataset(dataset, output, ClassifierScorer(checkpoint, device=device), min_prob=min_prob,
+                               max_rank=max_rank, overwrite=overwrite)
+        f = index.created["filter"]
+        click.echo(f"{output}: kept {f['kept']} of {f['of']} images")
 
 
 @main.command("browse")
