@@ -250,7 +250,7 @@ class RayConfig:
     """Where the rendering runs.
 
     Attributes:
-        executor: ``ray``: Ray Data actor pools (one actor per GPU, or CPU actors); ``local``: the
+        executor: ``ray``: a pool of Ray actors (one per GPU, or CPU actors); ``local``: the
             same shard writer, one shard after another in this process (debugging, no Ray).
         address: join this Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``); null starts
             a local one (unless this process already called ``ray.init``).

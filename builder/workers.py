@@ -160,7 +160,7 @@ class WorkerPool:
 def unwrap_ray_error(e: Exception) -> Exception:
     """The worker's own exception (e.g. a ValueError naming the file) instead of Ray's wrappers.
 
-    Ray Data raises ``RayTaskError(UserCodeException)`` for a failing ``__call__`` and
+    Ray raises ``RayTaskError`` (wrapping the worker's exception) for a failing method and
     ``ActorDiedError`` for a failing ``__init__``; both carry the worker's traceback as text.
     """
     seen: set[int] = set()

@@ -1,4 +1,4 @@
-"""``run(cfg)`` on Ray Data actor pools: one worker and two give the same keys (and, with one
+"""``run(cfg)`` on Ray actor pools: one worker and two give the same keys (and, with one
 memory bank per shard, the same bytes); a build killed midway and rerun ends complete; the CLI
 smoke config runs end to end."""
 from __future__ import annotations
