@@ -97,7 +97,9 @@ class WorkerPool:
         try:
             return self._render_on_ray(spec, todo, cfg)
         except Exception as e:
-            self._actors, self._shape = [], None     # a failed actor may be dead: start afresh next time
+            # A failed actor may be dead, or alive and holding its CPUs/GPU: end them all, so the
+            # next build starts afresh instead of waiting for resources the old ones still hold.
+            self._kill_actors()
             raise unwrap_ray_error(e) from None
 
     def _render_on_ray(self, spec: RenderSpec, todo: list[int], cfg: BuildConfig) -> list[dict]:
@@ -112,6 +114,7 @@ class WorkerPool:
         workers = rc.workers or (max(1, int(gpus // max(gpus_per_worker, 1e-9))) if device == "cuda" else 1)
         shape = (workers, rc.cpus_per_worker, gpus_per_worker, device)
         if shape != self._shape:
+            self._kill_actors()
             self._actors = [ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=gpus_per_worker or None)(_ShardActor)
                             .remote() for _ in range(workers)]
             self._shape = shape
@@ -144,15 +147,24 @@ class WorkerPool:
 
         return ray.get([a.loads.remote() for a in self._actors]) if self._actors else []
 
-    def close(self) -> None:
-        """End the actors, and Ray if this pool started it."""
-        if self._actors or self._started_ray:
+    def _kill_actors(self) -> None:
+        actors, self._actors, self._shape = self._actors, [], None
+        if actors:
             import ray
 
-            for actor in self._actors:
-                ray.kill(actor)
-            self._actors, self._shape = [], None
-            if self._started_ray and ray.is_initialized():
+            for actor in actors:
+                try:
+                    ray.kill(actor)
+                except Exception as e:        # already gone, or Ray itself is down: nothing to free
+                    _logger.debug("could not kill a worker: %s", e)
+
+    def close(self) -> None:
+        """End the actors, and Ray if this pool started it."""
+        self._kill_actors()
+        if self._started_ray:
+            import ray
+
+            if ray.is_initialized():
                 ray.shutdown()
             self._started_ray = False
 

@@ -141,3 +141,21 @@ def test_a_pool_keeps_its_workers_and_their_generator_across_rounds(ray_cluster,
     assert len(loads) == 2 and all(x["generator"] == 1 for x in loads)
     for r in range(3):
         verify(tmp_path / "rounds" / str(r) / "shards", class_names=list(DIGIT_NAMES))
+
+
+@pytest.mark.timeout(600)
+def test_a_pool_recovers_from_a_failed_round(ray_cluster, build_config, tiny_generator, tmp_path):
+    # A round whose workers fail ends them (alive ones would keep holding the cluster's CPUs and
+    # the next round would wait for ever); the next round through the same pool completes.
+    from actgen.builder.workers import WorkerPool
+
+    tiny_generator.save_pretrained(tmp_path / "sd")
+    (tmp_path / "sd" / "unet" / "config.json").write_text("{not json")
+    sets = ("ray.executor=ray", "ray.workers=2", "ray.cpus_per_worker=1")
+    with WorkerPool() as pool:
+        with pytest.raises(RuntimeError, match="cannot load component 'unet'"):
+            run(build_config(*sets, f"generator.path={tmp_path / 'sd'}", output=tmp_path / "bad"), pool=pool)
+        assert pool._actors == []
+        good = run(build_config(*sets, output=tmp_path / "good"), pool=pool)
+    assert len(good.rendered) == 3
+    assert verify(tmp_path / "good", class_names=list(DIGIT_NAMES)).num_samples == 6
