@@ -39,8 +39,9 @@ _ROUND = re.compile(r"round (\d+): (building|done)")
 
 
 def script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else name
+    from actgen.trainer.inline import resolve_command   # beside this interpreter, then on PATH
+
+    return resolve_command(name)
 
 
 def make_run(work: Path) -> Path:

@@ -8,7 +8,6 @@ import click
 
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
-from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
 
 
 EPILOG = """\b
@@ -80,7 +79,7 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
     setup_logging(verbose)
     with cli_errors("actgen-build", verbose,
                     interrupted="interrupted; rerun the same command to finish the missing shards"):
-        from .config import config_to_yaml, load_config
+        from .config import config_to_yaml, load_config, round_overrides
 
         if serve:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
@@ -104,37 +103,15 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
             built = watch(config_path, overrides, WatchOptions(watch_dir, poll_s=poll, idle_timeout_s=idle_timeout))
             click.echo(f"{watch_dir}: every round built ({len(built)} by this run)")
             return
-        paths = _paths(round_dir, checkpoint, manifest, output)
-        cfg = load_config(config_path, [*paths, *overrides])
+        cfg = load_config(config_path, [*round_overrides(round_dir, checkpoint, manifest, output), *overrides])
         if print_config:
             click.echo(config_to_yaml(cfg), nl=False)
             return
-        from .pipeline import run
+        from .pipeline import build_and_mark
 
-        if (round_dir is not None and (round_dir / MANIFEST_FILE).is_file()
-                and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve()):
-            # A trainer round folder: mark it in build_status.json, as the watcher does. (Without
-            # a manifest it is no round folder, and the pipeline's input checks name what is missing.)
-            from .pipeline import build_round
-
-            _, result = build_round(round_dir, cfg)
-        else:
-            result = run(cfg)
+        result = build_and_mark(cfg, round_dir)   # a trainer round folder is marked, as the watcher does
         click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "
                    f"({len(result.rendered)} rendered, {len(result.kept)} kept)")
-
-
-def _paths(round_dir: Optional[Path], checkpoint: Optional[Path], manifest: Optional[Path],
-           output: Optional[Path]) -> list[str]:
-    """Overrides for the three paths; explicit options win over --round-dir."""
-    if round_dir is not None:
-        checkpoint = checkpoint or round_dir / CHECKPOINT_DIR
-        manifest = manifest or round_dir / MANIFEST_FILE
-        output = output or round_dir / SHARDS_DIR
-    from .config import path_override
-
-    return [path_override(key, value) for key, value in
-            (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)) if value is not None]
 
 
 if __name__ == "__main__":  # python -m actgen.builder.cli ...

@@ -365,6 +365,20 @@ def path_override(key: str, value: str | Path) -> str:
     return f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"'
 
 
+def round_overrides(round_dir: Optional[Path] = None, checkpoint: Optional[Path] = None,
+                    manifest: Optional[Path] = None, output: Optional[Path] = None) -> list[str]:
+    """Overrides for the three paths of a build: those given, and for the rest the trainer round
+    folder ``round_dir``'s (``checkpoint/``, ``hard_samples.json``, ``shards/``)."""
+    from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
+
+    if round_dir is not None:
+        checkpoint = checkpoint or round_dir / CHECKPOINT_DIR
+        manifest = manifest or round_dir / MANIFEST_FILE
+        output = output or round_dir / SHARDS_DIR
+    return [path_override(key, value) for key, value in
+            (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)) if value is not None]
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 

@@ -24,6 +24,7 @@ same for one worker or many and for a resumed build; the round's additions are w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from actgen.shards._schema import utc_now
 from actgen.shards.errors import one_line, writing
 from actgen.shards.locks import hold_lock, sibling_lock_path
 from actgen.shards.portable import portable, portable_path
-from actgen.shards.rounds import STATUS_FILE, BuildStatus, read_status, write_status
+from actgen.shards.rounds import MANIFEST_FILE, SHARDS_DIR, STATUS_FILE, BuildStatus, read_status, write_status
 from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
 
 from .config import BuildConfig
@@ -210,6 +211,19 @@ def build_round(directory: Path, cfg: BuildConfig,
                                                          images=result.index.num_samples,
                                                          seconds=round(time.perf_counter() - started, 3)))
     return status, result
+
+
+def build_and_mark(cfg: BuildConfig, round_dir: Optional[Path] = None,
+                   pool: Optional[WorkerPool] = None) -> BuildResult:
+    """Build ``cfg`` (with ``pool``'s workers, if given). When ``round_dir`` is a trainer round
+    folder (it holds a manifest) and the output is its own ``shards/``, mark the round in
+    ``build_status.json`` as the watcher does; without a manifest it is no round folder, and the
+    pipeline's input checks name what is missing. (``actgen-build --round-dir`` and ``--serve``.)"""
+    build = run if pool is None else functools.partial(run, pool=pool)
+    if (round_dir is not None and (round_dir / MANIFEST_FILE).is_file()
+            and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve()):
+        return build_round(round_dir, cfg, build)[1]
+    return build(cfg)
 
 
 def not_fired_fallback(cfg: BuildConfig, inputs: BuildInputs) -> BuildConfig:

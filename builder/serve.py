@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import IO, Optional, Sequence
 
 from actgen.shards.errors import one_line
-from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
 
-from .config import load_config, path_override
+from .config import load_config, round_overrides
 
 REPLY_PREFIX = "actgen-serve "
 MAX_REQUEST_CHARS = 1 << 20     # a request is a few paths; anything longer is not one
@@ -63,9 +62,7 @@ def parse_request(line: str) -> tuple[Path, Optional[Path], Optional[dict]]:
 
 def request_overrides(round_dir: Path, output: Optional[Path], dataset: Optional[dict]) -> list[str]:
     """The ``--set`` overrides of one request, before the server's own."""
-    sets = [path_override("checkpoint", round_dir / CHECKPOINT_DIR),
-            path_override("manifest", round_dir / MANIFEST_FILE),
-            path_override("output.path", output if output is not None else round_dir / SHARDS_DIR)]
+    sets = round_overrides(round_dir, output=output)
     if dataset is not None:
         sets.append(f"dataset={json.dumps(dataset)}")
     return sets
@@ -102,12 +99,6 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
 
 
 def _build(cfg, round_dir: Path, pool) -> int:
-    import functools
+    from .pipeline import build_and_mark
 
-    from .pipeline import build_round, run
-
-    if (round_dir / MANIFEST_FILE).is_file() and Path(cfg.output.path).resolve() == (round_dir / SHARDS_DIR).resolve():
-        _, result = build_round(round_dir, cfg, functools.partial(run, pool=pool))
-    else:
-        result = run(cfg, pool=pool)
-    return result.index.num_samples
+    return build_and_mark(cfg, round_dir, pool).index.num_samples

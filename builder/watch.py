@@ -32,10 +32,10 @@ from actgen.shards.errors import FormatError
 from actgen.shards.locks import hold_lock, sibling_lock_path
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import read_index
-from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR, list_rounds, read_status, round_dir
+from actgen.shards.rounds import MANIFEST_FILE, SHARDS_DIR, list_rounds, read_status, round_dir
 from actgen.shards.writer import file_sha256
 
-from .config import BuildConfig, load_config, path_override
+from .config import BuildConfig, load_config, round_overrides
 
 if TYPE_CHECKING:  # the pipeline imports torch and Ray; a watcher loads it only to build
     from .pipeline import BuildResult
@@ -63,13 +63,6 @@ class WatchOptions:
             raise ValueError(f"--poll = {self.poll_s}: expected a number of seconds > 0")
         if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
             raise ValueError(f"--idle-timeout = {self.idle_timeout_s}: expected a number of seconds > 0")
-
-
-def round_paths(directory: Path) -> list[str]:
-    """``--set`` overrides pointing a build at one round folder."""
-    return [path_override("checkpoint", directory / CHECKPOINT_DIR),
-            path_override("manifest", directory / MANIFEST_FILE),
-            path_override("output.path", directory / SHARDS_DIR)]
 
 
 def is_built(directory: Path) -> bool:
@@ -101,7 +94,7 @@ def load_round_config(config_path: Optional[Path], overrides: Sequence[str], dir
     ``output.overwrite``: the folder belongs to the run, so an unfinished build of the same
     settings is resumed (its shards kept) and one made from an earlier manifest is replaced.
     """
-    return load_config(config_path, [*round_paths(directory), "output.overwrite=true", *overrides])
+    return load_config(config_path, [*round_overrides(directory), "output.overwrite=true", *overrides])
 
 
 def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,

@@ -15,10 +15,11 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import INDEX_FILE, DatasetIndex, ShardSetWriter, file_sha256
+from actgen.shards.writer import DatasetIndex, ShardSetWriter
+
+from .merge import source_record
 
 BATCH = 64
 
@@ -100,12 +101,10 @@ def filter_dataset(dataset: str | Path, output: str | Path, scorer: Scorer, min_
                          "nothing written")
     settings = {"scorer": scorer.identity(), "min_prob": min_prob, "max_rank": max_rank,
                 "kept": int(len(keep)), "of": len(data)}
-    source = {"path": portable_path(str(dataset)), "name": data.index.name, "num_samples": len(data),
-              "index_sha256": file_sha256(Path(dataset) / INDEX_FILE), "round": data.index.created.get("round")}
     fmt = data.image_extension(0)
     with ShardSetWriter(output, data.class_names, len(keep), max(1, min(len(data.index.shards), len(keep))),
                         prefix="filtered", image_format=fmt, overwrite=overwrite,
-                        created={"filtered_by": "actgen-data filter", "filter": settings, "sources": [source],
+                        created={"filtered_by": "actgen-data filter", "filter": settings, "sources": [source_record(dataset, data)],
                                  "round": data.index.created.get("round")}) as writer:
         for i in keep:
             sample = data.sample(int(i))

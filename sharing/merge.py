@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from actgen.shards.errors import FormatError
 from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
@@ -57,14 +56,11 @@ def merge(sources: Sequence[str | Path], output: str | Path, samples_per_shard: 
                                  "(the same data set twice, or sets built with the same round and seed?)")
             seen[key] = path
     # 2. The sources as the index lists them.
-    listed = [{"path": portable_path(str(p)), "name": d.index.name, "num_samples": len(d),
-               "index_sha256": file_sha256(p / INDEX_FILE), "round": d.index.created.get("round")}
-              for p, d in zip(paths, sets)]
+    listed = [source_record(p, d) for p, d in zip(paths, sets)]
     total = sum(len(d) for d in sets)
-    fmt = _image_format(first)
     # 3. Copy, sample by sample (the writer checks keys, labels, sizes; an error leaves no index).
     with ShardSetWriter(output, first.class_names, total, max(1, -(-total // samples_per_shard)),
-                        prefix="merged", image_format=fmt, overwrite=overwrite,
+                        prefix="merged", image_format=first.image_extension(0), overwrite=overwrite,
                         created={"merged_by": "actgen-data merge", "sources": listed}) as writer:
         for data in sets:
             for i in range(len(data)):
@@ -73,8 +69,7 @@ def merge(sources: Sequence[str | Path], output: str | Path, samples_per_shard: 
     return index
 
 
-def _image_format(data: ShardRandomAccess) -> str:
-    ext = data.image_extension(0) if len(data) else "png"
-    if ext not in ("png", "jpg", "webp"):
-        raise FormatError(str(data.directory), f"image member {ext!r}: expected png, jpg or webp")
-    return ext
+def source_record(path: str | Path, data: ShardRandomAccess) -> dict:
+    """How a merged or filtered data set lists one of its sources (portable: no local path)."""
+    return {"path": portable_path(str(path)), "name": data.index.name, "num_samples": len(data),
+            "index_sha256": file_sha256(Path(path) / INDEX_FILE), "round": data.index.created.get("round")}
