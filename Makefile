@@ -5,27 +5,39 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.actgen-installed
 
-.PHONY: demo test test-fast browser bench-trainer clean-demo
+.PHONY: demo test test-fast system-deps browser bench-trainer clean-demo
+
+# What the tests need from the system besides Python: Chromium and ChromeDriver (the gallery's
+# browser test) and curl (the HTTP streaming tests). Installed with apt-get when we are root or
+# may sudo without a password; otherwise make stops at once with the command to run.
+SYSTEM_COMMANDS := chromium chromedriver curl
+SYSTEM_PACKAGES := chromium chromium-driver curl
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/actgen-demo --config configs/demo.yaml
+demo: $(STAMP)          # needs nothing from the system beyond Python
+	$(BIN)/actgen-demo --config demo
 
-test: $(STAMP)
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: system-deps $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Debian's Chromium and ChromeDriver, which tests/test_data_browse.py drives (as root, or with sudo).
-browser:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium: $$(chromium --version)"; \
-	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && \
-	     DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; fi
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make: the tests need$$missing; install them with your package manager (Debian/Ubuntu: apt-get install $(SYSTEM_PACKAGES))" >&2; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	  echo "make: the tests need$$missing; install them with: sudo apt-get update && sudo apt-get install -y $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
+	echo "make: installing$$missing (apt-get: $(SYSTEM_PACKAGES))"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES)
+
+browser: system-deps     # the old name of the step above
 
 bench-trainer: $(STAMP)
 	$(BIN)/python benchmarks/bench_trainer.py

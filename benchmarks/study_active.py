@@ -75,6 +75,17 @@ CONDITIONS: dict[str, tuple[list[str], list[str] | None]] = {
     "actgen-sel-cap": (["rounds.selection.drop_hardest=0.25"], ACTGEN),
     "actgen-sel-start": (["rounds.selection.min_holdout_acc=0.5"], ACTGEN),
     "actgen-per-sample-4": ([], ACTGEN + ["max_renders_per_sample=4"]),
+    # Budget allocation (builder ``allocation``) and the trainer's class-balanced draws.
+    "actgen-balanced": ([], ACTGEN + ["allocation.policy=balanced"]),
+    "actgen-balanced-train": ([], ACTGEN + ["allocation.policy=balanced", "allocation.fill=train"]),
+    "actgen-mixed": ([], ACTGEN + ["allocation.policy=mixed", "allocation.random_fraction=0.5"]),
+    "actgen-class-balance": (["synthetic.class_balance=true"], ACTGEN),
+    # Fidelity options.
+    "actgen-margin-scaled": ([], ACTGEN + ["guidance.margin_scale=latent_dim"]),
+    "actgen-repel": ([], ACTGEN + ["guidance.repel_within_batch=true"]),
+    "actgen-small-rounds": (["rounds.every=1"], ACTGEN + ["budget={budget_small}"]),
+    "actgen-balanced-margin-repel": ([], ACTGEN + ["allocation.policy=balanced", "guidance.margin_scale=latent_dim",
+                                                   "guidance.repel_within_batch=true"]),
 }
 
 
@@ -98,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--build-set", action="append", default=[], metavar="KEY=VALUE", help="actgen-build override")
     r.add_argument("--conditions", default="real,random,txt2img,actgen", help=f"comma list of {list(CONDITIONS)}")
     r.add_argument("--budget", type=int, default=48, help="synthetic images per round at 1x")
+    r.add_argument("--small-round-ratio", type=float, default=1 / 3,
+                   help="actgen-small-rounds: its per-round budget as a share of --budget's")
     r.add_argument("--budgets", default="1", help="comma list of budget multiples, e.g. 0.5,1,2,4")
     r.add_argument("--sweep", default="random,txt2img,actgen", help="conditions run at every budget multiple")
     r.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
@@ -207,16 +220,19 @@ def overrides(args: argparse.Namespace, meta: dict, out: Path, condition: str, m
               seed: int) -> list[str]:
     train, build = CONDITIONS[condition]
     budget = max(1, int(round(multiple * args.budget)))
+    # ``{budget_small}``: the same images over rounds.every=1 (three times the rounds of the
+    # study's every-3 schedule), so each round renders a third.
+    fmt = {"budget": budget, "budget_small": max(1, int(round(budget * args.small_round_ratio)))}
     names = json.dumps(meta["class_names"])
     data = out / "data"
     sets = [f"data.source.path={data / 'labeled.parquet'}", f"data.source.class_names={names}",
             f"data.test_source.path={data / 'test.parquet'}", f"data.test_source.class_names={names}",
             f"train.seed={42 + seed}", "train.progress=false", "loader.num_workers=0",
-            *[t.format(budget=budget) for t in train], *args.train_set]
+            *[t.format(**fmt) for t in train], *args.train_set]
     if build is None:
         return sets + ["synthetic.source=none"]
-    build_sets = [*build, f"budget={budget}", f"seed={seed}", f"generator.path={Path(args.generator).resolve()}",
-                  *args.build_set]
+    build_sets = [f"budget={budget}", f"seed={seed}", f"generator.path={Path(args.generator).resolve()}",
+                  *[b.format(**fmt) for b in build], *args.build_set]
     quoted = ",".join(json.dumps(o) for o in build_sets)
     return sets + ["synthetic.source=inline", f"synthetic.build_config={args.build_config}",
                    f"synthetic.build_overrides=[{quoted}]"]
@@ -254,21 +270,41 @@ def record(args: argparse.Namespace, proc) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {log}")
     summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    pool = {e["round"]: e for e in summary.get("pool", [])}
     train, build = CONDITIONS[condition]
     rec = {"run": name, "condition": condition, "selection": [t for t in train if "selection" in t],
            "budget_multiple": multiple, "budget_per_round": int(round(multiple * args.budget)) if build else 0,
            "seed": seed, "images_generated": summary["synthetic_pool"],
            "final_test_acc": summary["final"]["test_acc"], "best_test_acc": summary["best_test_acc"],
-           "rounds": [{k: r.get(k) for k in ("round", "epoch", "hard_samples", "holdout_acc")}
-                      for r in summary["rounds"]],
-           "test_acc_per_epoch": [json.loads(line)["test_acc"] for line in
-                                  (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()],
+           "rounds": [round_record(r, pool, run_dir) for r in summary["rounds"]],
+           "test_acc_per_epoch": [row["test_acc"] for row in rows],
+           "synthetic_share_per_epoch": [row.get("synthetic_share") for row in rows],
            "optimizer_steps": summary.get("optimizer_steps"), "wall_time_s": round(time.perf_counter() - t0, 1)}
     path = Path(args.records) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"  {name:<32} test {100 * rec['final_test_acc']:.2f}%  {rec['images_generated']:>4} images  "
           f"{rec['wall_time_s']:.0f} s", flush=True)
+    return rec
+
+
+def round_record(info: dict, pool: dict, run_dir: Path) -> dict:
+    """One round of a record: its hard samples (how many, of how many classes) and what its
+    synthetic data set held (images per class, renders per guide, distinct guides, the synthetic
+    share of the training set once it joined); None where the condition renders nothing."""
+    rec = {k: info.get(k) for k in ("round", "epoch", "hard_samples", "holdout_acc")}
+    manifest = run_dir / "rounds" / str(info["round"]) / "hard_samples.json"
+    if manifest.is_file():
+        rec["hard_classes"] = len({s["label"] for s in json.loads(manifest.read_text())["samples"]})
+    entry = pool.get(info["round"])
+    made_of = (entry or {}).get("composition") or {}
+    rec.update({"synthetic_images": entry["num_samples"] if entry else None,
+                "synthetic_per_class": made_of.get("per_class"), "roles": made_of.get("roles"),
+                "modes": made_of.get("modes"), "distinct_guides": made_of.get("distinct_guides"),
+                "renders_per_guide_max": made_of.get("renders_per_guide_max"),
+                "renders_per_guide_mean": made_of.get("renders_per_guide_mean"),
+                "synthetic_share": entry.get("share_at_join") if entry else None})
     return rec
 
 

@@ -124,6 +124,11 @@ def read_bank(path: str | Path) -> tuple[BankEntries, dict]:
     if labels.ndim != 1 or labels.dtype != np.int64 or latents.ndim != 4 or len(latents) != len(labels):
         raise FormatError(str(path), f"labels {labels.dtype}{list(labels.shape)} and latents "
                                      f"{latents.dtype}{list(latents.shape)} do not pair up ([n] int64, [n, C, h, w])")
+    if not np.issubdtype(latents.dtype, np.floating) or not np.isfinite(latents).all():
+        raise FormatError(str(path), f"latents must be finite floating-point values, got {latents.dtype}"
+                                     + (" with non-finite values" if np.issubdtype(latents.dtype, np.floating) else ""))
+    if len(labels) and labels.min() < 0:
+        raise FormatError(str(path), f"label {int(labels.min())} is negative")
     if len(labels) == 0:
         return EMPTY, meta
     return BankEntries(labels, latents.astype(np.float16, copy=False)), meta
@@ -202,11 +207,13 @@ def earlier_rounds(output: Path, round: int) -> Optional[list[tuple[int, Path]]]
     return [(k, rounds / str(k) / SHARDS_DIR) for k in range(round)]
 
 
-def start_bank(output: Path, round: int, sources: Optional[Sequence[str]]) -> StartBank:
+def start_bank(output: Path, round: int, sources: Optional[Sequence[str]],
+               num_classes: Optional[int] = None) -> StartBank:
     """The bank of the earlier rounds: ``sources`` (data-set folders, in order) when given, else the
     run's earlier round folders. Each must be a finished data set whose index records its bank
     file's sha256; one without is skipped (named in ``missing``), a bank whose bytes differ from
-    its index is an error."""
+    its index is an error, and so is one whose labels lie outside ``num_classes`` or whose latents
+    differ in shape from the earlier ones (each error names the file)."""
     from actgen.shards.reader import read_index
 
     if sources is not None:
@@ -215,6 +222,7 @@ def start_bank(output: Path, round: int, sources: Optional[Sequence[str]]) -> St
         folders = earlier_rounds(output, round) or []
     files, rounds, shas, missing = [], [], [], []
     per_class: dict[str, int] = {}
+    shape = None      # (latent shape, the file it came from)
     for k, folder in folders:
         if not (folder / INDEX_FILE).is_file():
             missing.append(k)
@@ -229,6 +237,14 @@ def start_bank(output: Path, round: int, sources: Optional[Sequence[str]]) -> St
         if sha != record.get("sha256"):
             raise FormatError(str(path), f"sha256 is {sha}, {folder / INDEX_FILE} says {record.get('sha256')}")
         entries = load_entries(path)
+        if num_classes is not None and len(entries) and int(entries.labels.max()) >= num_classes:
+            raise FormatError(str(path), f"label {int(entries.labels.max())} is outside the build's "
+                                         f"{num_classes} classes (a bank of another run?)")
+        if len(entries) and shape is not None and entries.latents.shape[1:] != shape[0]:
+            raise FormatError(str(path), f"latents are {list(entries.latents.shape[1:])}, the bank of {shape[1]} "
+                                         f"holds {list(shape[0])} (banks of another generator?)")
+        if len(entries) and shape is None:
+            shape = (entries.latents.shape[1:], path)
         for label, n in entries.per_class().items():
             per_class[label] = per_class.get(label, 0) + n
         files.append(str(path.resolve()))

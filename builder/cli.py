@@ -6,6 +6,9 @@ from typing import Optional
 
 import click
 
+from actgen.shards import __version__
+from actgen.shards.rounds import SHARDS_DIR
+from actgen.shards.runtime import run_log
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
@@ -44,6 +47,7 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, "--version", prog_name="actgen-build", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML config (see configs/build-*.yaml); defaults when omitted.")
 @click.option("--round-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -57,6 +61,11 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
               help="Two-job mode: build each round of this training run directory as it appears.")
 @click.option("--poll", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="SECONDS", help="With --watch: seconds between looks for a new round.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="With --watch: attempts after a round's first failed build before giving up (the round "
+                   "is marked 'retrying' meanwhile, so the trainer keeps waiting).")
+@click.option("--retry-backoff", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="SECONDS",
+              help="With --watch: wait before the first retry; each further one waits twice as long.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="With --watch: fail after this long without a new round (default: wait for ever).")
 @click.option("--serve", is_flag=True,
@@ -67,7 +76,8 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
               help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
          manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
-         poll: float, idle_timeout: Optional[float], serve: bool, print_config: bool, verbose: bool) -> None:
+         poll: float, retries: int, retry_backoff: float, idle_timeout: Optional[float], serve: bool,
+         print_config: bool, verbose: bool) -> None:
     """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
 
     Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
@@ -100,16 +110,22 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
                 raise click.UsageError(f"--watch sets each round's paths itself; drop {clash or ['--print-config']}")
             from .watch import WatchOptions, watch
 
-            built = watch(config_path, overrides, WatchOptions(watch_dir, poll_s=poll, idle_timeout_s=idle_timeout))
+            with run_log(watch_dir / "build.log"):       # the builder's log beside the trainer's
+                built = watch(config_path, overrides,
+                              WatchOptions(watch_dir, poll_s=poll, idle_timeout_s=idle_timeout, retries=retries,
+                                           backoff_s=retry_backoff))
             click.echo(f"{watch_dir}: every round built ({len(built)} by this run)")
             return
-        cfg = load_config(config_path, [*round_overrides(round_dir, checkpoint, manifest, output), *overrides])
+        cfg = load_config(config_path, overrides, literal=round_overrides(round_dir, checkpoint, manifest, output))
         if print_config:
             click.echo(config_to_yaml(cfg), nl=False)
             return
         from .pipeline import build_and_mark
 
-        result = build_and_mark(cfg, round_dir)   # a trainer round folder is marked, as the watcher does
+        # A trainer round folder keeps its build's log (never inside the data set, which travels).
+        own = round_dir is not None and Path(cfg.output.path).absolute() == (round_dir / SHARDS_DIR).absolute()
+        with run_log(round_dir / "build.log" if own and round_dir.is_dir() else None):
+            result = build_and_mark(cfg, round_dir)   # a trainer round folder is marked, as the watcher does
         click.echo(f"{result.output}: {result.index.num_samples} images in {len(result.index.shards)} shards "
                    f"({len(result.rendered)} rendered, {len(result.kept)} kept)")
 

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 from actgen.shards.config import check_value as _check, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
@@ -20,6 +20,9 @@ from .schedules import Mode
 
 TINY = "tiny"
 """``generator.path`` value for the in-process random tiny generator (tests, smoke runs)."""
+
+SD_LATENT_SIZE = 4 * 64 * 64
+"""Values in Stable Diffusion's 512x512 latent, where the paper set the contrastive margin."""
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """The subfolders of a Stable Diffusion 1.x/2.x directory (diffusers layout)."""
@@ -75,6 +78,17 @@ class GuidanceConfig:
             term. The VAE decode of x̂0 at full resolution with its backward pass is the largest
             memory cost of guidance; chunks bound it (the paper code decodes one image at a
             time). A speed/memory knob: it changes no image beyond float rounding.
+        margin_scale: ``absolute`` (the method): ρ is used as given. ``latent_dim``: ρ is given
+            for Stable Diffusion's 4x64x64 latent (16,384 values, where the paper set ρ = 100) and
+            scaled by sqrt(latent size / 16,384) to this generator's latent, so that it keeps its
+            share of the typical distance between latents; for a 3x8x8 latent, 100 becomes 10.8.
+            Unscaled, a small latent's largest possible distance can lie below ρ and the hinge
+            never lets go: the term is then a constant push away from the class's earlier renders
+            rather than the paper's penalty on near-duplicates.
+        repel_within_batch: the contrastive term also compares each guided render with the
+            current x̂0 of the other guided renders of its class in the same batch (detached), so
+            that renders of one class rendered together repel each other as the paper's
+            one-image-at-a-time bank makes them do. Off (the default) they see only the bank.
         adversarial_decode_size: null (the method): the adversarial term decodes x̂0 at the
             generator's size. An int: x̂0's latents are first resized (bilinear) to
             ``adversarial_decode_size / f`` per side (f: the VAE's downsampling, 8 for Stable
@@ -91,6 +105,8 @@ class GuidanceConfig:
     step_size: float = 0.05
     adversarial_weight: float = 0.1
     margin: float = 100.0
+    margin_scale: Literal["absolute", "latent_dim"] = "absolute"
+    repel_within_batch: bool = False
     bank_sample_size: int = 1024
     bank_capacity: int = 1024
     mask: Literal["cumulative", "foreground"] = "cumulative"
@@ -114,6 +130,8 @@ class GuidanceConfig:
             raise ValueError("guidance.guidance_strength=nan: must be a number (±inf allowed)")
         if self.mask not in ("cumulative", "foreground"):
             raise ValueError(f"guidance.mask={self.mask!r}: expected 'cumulative' or 'foreground'")
+        if self.margin_scale not in ("absolute", "latent_dim"):
+            raise ValueError(f"guidance.margin_scale={self.margin_scale!r}: expected 'absolute' or 'latent_dim'")
         if self.grad_norm not in ("token", "global"):
             raise ValueError(f"guidance.grad_norm={self.grad_norm!r}: expected 'token' or 'global'")
         if self.adversarial_decode_size is not None and self.adversarial_decode_size < 1:
@@ -121,6 +139,12 @@ class GuidanceConfig:
                              "int >= 1 (a multiple of the VAE's downsampling, 8 for Stable Diffusion)")
         if self.mask_threshold is not None and self.mask != "foreground":
             raise ValueError(f"guidance.mask_threshold={self.mask_threshold}: only applies to mask='foreground'")
+
+    def effective_margin(self, latent_size: int) -> float:
+        """ρ for a generator whose latent has ``latent_size`` values (see ``margin_scale``)."""
+        if self.margin_scale == "latent_dim":
+            return self.margin * math.sqrt(latent_size / SD_LATENT_SIZE)
+        return self.margin
 
     @property
     def scaled_strength(self) -> float:
@@ -199,6 +223,38 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class AllocationConfig:
+    """How a round's budget is spread over its hard samples and classes (``targets: hard``).
+
+    Attributes:
+        policy: ``paper``: the official code's rule: a random subset of the round's hard samples,
+            one render each, the same random order cycled only when there are fewer hard
+            samples than the budget. ``balanced``: the budget split evenly over the classes
+            (``budget // C`` each, the remainder to classes drawn at random); within a class its
+            hard samples in the manifest's order (hardest first), at most
+            ``max_renders_per_sample`` renders each (1 when null), and the rest of the class's
+            share filled as ``fill`` says. ``mixed``: ``random_fraction`` of the budget
+            text-to-image for classes drawn uniformly, the rest by the ``paper`` rule.
+        fill: ``balanced`` only, for the share of a class its hard samples do not use:
+            ``txt2img`` renders it from the class prompt without a guide; ``train`` guides it by
+            training images of the class, drawn at random from the manifest's
+            ``header.guide_pool`` (a manifest without one falls back to ``txt2img``, logged).
+        random_fraction: ``mixed`` only: the class-uniform text-to-image share of the budget.
+    """
+
+    policy: Literal["paper", "balanced", "mixed"] = "paper"
+    fill: Literal["txt2img", "train"] = "txt2img"
+    random_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.policy in ("paper", "balanced", "mixed"), "allocation.policy", self.policy,
+               "'paper', 'balanced' or 'mixed'")
+        _check(self.fill in ("txt2img", "train"), "allocation.fill", self.fill, "'txt2img' or 'train'")
+        _check(0.0 <= self.random_fraction <= 1.0, "allocation.random_fraction", self.random_fraction,
+               "a share in [0, 1]")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where and how the shard data set is written.
 
@@ -258,6 +314,10 @@ class RayConfig:
         workers: actor pool size; null = the cluster's GPUs when rendering on CUDA, else 1.
         cpus_per_worker: CPUs reserved per actor (also its torch thread count on a CPU-only worker).
         gpus_per_worker: GPUs per actor; null = 1 when rendering on CUDA, else 0.
+        max_restarts: times Ray starts a worker process again after it dies (a lost node, the
+            OOM killer); -1 = without limit.
+        shard_retries: times a shard whose worker died is rendered again before the build fails.
+            Errors raised by the rendering itself are never retried.
     """
 
     executor: Literal["ray", "local"] = "ray"
@@ -266,6 +326,8 @@ class RayConfig:
     workers: Optional[int] = None
     cpus_per_worker: float = 1.0
     gpus_per_worker: Optional[float] = None
+    max_restarts: int = 3
+    shard_retries: int = 2
 
     def __post_init__(self) -> None:
         _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", self.num_cpus, "null or an int >= 1")
@@ -273,6 +335,8 @@ class RayConfig:
         _check(self.cpus_per_worker > 0, "ray.cpus_per_worker", self.cpus_per_worker, "a number > 0")
         _check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "ray.gpus_per_worker",
                self.gpus_per_worker, "null or a number >= 0")
+        _check(self.max_restarts >= -1, "ray.max_restarts", self.max_restarts, "an int >= -1 (-1: no limit)")
+        _check(self.shard_retries >= 0, "ray.shard_retries", self.shard_retries, "an int >= 0")
 
 
 @dataclass(frozen=True)
@@ -294,9 +358,13 @@ class BuildConfig:
             guide), the budget cycled over them; ``uniform``: text-to-image of classes drawn
             uniformly, independent of the hard samples (the paper's random-generation baseline;
             needs ``mode: txt2img``).
-        max_renders_per_sample: cap the round's budget at this many renders per hard sample
-            (``min(budget, k x hard samples)``); null = always ``budget``. Late rounds have few
-            hard samples, and spreading the whole budget over them renders each many times.
+        allocation: how the budget is spread over hard samples and classes (``paper``, the
+            default; ``balanced``; ``mixed``).
+        max_renders_per_sample: with ``allocation.policy: paper``, cap the round's budget at this
+            many renders per hard sample (``min(budget, k x hard samples)``); null = always
+            ``budget``. Late rounds have few hard samples, and spreading the whole budget over them
+            renders each many times. Ignored by ``mixed``. With ``balanced``: the renders per hard
+            sample within its class's share (null = 1); the budget is always spent.
         schedule: per-round mode mixing (§1.3).
         budget: images this round (sampled from the hard samples, cycled when there are fewer).
         seed: run seed; with the manifest and budget it fixes the plan and every image's noise.
@@ -329,6 +397,7 @@ class BuildConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     mode: Mode = "actgen"
     targets: Literal["hard", "uniform"] = "hard"
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
     max_renders_per_sample: Optional[int] = None
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     budget: int = 64
@@ -359,27 +428,24 @@ class BuildConfig:
                f"at most budget = {self.budget} (every shard holds at least one image)")
 
 
-def path_override(key: str, value: str | Path) -> str:
-    """A ``key=value`` override for a path, quoted so that OmegaConf reads any path (with ':' or
-    '=') as a string."""
-    return f"{key}='{value}'" if "'" not in str(value) else f'{key}="{value}"'
-
-
 def round_overrides(round_dir: Optional[Path] = None, checkpoint: Optional[Path] = None,
-                    manifest: Optional[Path] = None, output: Optional[Path] = None) -> list[str]:
-    """Overrides for the three paths of a build: those given, and for the rest the trainer round
-    folder ``round_dir``'s (``checkpoint/``, ``hard_samples.json``, ``shards/``)."""
+                    manifest: Optional[Path] = None, output: Optional[Path] = None) -> dict[str, str]:
+    """The three paths of a build, as literal values for :func:`load_config` (``literal=``): those
+    given, and for the rest the trainer round folder ``round_dir``'s (``checkpoint/``,
+    ``hard_samples.json``, ``shards/``). Literal: a path is never parsed or interpolated, so any
+    name a file system allows works (``${``, quotes, ``=``)."""
     from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, SHARDS_DIR
 
     if round_dir is not None:
         checkpoint = checkpoint or round_dir / CHECKPOINT_DIR
         manifest = manifest or round_dir / MANIFEST_FILE
         output = output or round_dir / SHARDS_DIR
-    return [path_override(key, value) for key, value in
-            (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)) if value is not None]
+    return {key: str(value) for key, value in
+            (("checkpoint", checkpoint), ("manifest", manifest), ("output.path", output)) if value is not None}
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> BuildConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                literal: Optional[Mapping[str, str]] = None) -> BuildConfig:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 
     Raises:
@@ -387,7 +453,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ValueError: an unknown key, a mistyped value, a malformed override or a value out of
             range; the message names the file or the key.
     """
-    return load_structured(BuildConfig, path, overrides)
+    return load_structured(BuildConfig, path, overrides, literal=literal)
 
 
 def config_to_dict(cfg: BuildConfig) -> dict:

@@ -42,6 +42,8 @@ class BuildInputs:
         output: the data-set directory.
         stored_size: ``(H, W)`` of stored images when fixed by the config, None for the rendered size.
         prompt_names: each class's prompt name in label order (``generator.prompt_names``), or None.
+        guide_pool: ``(sample id, label)`` of the manifest's ``header.guide_pool`` (training images
+            a class-balanced allocation may guide by), labels read from the data set.
     """
 
     manifest: HardSampleManifest
@@ -54,6 +56,7 @@ class BuildInputs:
     output: Path
     stored_size: Optional[tuple[int, int]]
     prompt_names: Optional[list[str]] = None
+    guide_pool: tuple[tuple[str, int], ...] = ()
 
 
 def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
@@ -103,9 +106,10 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
     elif cfg.output.resize == "fixed":
         stored = (cfg.output.size, cfg.output.size)
     round = cfg.round if cfg.round is not None else header.round
+    guide_pool = tuple((sid, int(images.label(images.index_of(sid)))) for sid in header.guide_pool)
     return BuildInputs(manifest=manifest, manifest_sha256=file_sha256(manifest_path), images=images, bundle=bundle,
                        checkpoint_sha256=checkpoint_sha256, class_names=list(header.class_names), round=round,
-                       output=output, stored_size=stored, prompt_names=prompt_names)
+                       output=output, stored_size=stored, prompt_names=prompt_names, guide_pool=guide_pool)
 
 
 def round_not_fired(manifest: HardSampleManifest) -> bool:
@@ -135,10 +139,12 @@ def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, man
     if images.class_names != list(header.class_names):
         raise FormatError(str(manifest_path), f"class names differ: manifest has {list(header.class_names)}, "
                                               f"data set {source.path!r} has {images.class_names}")
-    for i, sample in enumerate(manifest.samples):
-        _, row = parse_sample_id(sample.id)
+    ids = [(f"samples[{i}].id", s.id) for i, s in enumerate(manifest.samples)]
+    ids += [(f"header.guide_pool[{i}]", sid) for i, sid in enumerate(header.guide_pool)]
+    for field_name, sid in ids:
+        _, row = parse_sample_id(sid)
         if row >= len(images):
-            raise FormatError(str(manifest_path), f"field 'samples[{i}].id' {sample.id!r}: row {row} is out of range "
+            raise FormatError(str(manifest_path), f"field '{field_name}' {sid!r}: row {row} is out of range "
                                                   f"for data set {source.path!r}, which has {len(images)} rows")
     return images
 

@@ -167,12 +167,7 @@ def _finished_index(output: Path, plan: BuildPlan) -> Optional[DatasetIndex]:
 def _resume(output: Path, plan: BuildPlan) -> OutputState:
     """Keep complete shards holding exactly the planned keys; delete stray temporaries and bad shards."""
     state = OutputState()
-    for path in output.iterdir():
-        # Hidden temporaries of writers that were killed (atomic writes never leave anything else).
-        # The build holds the output's lock, so no other build writes here; a temporary whose
-        # writer still lives on this host (a worker of a killed build, still finishing) is its.
-        if path.is_file() and _temporary_pid(path.name) is not None and not _live_temporary(path.name):
-            path.unlink()
+    remove_dead_temporaries(output)
     restore_parts(output, [s.filename for s in plan.shards], plan.round)
     for shard in plan.shards:
         path = output / shard.filename
@@ -208,6 +203,16 @@ def _resume(output: Path, plan: BuildPlan) -> OutputState:
     fsync_dir(output)
     return state
 
+
+
+def remove_dead_temporaries(output: Path) -> None:
+    """Delete hidden temporaries of writers that were killed (atomic writes never leave anything
+    else): before a resumed build, and after a build whose worker died mid-shard. The build holds
+    the output's lock, so no other build writes here; a temporary whose writer still lives on this
+    host (a worker of a killed build, still finishing) is its."""
+    for path in output.iterdir():
+        if path.is_file() and _temporary_pid(path.name) is not None and not _live_temporary(path.name):
+            path.unlink()
 
 
 _TEMPORARY = re.compile(r"^\..*\.(?:partial|tmp)-(\d+)-[0-9a-f]{8}$")   # shards.atomic.temp_sibling

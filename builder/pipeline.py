@@ -43,8 +43,8 @@ from .config import BuildConfig
 from .bank_store import BANK_FILE, StartBank, merge_parts, remove_parts, start_bank
 from .contact_sheet import CONTACT_SHEET_FILE, write_contact_sheet
 from .inputs import BuildInputs, resolve_inputs, round_not_fired
-from .outputs import build_settings, prepare_output, write_build_file
-from .plan import BuildPlan, effective_budget, make_plan, num_shards
+from .outputs import build_settings, prepare_output, remove_dead_temporaries, write_build_file
+from .plan import BuildPlan, effective_budget, make_plan, num_shards, plan_stats
 from .workers import WorkerPool, render_shards
 
 _logger = logging.getLogger(__name__)
@@ -98,17 +98,28 @@ def run(cfg: BuildConfig, pool: Optional[WorkerPool] = None) -> BuildResult:
 def _build(cfg: BuildConfig, inputs: BuildInputs, pool: Optional[WorkerPool]) -> BuildResult:
     # 2. Plan.
     hard = inputs.manifest.samples
-    budget = effective_budget(cfg.budget, len(hard), cfg.max_renders_per_sample) if cfg.targets == "hard" else cfg.budget
+    budget = round_budget(cfg, len(hard))
     shards = num_shards(budget, cfg.output.samples_per_shard, min(cfg.output.min_shards, budget))
+    alloc = cfg.allocation
     plan = make_plan(hard, budget, cfg.seed, inputs.round, shards, mode=cfg.mode,
                      horizon=cfg.schedule.horizon if cfg.schedule.enabled else None, prefix=cfg.output.prefix,
-                     targets=cfg.targets, class_names=inputs.class_names)
-    bank = start_bank(inputs.output, inputs.round, cfg.bank_sources) if cfg.bank_scope == "run" else StartBank()
+                     targets=cfg.targets, class_names=inputs.class_names, allocation=alloc.policy,
+                     max_per_sample=cfg.max_renders_per_sample, fill=alloc.fill,
+                     random_fraction=alloc.random_fraction, guide_pool=inputs.guide_pool)
+    if cfg.targets == "hard" and alloc.policy == "balanced" and alloc.fill == "train" and not inputs.guide_pool:
+        _logger.warning("allocation.fill is 'train' but manifest %s lists no header.guide_pool: the classes' "
+                        "shares beyond their hard samples are rendered text-to-image", cfg.manifest)
+    bank = (start_bank(inputs.output, inputs.round, cfg.bank_sources, len(inputs.class_names))
+            if cfg.bank_scope == "run" else StartBank())
     settings = build_settings(cfg, inputs, plan, bank)
+    settings["settings"]["allocation"] = plan_stats(plan, inputs.class_names)
     if round_not_fired(inputs.manifest):
         settings["settings"]["round_not_fired"] = inputs.manifest.header.selection.get("reason")
-    _logger.info("round %d: %d images (%s targets) from %d hard samples in %d shards (%s), output %s", inputs.round,
-                 budget, cfg.targets, len(hard), shards, mode_counts(plan), inputs.output)
+    stats = settings["settings"]["allocation"]
+    _logger.info("round %d: %d images (%s targets, allocation %s) from %d hard samples in %d shards (%s; %d classes, "
+                 "%d distinct guides, at most %d renders per guide), output %s", inputs.round, budget, cfg.targets,
+                 alloc.policy, len(hard), shards, mode_counts(plan), sum(1 for v in stats["per_class"].values() if v),
+                 stats["distinct_guides"], stats["renders_per_guide_max"], inputs.output)
     # 3. Output directory: fresh, resumed, or already finished.
     state = prepare_output(inputs.output, settings, plan, cfg.output.overwrite)
     if state.finished is not None:
@@ -139,6 +150,7 @@ def _build(cfg: BuildConfig, inputs: BuildInputs, pool: Optional[WorkerPool]) ->
     start = time.perf_counter()
     rows = render_shards(spec, todo, cfg, inputs.images, pool) if todo else []
     seconds = time.perf_counter() - start
+    remove_dead_temporaries(inputs.output)        # what a worker that died mid-shard left
     if rows:
         n = sum(r["num_samples"] for r in rows)
         _logger.info("rendered %d images in %d shards in %.1f s (%.2f images/s)", n, len(rows), seconds, n / seconds)
@@ -170,6 +182,7 @@ def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: di
                                "weights_sha256": next((r["generator_sha256"] for r in rows), state.generator_sha256)},
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
                  "memory_bank": portable(bank_record, inputs.output),
+                 "allocation": settings["settings"]["allocation"],
                  "config": portable(settings["config"], inputs.output)})
     with writing(f"{inputs.output} (its index.json, _info.json or README.md)"):
         write_index(inputs.output, index)
@@ -178,12 +191,21 @@ def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: di
                        seconds=seconds, shard_seconds={r["filename"]: r["seconds"] for r in rows})
 
 
-def build_round(directory: Path, cfg: BuildConfig,
-                build: Callable[[BuildConfig], BuildResult] = run) -> tuple[BuildStatus, BuildResult]:
+def round_budget(cfg: BuildConfig, num_hard: int) -> int:
+    """The round's image count: ``budget``, capped per hard sample under the ``paper`` policy;
+    ``balanced``, ``mixed`` and uniform targets always spend it."""
+    if cfg.targets != "hard" or cfg.allocation.policy != "paper":
+        return cfg.budget
+    return effective_budget(cfg.budget, num_hard, cfg.max_renders_per_sample)
+
+
+def build_round(directory: Path, cfg: BuildConfig, build: Callable[[BuildConfig], BuildResult] = run,
+                will_retry: bool = False) -> tuple[BuildStatus, BuildResult]:
     """Build one trainer round folder with ``cfg`` and mark it in ``build_status.json``; return the
     status and the build's result (``build`` is :func:`run`; the watcher's tests pass their own).
 
-    A failure is marked ``failed`` and raised.
+    A failure is marked ``failed`` (``retrying`` when the caller ``will_retry``: a trainer waiting
+    for the round keeps waiting) and raised.
 
     A kill leaves the status at ``building``; the next attempt resumes the round's shards.
     """
@@ -201,8 +223,8 @@ def build_round(directory: Path, cfg: BuildConfig,
         except BaseException as e:  # marked, then raised unchanged for the CLI's exit status
             if not isinstance(e, KeyboardInterrupt):   # an interrupt stays "building": resumable
                 try:
-                    write_status(directory, BuildStatus(state="failed", round=round_number, attempts=attempts,
-                                                        error=one_line(e)))
+                    write_status(directory, BuildStatus(state="retrying" if will_retry else "failed",
+                                                        round=round_number, attempts=attempts, error=one_line(e)))
                 except OSError as marking:   # a full disk: the build's own error is the one to report
                     _logger.warning("%s: cannot mark the round failed (%s)", directory, one_line(marking))
             raise

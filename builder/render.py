@@ -125,6 +125,7 @@ def provenance(sample: PlannedSample, prompt: str, generator: dict, spec: Render
         "class_name": sample.class_name,
         "label": sample.label,
         "source_id": sample.source_id,
+        "role": sample.role,
         "sample_index": sample.index,
         "generator": generator,
         "prompt": prompt,
@@ -260,6 +261,12 @@ class ShardWriter:
                                        prompt_template=spec.generator.prompt_template,
                                        prompt_names=spec.prompt_names)
         self.start_bank = load_start(spec.bank_files) if spec.bank_scope == "run" else None
+        if self.start_bank is not None and len(self.start_bank) and \
+                tuple(self.start_bank.latents.shape[1:]) != tuple(generator.latent_shape):
+            raise ValueError(f"memory bank {', '.join(spec.bank_files)}: latents are "
+                             f"{list(self.start_bank.latents.shape[1:])}, this generator's are "
+                             f"{list(generator.latent_shape)} (banks of another generator; bank_sources or "
+                             "bank_scope: shard)")
         _logger.info("worker ready: %s on %s (%s), weights %s, classifier %s", self.generator_record["id"],
                      spec.device, self.generator_record["dtype"], self.generator_record["weights_sha256"][:12],
                      "loaded" if classifier is not None else "not needed")
@@ -324,7 +331,10 @@ class ShardWriter:
         batch = {"label": np.array([s.label for s in chunk]), "seed": np.array([s.seed for s in chunk]),
                  "mode": np.array([s.mode for s in chunk]), "adversarial": np.array([s.adversarial for s in chunk])}
         if any(s.mode != "txt2img" for s in chunk):
-            batch["guide"] = [self.guide(s.source_id) for s in chunk]
+            # A row without a guide (a text-to-image fill or random image beside guided rows)
+            # gets a blank one: the sampler reads no guide of a txt2img row.
+            blank = np.zeros((1, 1, 3), np.uint8)
+            batch["guide"] = [self.guide(s.source_id) if s.source_id else blank for s in chunk]
         # 2. Render (uint8 NHWC at the generator's size).
         out = self.renderer(batch)
         # 3. Samples: resized for storage, with full provenance.

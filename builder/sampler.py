@@ -235,8 +235,11 @@ class GuidedSampler:
                 if actgen[i]:
                     z = self.bank.sample(int(labels[i]), streams[i][2])
                     bank_draw[i] = None if z is None else z.to(dev)
-        contra = [z is not None for z in bank_draw]
+        # Renders of one class in this batch that repel each other (repel_within_batch).
+        peers = _batch_peers(labels, actgen) if cfg.use_contrastive and cfg.repel_within_batch else [[]] * b
+        contra = [bank_draw[i] is not None or bool(peers[i]) for i in range(b)]
         lossy = [adv[i] or contra[i] for i in range(b)]
+        margin = cfg.effective_margin(c * h * w)
 
         # 4. Embeddings: per-sample copies, both CFG halves, updated by the gradient steps.
         cond = gen.embed_prompts(list(prompts)).clone()                  # [B, L, D]
@@ -262,7 +265,8 @@ class GuidedSampler:
             #       the guidance loss (a sum of per-sample losses) w.r.t. both embeddings.
             grad_rows = [j for j in range(b) if lossy[j]] if i < grad_steps else []
             eps, x0_hat, attn, grads = self._eps_and_grad(x, t, abar_t, uncond, cond, grad_rows,
-                                                          tokens if any(masked) else None, labels, adv, bank_draw)
+                                                          tokens if any(masked) else None, labels, adv,
+                                                          (bank_draw, peers, margin))
 
             # 6c. DDPM posterior step of the sample and of the guide trajectory, same noise.
             c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
@@ -296,7 +300,7 @@ class GuidedSampler:
 
     def _eps_and_grad(self, x: torch.Tensor, t: int, abar_t: float, uncond: torch.Tensor, cond: torch.Tensor,
                       grad_rows: list[int], tokens: Optional[list], labels: Sequence[int], adv: list[bool],
-                      bank_draw: list[torch.Tensor | None]):
+                      contrast: tuple):
         """``(ε, x̂0, attention [B, r, r] or None, (g_uncond, g_cond) or None)`` for one step.
 
         Only the rows with a guidance loss (``grad_rows``) run the UNet with autograd; the others
@@ -330,7 +334,7 @@ class GuidedSampler:
                 if not whole:
                     attn[rows] = part
             if with_grad:
-                g_u, g_c = self._loss_gradient(x0, [cu, cc], rows, labels, adv, bank_draw)
+                g_u, g_c = self._loss_gradient(x0, [cu, cc], rows, labels, adv, contrast)
                 if whole:
                     grads = (g_u, g_c)
                 else:
@@ -340,7 +344,7 @@ class GuidedSampler:
         return eps, x0_hat, attn, grads
 
     def _loss_gradient(self, x0_hat: torch.Tensor, embeddings: list[torch.Tensor], rows: list[int],
-                       labels: Sequence[int], adv: list[bool], bank_draw: list[torch.Tensor | None]):
+                       labels: Sequence[int], adv: list[bool], contrast: tuple):
         """∇ of Σ_b [L_contra(x̂0_b) − λ·CE(f(D(x̂0_b)), y_b)] w.r.t. ``embeddings``, for batch rows ``rows``
         (row k of ``x0_hat`` is batch row ``rows[k]``).
 
@@ -349,9 +353,17 @@ class GuidedSampler:
         most one chunk's VAE graph is alive; then x̂0's gradient is pushed through the UNet once.
         """
         cfg = self.config
+        bank_draw, peers, margin = contrast      # the bank's draw and batch peers per row; ρ
         leaf = x0_hat.detach().requires_grad_(True)
-        contra = [contrastive_loss(leaf[k], bank_draw[i], cfg.margin) for k, i in enumerate(rows)
-                  if bank_draw[i] is not None]
+        position = {i: k for k, i in enumerate(rows)}
+        contra = []
+        for k, i in enumerate(rows):
+            # The peers' current x̂0, detached: each render is pushed away from the others and
+            # not pulled by them (as a bank entry is fixed).
+            others = [leaf[position[j]].detach()[None] for j in peers[i] if j in position]
+            targets = ([bank_draw[i]] if bank_draw[i] is not None else []) + others
+            if targets:
+                contra.append(contrastive_loss(leaf[k], torch.cat(targets), margin))
         if contra:
             torch.stack(contra).sum().backward()
         adversarial = [k for k, i in enumerate(rows) if adv[i]]
@@ -400,6 +412,12 @@ class GuidedSampler:
                 raise ValueError("guides is None but some samples use image guidance")
             if tuple(guides.shape) != (b, 3, size, size):
                 raise ValueError(f"guides must be [{b}, 3, {size}, {size}] in [-1, 1], got {tuple(guides.shape)}")
+
+
+def _batch_peers(labels: Sequence[int], actgen: Sequence[bool]) -> list[list[int]]:
+    """For each actgen row, the other actgen rows of its class in the batch (else none)."""
+    return [[j for j in range(len(labels)) if j != i and actgen[j] and int(labels[j]) == int(labels[i])]
+            if actgen[i] else [] for i in range(len(labels))]
 
 
 def _streams(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:

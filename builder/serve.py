@@ -16,6 +16,7 @@ ends it (and its workers).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import IO, Optional, Sequence
 
 from actgen.shards.errors import one_line
+from actgen.shards.sources import DataSource
 
-from .config import load_config, round_overrides
+from .config import BuildConfig, load_config, round_overrides
 
 REPLY_PREFIX = "actgen-serve "
 MAX_REQUEST_CHARS = 1 << 20     # a request is a few paths; anything longer is not one
@@ -60,12 +62,21 @@ def parse_request(line: str) -> tuple[Path, Optional[Path], Optional[dict]]:
     return Path(round_dir), Path(output) if output else None, dataset
 
 
-def request_overrides(round_dir: Path, output: Optional[Path], dataset: Optional[dict]) -> list[str]:
-    """The ``--set`` overrides of one request, before the server's own."""
-    sets = round_overrides(round_dir, output=output)
-    if dataset is not None:
-        sets.append(f"dataset={json.dumps(dataset)}")
-    return sets
+def request_config(config_path: Optional[Path], overrides: Sequence[str], round_dir: Path, output: Optional[Path],
+                   dataset: Optional[dict]) -> BuildConfig:
+    """One request's config: the server's config and ``--set`` overrides, then the request's paths
+    and data source taken literally (never parsed or interpolated)."""
+    cfg = load_config(config_path, overrides, literal=round_overrides(round_dir, output=output))
+    if dataset is None:
+        return cfg
+    try:
+        source = DataSource(**dataset)
+    except TypeError as e:
+        raise ValueError(f"request dataset = {json.dumps(dataset)[:200]}: not a data source ({e})") from None
+    bad = [k for k, v in dataclasses.asdict(source).items() if v is not None and not isinstance(v, (str, list))]
+    if bad or not isinstance(source.path, str) or not source.path:
+        raise ValueError(f"request dataset: field {(bad or ['path'])[0]!r} must be a string")
+    return dataclasses.replace(cfg, dataset=source)
 
 
 def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Iterable[str], replies: IO[str],
@@ -77,7 +88,7 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
     from .workers import WorkerPool
 
     # A typo fails now, not at the first round.
-    load_config(config_path, [*request_overrides(Path("round"), None, None), *overrides])
+    request_config(config_path, overrides, Path("round"), None, None)
     built = 0
     with WorkerPool() as pool:
         for line in requests:
@@ -86,7 +97,7 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
             start = time.perf_counter()
             try:
                 round_dir, output, dataset = parse_request(line)
-                cfg = load_config(config_path, [*request_overrides(round_dir, output, dataset), *overrides])
+                cfg = request_config(config_path, overrides, round_dir, output, dataset)
                 images = (build or _build)(cfg, round_dir, pool)
                 reply = {"ok": True, "images": images, "seconds": round(time.perf_counter() - start, 3)}
                 built += 1

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, one_line
 from actgen.shards.locks import hold_lock, sibling_lock_path
 from actgen.shards.manifest import read_manifest
 from actgen.shards.reader import read_index
-from actgen.shards.rounds import MANIFEST_FILE, SHARDS_DIR, list_rounds, read_status, round_dir
+from actgen.shards.rounds import MANIFEST_FILE, SHARDS_DIR, STATUS_FILE, list_rounds, read_status, round_dir
 from actgen.shards.writer import file_sha256
 
 from .config import BuildConfig, load_config, round_overrides
@@ -52,17 +52,26 @@ class WatchOptions:
         poll_s: seconds between looks for a new round.
         idle_timeout_s: give up (TimeoutError) after this long without a new round to build;
             None waits for ever.
+        retries: attempts after a round's first failed one before the watcher gives up (a node
+            lost, a file system that hiccuped: a cluster's faults are often transient).
+        backoff_s: wait before the first retry; each further retry waits twice as long.
     """
 
     run_dir: Path
     poll_s: float = 10.0
     idle_timeout_s: Optional[float] = None
+    retries: int = 2
+    backoff_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.poll_s <= 0:
             raise ValueError(f"--poll = {self.poll_s}: expected a number of seconds > 0")
         if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
             raise ValueError(f"--idle-timeout = {self.idle_timeout_s}: expected a number of seconds > 0")
+        if self.retries < 0:
+            raise ValueError(f"--retries = {self.retries}: expected an int >= 0")
+        if self.backoff_s < 0:
+            raise ValueError(f"--retry-backoff = {self.backoff_s}: expected a number of seconds >= 0")
 
 
 def is_built(directory: Path) -> bool:
@@ -94,7 +103,7 @@ def load_round_config(config_path: Optional[Path], overrides: Sequence[str], dir
     ``output.overwrite``: the folder belongs to the run, so an unfinished build of the same
     settings is resumed (its shards kept) and one made from an earlier manifest is replaced.
     """
-    return load_config(config_path, [*round_overrides(directory), "output.overwrite=true", *overrides])
+    return load_config(config_path, ["output.overwrite=true", *overrides], literal=round_overrides(directory))
 
 
 def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOptions,
@@ -104,7 +113,8 @@ def watch(config_path: Optional[Path], overrides: Sequence[str], opts: WatchOpti
 
     Raises:
         TimeoutError: nothing new for ``opts.idle_timeout_s``.
-        ValueError, OSError, RuntimeError: a round failed to build (marked ``failed`` first).
+        ValueError, OSError, RuntimeError: a round failed to build ``1 + opts.retries`` times
+            (marked ``retrying`` between attempts, ``failed`` when the watcher gives up).
     """
     from .pipeline import build_round, run   # torch and Ray: loaded once there may be a round to build
     from .workers import WorkerPool
@@ -151,7 +161,8 @@ def _watch(run_dir: Path, config_path: Optional[Path], overrides: Sequence[str],
             if built_now(r):
                 continue
             _logger.info("round %d: building %s", r, directory / SHARDS_DIR)
-            status, _ = build_round(directory, load_round_config(config_path, overrides, directory), build)
+            status = _build_with_retries(r, directory, load_round_config(config_path, overrides, directory),
+                                         build, build_round, opts, sleep)
             _logger.info("round %d: done, %d images in %.1f s (attempt %d)", r, status.images, status.seconds,
                          status.attempts)
             built.append(r)
@@ -170,3 +181,27 @@ def _watch(run_dir: Path, config_path: Optional[Path], overrides: Sequence[str],
             raise TimeoutError(f"{run_dir}: no new round to build for {opts.idle_timeout_s:.0f} s "
                                f"(--idle-timeout); round {nxt} never appeared")
         sleep(opts.poll_s)
+
+
+def _build_with_retries(r: int, directory: Path, cfg: BuildConfig, build: Callable[[BuildConfig], BuildResult],
+                        build_round: Callable, opts: WatchOptions, sleep: Callable[[float], None]):
+    """One round, retried ``opts.retries`` times with doubling waits; the last error is raised.
+
+    Every attempt resumes the shards the failed ones finished (the pipeline's resume), so a retry
+    redoes only what was lost. An interrupt is never retried.
+    """
+    for attempt in range(opts.retries + 1):
+        last = attempt == opts.retries
+        try:
+            status, _ = build_round(directory, cfg, build, will_retry=not last)
+            return status
+        except Exception as e:
+            if last:
+                _logger.error("round %d: build failed %d times; giving up (marked failed in %s): %s", r,
+                              attempt + 1, directory / STATUS_FILE, one_line(e))
+                raise
+            wait = opts.backoff_s * 2 ** attempt
+            _logger.warning("round %d: build failed (%s); retry %d of %d in %.0f s", r, one_line(e), attempt + 1,
+                            opts.retries, wait)
+            sleep(wait)
+    raise AssertionError("unreachable")

@@ -7,9 +7,10 @@ this process.
 A :class:`WorkerPool` lives as long as its caller wants: a one-off build uses one for its round,
 ``--watch`` and ``--serve`` keep one for the whole run, so Ray starts once, the actors persist
 between rounds, and each keeps its loaded generator (``render.resident``: reloaded only when the
-generator settings or files change; its weights hashed once). The actors are Ray core actors
-driven through ``ray.util.ActorPool`` rather than Ray Data's ``map_batches``: Ray Data's actor
-pool lives only as long as one data set's execution, so every round would start and load anew.
+generator settings or files change; its weights hashed once). The actors are Ray core actors,
+one shard in flight each (:func:`_schedule`, which also gives a dead worker's shard again),
+rather than Ray Data's ``map_batches``: Ray Data's actor pool lives only as long as one data
+set's execution, so every round would start and load anew.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 import re
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Optional
 
 from actgen.shards.runtime import resolve_device
@@ -104,7 +106,6 @@ class WorkerPool:
 
     def _render_on_ray(self, spec: RenderSpec, todo: list[int], cfg: BuildConfig) -> list[dict]:
         import ray
-        from ray.util import ActorPool
 
         rc = cfg.ray
         self._init_ray(rc)
@@ -112,25 +113,21 @@ class WorkerPool:
         device = resolve_device(cfg.generator.device, has_gpu=gpus > 0, key="generator.device")
         gpus_per_worker = rc.gpus_per_worker if rc.gpus_per_worker is not None else (1.0 if device == "cuda" else 0.0)
         workers = rc.workers or (max(1, int(gpus // max(gpus_per_worker, 1e-9))) if device == "cuda" else 1)
-        shape = (workers, rc.cpus_per_worker, gpus_per_worker, device)
+        shape = (workers, rc.cpus_per_worker, gpus_per_worker, device, rc.max_restarts)
         if shape != self._shape:
             self._kill_actors()
-            self._actors = [ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=gpus_per_worker or None)(_ShardActor)
-                            .remote() for _ in range(workers)]
+            # A worker process that dies (a lost node, the OOM killer, a preempted GPU) is started
+            # again by Ray, up to max_restarts times; the shard it held is retried below.
+            self._actors = [ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=gpus_per_worker or None,
+                                       max_restarts=rc.max_restarts)(_ShardActor).remote() for _ in range(workers)]
             self._shape = shape
             _logger.info("Ray: %d workers (%g CPU, %g GPU each) on %s; cluster %s", workers, rc.cpus_per_worker,
                          gpus_per_worker, device, {k: v for k, v in ray.cluster_resources().items()
                                                    if k in ("CPU", "GPU", "memory")})
         build = next(self._builds)
         spec_ref = ray.put(dataclasses.replace(spec, device=device))    # shipped once, not per shard
-        # One shard in flight per actor, so a slow shard never holds others queued behind it.
-        rows = []
-        for row in ActorPool(self._actors[:len(todo)]).map_unordered(
-                lambda actor, n: actor.write.remote(build, spec_ref, n), todo):
-            rows.append(row)
-            _logger.info("%s done (%d/%d): %d images in %.2f s", row["filename"], len(rows), len(todo),
-                         row["num_samples"], row["seconds"])
-        return rows
+        return _schedule(self._actors[:len(todo)], todo, lambda actor, n: actor.write.remote(build, spec_ref, n),
+                         rc.shard_retries)
 
     def _init_ray(self, rc: RayConfig) -> None:
         import ray
@@ -167,6 +164,46 @@ class WorkerPool:
             if ray.is_initialized():
                 ray.shutdown()
             self._started_ray = False
+
+
+def _schedule(actors: list, todo: list[int], submit, retries: int) -> list[dict]:
+    """Every shard of ``todo`` rendered on ``actors``, one in flight per actor (a slow shard never
+    holds others queued behind it); a shard whose worker process died is given again, at most
+    ``retries`` times. A shard is written atomically and renders the same bytes on any worker
+    (its seeds are the plan's), so a retry leaves no trace but the time it took.
+
+    Only a worker's death is retried: an exception raised by the rendering code (a bad file, a
+    NaN) would fail again, and is raised at once.
+    """
+    import ray
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+
+    queue, free = deque(todo), deque(actors)
+    pending: dict = {}
+    failures: Counter = Counter()
+    rows: list[dict] = []
+    while queue or pending:
+        while queue and free:
+            actor, n = free.popleft(), queue.popleft()
+            pending[submit(actor, n)] = (actor, n)
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        actor, n = pending.pop(ref)
+        try:
+            row = ray.get(ref)
+        except (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError) as e:
+            failures[n] += 1
+            if failures[n] > retries:
+                raise
+            _logger.warning("shard %d: its worker died (%s); rendering it again (retry %d of %d)", n,
+                            type(e).__name__, failures[n], retries)
+            queue.appendleft(n)
+            free.append(actor)       # restarted by Ray (max_restarts); one past its restarts fails again
+            continue
+        free.append(actor)
+        rows.append(row)
+        _logger.info("%s done (%d/%d): %d images in %.2f s", row["filename"], len(rows), len(todo),
+                     row["num_samples"], row["seconds"])
+    return rows
 
 
 def unwrap_ray_error(e: Exception) -> Exception:

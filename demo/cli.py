@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from actgen.shards import __version__
+from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
@@ -27,6 +29,7 @@ The generator directory is reused on later runs; delete it to fit again.
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, "--version", prog_name="actgen-demo", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default="configs/demo.yaml", show_default=True, help="Demo config (see configs/demo.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -46,7 +49,13 @@ def main(config_path: Path, overrides: tuple[str, ...], verbose: bool) -> None:
         from .run import run
 
         cfg = load_demo_config(config_path, overrides)
-        report = run(cfg, command=" ".join(["actgen-demo", *sys.argv[1:]]))
+        log = Path(cfg.output) / "demo.log"         # the whole demo's log, beside its report
+        log.parent.mkdir(parents=True, exist_ok=True)
+        add_log_file(log)
+        try:
+            report = run(cfg, command=" ".join(["actgen-demo", *sys.argv[1:]]))
+        finally:
+            remove_log_file(log)
         click.echo(f"report: {report}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from actgen.shards.config import load_structured
 
@@ -36,11 +36,12 @@ class DemoConfig:
     baseline: bool = True
 
 
-def load_demo_config(path: Optional[str | Path], overrides: Sequence[str] = ()) -> DemoConfig:
+def load_demo_config(path: Optional[str | Path], overrides: Sequence[str] = (),
+                     literal: Optional[Mapping[str, str]] = None) -> DemoConfig:
     """Load a YAML config over the defaults, then apply ``key=value`` overrides.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: an unknown key or a mistyped value (names the key).
     """
-    return load_structured(DemoConfig, path, overrides)
+    return load_structured(DemoConfig, path, overrides, literal=literal)

@@ -47,7 +47,7 @@ def train_config(cfg: DemoConfig, which: str) -> Config:
         extra = ["synthetic.source=inline", f"synthetic.build_config={cfg.build_config}",
                  "synthetic.build_overrides=[" + ",".join(json.dumps(b) for b in builds) + "]",
                  "synthetic.on_missing=error"]
-    return load_config(cfg.train_config, [*cfg.train_overrides, *extra, f"run_dir={run_dir}"])
+    return load_config(cfg.train_config, [*cfg.train_overrides, *extra], literal={"run_dir": str(run_dir)})
 
 
 def ensure_generator(cfg: DemoConfig, images: LabeledImages) -> str:

@@ -16,7 +16,7 @@ import torch
 
 from actgen.shards.atomic import atomic_write_bytes
 from actgen.shards.config import diff_keys
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, load_refusal
 
 REQUIRED_KEYS = ("step", "config", "fingerprint", "vae", "unet", "text_encoder", "ema", "optimizer",
                  "lr_scheduler", "rng", "losses", "ae_losses")
@@ -50,16 +50,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _refusal(e: Exception) -> str:
-    """One line for a checkpoint ``torch.load(weights_only=True)`` refused. torch's own message
-    spans lines and suggests turning ``weights_only`` off, which is exactly what must not be done here."""
-    text = str(e)
-    _, unpickler, tail = text.partition("WeightsUnpickler error:")
-    reason = next((line.strip() for line in (tail if unpickler else text).splitlines() if line.strip()), "")
-    reason = reason.split(" Please use")[0][:200] or type(e).__name__
-    if unpickler:
-        return (f"refused: not a plain-tensor fit checkpoint ({reason}); "
-                "fit checkpoints are loaded with weights_only=True and never run pickled code")
-    return f"not a readable fit checkpoint ({type(e).__name__}: {reason})"
+    return load_refusal(e, "fit checkpoint")
 
 
 def check_resume(state: dict[str, Any], config_dict: dict, fingerprint: str, path: Path) -> None:

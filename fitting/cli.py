@@ -7,6 +7,8 @@ from typing import Optional
 
 import click
 
+from actgen.shards import __version__
+from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
@@ -29,6 +31,7 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, "--version", prog_name="actgen-fit-generator", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML config (see configs/fit-*.yaml); defaults when omitted.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Generator directory.")
@@ -50,22 +53,28 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
     setup_logging(verbose)
     with cli_errors("actgen-fit-generator", verbose, bad_input=(ValueError, OSError), failures=(),
                     interrupted="interrupted; rerun with --resume to continue from the last checkpoint"):
-        extra = [f"output='{output}'"] if output is not None else []
+        literal = {"output": str(output)} if output is not None else {}     # taken as given, never interpolated
         if lora:
             if resume:
                 raise click.UsageError("--resume applies to fits from scratch, not to --lora")
             from .config import load_lora_config
             from .lora import run_lora
 
-            result = run_lora(load_lora_config(config_path, [*extra, *overrides]))
+            result = run_lora(load_lora_config(config_path, overrides, literal=literal))
             click.echo(f"{result.output}: LoRA fine-tuned in {len(result.losses)} steps "
                        f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
             return
         from .config import load_fit_config
         from .fit import run
 
-        cfg = load_fit_config(config_path, [*extra, *overrides])
-        result = run(cfg, resume=resume)
+        cfg = load_fit_config(config_path, overrides, literal=literal)
+        log = Path(cfg.output) / "fit.log"          # the fit keeps its own log (appended on resume)
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        add_log_file(log)
+        try:
+            result = run(cfg, resume=resume)
+        finally:
+            remove_log_file(log)
         click.echo(f"{result.output}: generator fitted in {result.step} steps "
                    f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
 

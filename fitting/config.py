@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 from actgen.builder.config import TINY   # the random tiny generator: LoRA's ``base`` for tests
 from actgen.shards.config import check_value as _check, load_structured, to_dict
@@ -204,14 +204,15 @@ class FitConfig:
         _check(self.num_train_timesteps >= 10, "num_train_timesteps", self.num_train_timesteps, "an int >= 10")
 
 
-def load_fit_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> FitConfig:
+def load_fit_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                    literal: Optional[Mapping[str, str]] = None) -> FitConfig:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: an unknown key, a mistyped value or a value out of range (names the key).
     """
-    return load_structured(FitConfig, path, overrides)
+    return load_structured(FitConfig, path, overrides, literal=literal)
 
 
 def fit_config_to_dict(cfg: FitConfig) -> dict:
@@ -269,11 +270,12 @@ class LoraFitConfig:
         _check(0 <= self.prompt_dropout <= 1, "prompt_dropout", self.prompt_dropout, "a number in [0, 1]")
 
 
-def load_lora_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> LoraFitConfig:
+def load_lora_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                     literal: Optional[Mapping[str, str]] = None) -> LoraFitConfig:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: an unknown key, a mistyped value or a value out of range (names the key).
     """
-    return load_structured(LoraFitConfig, path, overrides)
+    return load_structured(LoraFitConfig, path, overrides, literal=literal)

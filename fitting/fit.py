@@ -302,7 +302,10 @@ def write_grid(generator, class_names: list[str], prompts: list[str], cfg: FitCo
 
 
 def _progress(enabled: bool, initial: int, total: int):
-    if not enabled:
+    """A tqdm bar on a terminal only; in a log file the fit's own line every ``log_every`` steps."""
+    from actgen.shards.runtime import progress_bars
+
+    if not enabled or not progress_bars():
         return None
     from tqdm.auto import tqdm
 

@@ -8,13 +8,51 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
 
-def load_structured(schema_cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load a YAML file over ``schema_cls``'s defaults, then apply ``key.sub=value`` overrides.
+_CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``actgen.configs``), without suffix."""
+    from importlib.resources import files
+
+    try:
+        root = files("actgen.configs")
+    except ModuleNotFoundError:
+        return []
+    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(_CONFIG_SUFFIXES))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` when that file exists (a path always wins); else, for a bare name (``demo``,
+    ``demo.yaml``) or ``configs/<name>``, the config of that name shipped with the package, so
+    that ``--config demo`` works from any folder; else ``path`` unchanged (the caller reports it)."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given
+    parts = given.parts
+    if len(parts) == 1 or (len(parts) == 2 and parts[0] == "configs"):
+        name = parts[-1] if parts[-1].endswith(_CONFIG_SUFFIXES) else parts[-1] + ".yaml"
+        from importlib.resources import files
+
+        try:
+            candidate = files("actgen.configs") / name
+        except ModuleNotFoundError:
+            return given
+        if candidate.is_file():
+            return Path(str(candidate))
+    return given
+
+
+def load_structured(schema_cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                    literal: Optional[Mapping[str, str]] = None) -> T:
+    """Load a YAML file over ``schema_cls``'s defaults, then apply ``key.sub=value`` overrides,
+    then ``literal`` values (paths from a command line, a request or a manifest: set as given,
+    never parsed, quoted or interpolated by OmegaConf, so ``${`` and quotes in a name are kept).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -27,9 +65,11 @@ def load_structured(schema_cls: type[T], path: str | Path | None = None, overrid
     schema = OmegaConf.structured(schema_cls)
     layers = [schema]
     if path is not None:
-        path = Path(path)
+        path = resolve_config_path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
+            shipped = ", ".join(packaged_configs()) or "none"
+            raise FileNotFoundError(f"{path}: config file not found, nor a config shipped with actgen by that name "
+                                    f"(shipped: {shipped})")
         try:
             loaded = OmegaConf.load(path)
         except Exception as e:  # yaml.YAMLError and friends; report the file, not a traceback
@@ -49,17 +89,57 @@ def load_structured(schema_cls: type[T], path: str | Path | None = None, overrid
         merged = OmegaConf.merge(*layers)
         if overrides:
             where = "--set overrides"
-            layer = OmegaConf.from_dotlist(list(overrides))
+            layer = _dotlist(overrides)
+            merged = OmegaConf.merge(merged, layer)
+        if literal:
+            # A stand-in that OmegaConf never parses; the real value is set after conversion.
+            where, layer = "literal paths", OmegaConf.from_dotlist([f"{k}={_LITERAL_STAND_IN}" for k in literal])
             merged = OmegaConf.merge(merged, layer)
     except OmegaConfBaseException as e:
         raise ValueError(f"{where}: {_omegaconf_message(e, schema, layer)}") from None
     try:
-        return OmegaConf.to_object(merged)  # runs every __post_init__ check
+        cfg = OmegaConf.to_object(merged)  # runs every __post_init__ check
+        for key, value in (literal or {}).items():
+            cfg = _replace_path(cfg, key.split("."), str(value))   # ... and again, on the real value
+        return cfg
     except OmegaConfBaseException as e:
         raise ValueError(f"{where}: {_omegaconf_message(e, schema, None)}") from None
     except ValueError as e:
         origin = " + ".join(filter(None, [str(path) if path is not None else "", "--set" if overrides else ""]))
         raise ValueError(f"{origin or 'defaults'}: {e}") from None
+
+
+_LITERAL_STAND_IN = "actgen-literal-value"
+
+
+def _dotlist(overrides: Sequence[str]):
+    """``--set`` overrides as a config layer, one at a time so that a value YAML cannot parse is
+    a ValueError naming its key (OmegaConf raises the YAML parser's own error)."""
+    from omegaconf import OmegaConf
+
+    layers = []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except Exception as e:   # yaml.YAMLError and the grammar's errors
+            if e.__class__.__module__.startswith("omegaconf"):
+                raise
+            raise ValueError(f"--set {key.strip()}: value {value!r} is not valid YAML "
+                             f"({' '.join(str(e).split())[:120]})") from None
+    return OmegaConf.merge(*layers) if layers else OmegaConf.create({})
+
+
+def _replace_path(node: Any, keys: list[str], value: str) -> Any:
+    """``node`` with the string field at ``keys`` set to ``value`` (frozen dataclasses rebuilt, so
+    their checks run again)."""
+    import dataclasses
+
+    name = keys[0]
+    if not dataclasses.is_dataclass(node) or name not in {f.name for f in dataclasses.fields(node)}:
+        raise ValueError(f"config key {name!r}: not a field of {type(node).__name__}")
+    child = value if len(keys) == 1 else _replace_path(getattr(node, name), keys[1:], value)
+    return dataclasses.replace(node, **{name: child})
 
 
 def check_value(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -6,6 +6,7 @@ import datetime
 import errno
 import logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -47,13 +48,23 @@ def writing(path: str | Path) -> Iterator[None]:
         raise WriteFailed(f"{path}: cannot write ({e.strerror or e})") from e
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: every character that is not printable (control characters,
+    escape sequences, bidirectional overrides) shown as its Python escape, e.g. ``\\x1b``. What a
+    received data set says (class names, generator names, modes) is data, never terminal control."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
 def one_line(e: BaseException) -> str:
     """An exception as the one line the CLIs print (the file name folded in for OSErrors whose
-    message lacks it)."""
+    message lacks it; anything unprintable escaped, since messages quote files' contents)."""
     text = " ".join(str(e).split())
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{e.filename}: {text}"
-    return text or type(e).__name__
+    return printable(text) or type(e).__name__
 
 
 def is_bad_input(e: BaseException,
@@ -76,30 +87,67 @@ def cli_errors(prog: str, verbose: bool, interrupted: str = "interrupted",
 
     ``bad_input`` (FormatError and config errors are ValueErrors, missing files OSErrors) exits
     with 2 as ``<prog>: error: ...``; ``failures`` (a device, a worker, a subprocess, a full disk)
-    and any other exception with 1 as ``<prog>: failed: ...``; Ctrl-C with 130 and ``interrupted``
-    (what to do next). With ``verbose`` (``--debug``) the traceback is logged on stderr; otherwise
-    a failure's traceback is written to a log file (in ``log_dir``, default the temporary folder)
-    that the line names. Click's own usage errors and exits pass through to click.
+    and any other exception with 1 as ``<prog>: failed: ...``; Ctrl-C with 130 and SIGTERM (how
+    schedulers preempt a job) with 143, both as ``interrupted`` (what to do next). With
+    ``verbose`` (``--debug``) the traceback is logged on stderr; otherwise every non-zero exit's
+    traceback is written to a log file (in ``log_dir``, default the temporary folder) that the line
+    names. Click's own usage errors and exits pass through to click.
     """
     import click
 
+    previous = _handle_sigterm()
     try:
         yield
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
-    except KeyboardInterrupt:
-        click.echo(f"{prog}: {interrupted}", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, or SIGTERM (how schedulers preempt): the same clean stop, told apart by status.
+        terminated = isinstance(e, Terminated)
+        what = interrupted.replace("interrupted", "terminated (SIGTERM)", 1) if terminated else interrupted
+        click.echo(f"{prog}: {what}", err=True)
+        sys.exit(143 if terminated else 130)
     except Exception as e:
         bad = is_bad_input(e, bad_input)
         if verbose:
             logging.getLogger(prog).exception("failed")
         if bad:
-            click.echo(f"{prog}: error: {one_line(e)}", err=True)
+            # Bad input keeps its traceback in a file too; the line names the file only when the
+            # error was raised inside a library (torch, diffusers...), where the message alone may
+            # not say which input was at fault.
+            where = "" if verbose else _traceback_file(prog, e, log_dir)
+            click.echo(f"{prog}: error: {one_line(e)}{where if _raised_in_a_library(e) else ''}", err=True)
             sys.exit(2)
         where = "" if verbose else _traceback_file(prog, e, log_dir)
         click.echo(f"{prog}: failed: {_describe(e, failures)}{where}", err=True)
         sys.exit(1)
+
+
+def _raised_in_a_library(e: BaseException) -> bool:
+    """Whether the innermost frame of ``e``'s traceback lies outside ActGen's own code."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("actgen.")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as cleanly as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _handle_sigterm():
+    """SIGTERM raises :class:`Terminated` in the main thread (not elsewhere: signals go there)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _describe(e: BaseException, expected: tuple[type[BaseException], ...]) -> str:
@@ -127,3 +175,26 @@ def _traceback_file(prog: str, e: BaseException, log_dir: Optional[str | Path]) 
                 os.unlink(name)
         return ""
     return f" (traceback in {name}; --debug prints it)"
+
+
+def load_refusal(e: BaseException, what: str) -> str:
+    """One line for a ``torch.load(weights_only=True)`` that failed on a file. torch's message
+    spans lines and advises rerunning with the weights-only check turned off: exactly what must
+    never be done with a file from elsewhere, so that advice is dropped and the real reason kept
+    (e.g. ``Trying to load unsupported GLOBAL posix.system``)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:                 # older torch wording
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("weights only load failed", "weights_only", "check the documentation", "re-running",
+                   "in pytorch 2.6")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if not any(b in line.lower() for b in boilerplate)), "")
+    reason = printable(reason.split(" Please use")[0][:200])
+    # Only a pickle that asks for code (a global, a class) is a refusal; junk bytes fail the same
+    # unpickler with e.g. "Unsupported operand 110" and are simply not a readable file.
+    unpickler = "weights only load failed" in str(e).lower() or "weightsunpickler" in str(e).lower()
+    if unpickler and re.search(r"global|unsupported class|reduce", reason, re.IGNORECASE):
+        return (f"refused: not a plain-tensor {what} ({reason or type(e).__name__}); it is loaded with "
+                "weights_only=True and never runs pickled code")
+    return f"not a readable {what} ({type(e).__name__}{': ' + reason if reason else ''})"
+

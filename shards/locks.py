@@ -13,11 +13,13 @@ locked file, so a holder that just removed it cannot be raced into two holders.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
+import stat
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -105,7 +107,7 @@ def hold_lock(path: str | Path, what: str) -> Iterator[dict]:
 def _acquire(path: Path, what: str) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_lock_file(path, what)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -121,7 +123,7 @@ def _acquire(path: Path, what: str) -> int:
             os.close(fd)
             raise
         try:
-            current = os.stat(path)
+            current = os.lstat(path)
         except FileNotFoundError:
             current = None
         mine = os.fstat(fd)
@@ -147,12 +149,32 @@ def _read_holder_fd(fd: int) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def _open_lock_file(path: Path, what: str) -> int:
+    """Open (or create) the lock file itself, never what a symbolic link planted at its path
+    points to: run folders sit on shared file systems where others can write beside them, and
+    a followed link would have the lock record written into any file the link names."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():
+            raise OSError(errno.ELOOP, f"lock file {path} for {what} is a symbolic link; refusing to follow it "
+                                       "(remove the link)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"lock file {path} for {what} is not a regular file; remove it")
+    return fd
+
+
 def _read_holder_path(path: Path) -> dict:
     try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return {}
-    return holder if isinstance(holder, dict) else {}
+    try:
+        return _read_holder_fd(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else {}
+    finally:
+        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:

@@ -48,6 +48,10 @@ class ManifestHeader:
     # drop_hardest, start_epoch, min_holdout_acc) and whether the round fired (fired, reason,
     # num_candidates). Empty in manifests written before it existed: the paper's rule, fired.
     selection: dict = field(default_factory=dict)
+    # Training-split images (sample ids) the builder may use as guides where a class-balanced
+    # allocation has more images for a class than hard samples (``allocation.fill: train``): a
+    # bounded random draw per class, never hold-out images. Empty in older manifests.
+    guide_pool: list[str] = field(default_factory=list)
     format: str = MANIFEST_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -80,6 +84,20 @@ def _check(manifest: HardSampleManifest, where: str) -> None:
         raise FormatError(where, f"field 'header.selection.fired' is false (the round did not fire), but the "
                                  f"manifest lists {len(manifest.samples)} samples")
     fp12 = header.dataset_fingerprint[:12]
+    hard_ids = {s.id for s in manifest.samples}
+    pool_seen: set[str] = set()
+    for i, sid in enumerate(header.guide_pool):
+        at = f"header.guide_pool[{i}]"
+        try:
+            got_fp, _ = parse_sample_id(sid)
+        except FormatError as e:
+            raise FormatError(where, f"field '{at}': {e.problem}, got {sid!r}") from None
+        if got_fp != fp12:
+            raise FormatError(where, f"field '{at}' {sid!r} does not belong to data set {fp12} "
+                                     "(header.dataset_fingerprint)")
+        if sid in pool_seen or sid in hard_ids:
+            raise FormatError(where, f"field '{at}' {sid!r} repeats an id of the guide pool or the samples")
+        pool_seen.add(sid)
     seen: dict[str, int] = {}
     for i, s in enumerate(manifest.samples):
         at = f"samples[{i}]"

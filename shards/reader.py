@@ -321,4 +321,4 @@ class ShardRandomAccess:
         with open(path, "rb") as f:
             image, provenance = read_member(f, span), read_member(f, json_span)
         return SyntheticSample(key=key, image=decode_image(image, path, key, ext), label=self._labels[index],
-                               provenance=decode_provenance(provenance, path, key))
+                               provenance=decode_provenance(provenance, path, key), encoded=(ext, image))

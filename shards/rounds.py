@@ -5,7 +5,7 @@ A training run directory holds one folder per round::
     <run_dir>/rounds/<r>/checkpoint/         classifier bundle       (trainer, written first)
     <run_dir>/rounds/<r>/hard_samples.json   hard-sample manifest    (trainer, written last: "ready")
     <run_dir>/rounds/<r>/shards/             synthetic data set      (builder; its index.json last)
-    <run_dir>/rounds/<r>/build_status.json   the builder's state     (builder: building/done/failed)
+    <run_dir>/rounds/<r>/build_status.json   the builder's state     (builder: building/retrying/done/failed)
 
 A round is *ready to build* once its manifest reads, and *built* once its shards' ``index.json``
 reads; ``build_status.json`` adds who built it, when and how it went, so that a restarted watcher
@@ -34,7 +34,7 @@ STATUS_FILE = "build_status.json"
 STATUS_FORMAT = "actgen.build-status"
 STATUS_FORMAT_VERSION = 1
 
-STATES = ("building", "done", "failed")
+STATES = ("building", "retrying", "done", "failed")
 
 
 def round_dir(run_dir: str | Path, round: int) -> Path:
@@ -56,14 +56,16 @@ class BuildStatus:
 
     Attributes:
         state: ``building`` (started; a kill leaves it so: the next attempt resumes the shards),
-            ``done`` (the shards' ``index.json`` is written), ``failed`` (``error`` says why).
+            ``retrying`` (an attempt failed, ``error`` says why, and the builder will try again:
+            a trainer keeps waiting), ``done`` (the shards' ``index.json`` is written), ``failed``
+            (the builder gave up; ``error`` says why).
         round: the round.
         host, pid: who wrote this state.
         updated: UTC time of this state.
         attempts: how many times a builder started on the round.
         images: images in the finished data set (``done``).
         seconds: wall time of the attempt that finished it (``done``).
-        error: one line (``failed``).
+        error: one line (``retrying``, ``failed``).
     """
 
     state: str

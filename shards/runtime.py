@@ -5,6 +5,7 @@ helper imports torch at module level, so a CLI's ``--help`` stays torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,9 +26,75 @@ def setup_logging(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING
     tag = f"[rank {rank}] " if rank else ""
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+                        datefmt=DATE_FORMAT, stream=sys.stderr, force=True)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not progress_bars():
+        # A log file or a pipe: no carriage-return bars from any library (tqdm reads TQDM_*
+        # defaults from the environment; datasets and huggingface_hub read their own switches
+        # at import). ActGen's own progress is one log line per interval.
+        for variable in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(variable, "1")
+
+
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def progress_bars() -> bool:
+    """Whether progress bars are wanted: only when stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A run's log file: if it cannot be written (a full disk, a file-size limit), it detaches
+    itself quietly; the terminal's log and the program's own error handling are unaffected."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        logging.getLogger().removeHandler(self)
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def add_log_file(path: str | os.PathLike) -> Optional[logging.Handler]:
+    """Also write the log to ``path`` (appended; the same format as the terminal's), e.g. a run's
+    ``train.log``; the handler, or None when it is already attached. The folder must exist."""
+    path = os.path.abspath(path)
+    root = logging.getLogger()
+    for h in root.handlers:
+        if isinstance(h, logging.FileHandler) and h.baseFilename == path:
+            return None
+    handler = _LogFileHandler(path, encoding="utf-8")
+    stream = next((h for h in root.handlers if not isinstance(h, logging.FileHandler)), None)
+    handler.setFormatter(stream.formatter if stream is not None and stream.formatter is not None
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", DATE_FORMAT))
+    handler.setLevel(root.level)
+    root.addHandler(handler)
+    return handler
+
+
+@contextlib.contextmanager
+def run_log(path: str | os.PathLike | None):
+    """Within the block, also write the log to ``path`` (None: nowhere else); its folder must exist."""
+    if path is None or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        yield
+        return
+    add_log_file(path)
+    try:
+        yield
+    finally:
+        remove_log_file(path)
+
+
+def remove_log_file(path: str | os.PathLike) -> None:
+    """Detach and close the handler :func:`add_log_file` attached for ``path`` (if any)."""
+    path = os.path.abspath(path)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler) and h.baseFilename == path:
+            root.removeHandler(h)
+            h.close()
 
 
 def resolve_device(preference: str, has_gpu: Optional[bool] = None, key: str = "device") -> str:

@@ -6,6 +6,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .errors import FormatError
 
@@ -22,6 +23,9 @@ class SyntheticSample:
     image: object          # PIL.Image.Image
     label: int
     provenance: dict = field(default_factory=dict)
+    # The image as it was stored, ``(extension, bytes)``, when read from a shard: a writer of the
+    # same image format copies these bytes instead of encoding again (no second lossy encode).
+    encoded: Optional[tuple[str, bytes]] = field(default=None, compare=False, repr=False)
 
 
 REQUIRED_PROVENANCE = ("class_name", "source_id", "generator", "prompt", "seed", "guidance",
@@ -91,9 +95,10 @@ def encode_sample(sample: SyntheticSample, image_format: str = "png") -> dict:
     missing = [k for k in REQUIRED_PROVENANCE if k not in sample.provenance]
     if missing:
         raise ValueError(f"encode_sample: sample {sample.key!r}: provenance lacks {missing}")
+    stored = sample.encoded[1] if sample.encoded is not None and sample.encoded[0] == image_format else None
     return {
         "__key__": sample.key,
-        image_format: encode_image(sample.image, image_format),
+        image_format: stored if stored is not None else encode_image(sample.image, image_format),
         "cls": str(sample.label).encode("ascii"),
         "json": json.dumps(sample.provenance, sort_keys=True, ensure_ascii=False).encode("utf-8"),
     }
@@ -117,7 +122,40 @@ def decode_provenance(data: bytes, where: str, key: str) -> dict:
     missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
     if missing:
         raise FormatError(where, f"sample {key!r}: provenance lacks required key(s) {missing}")
+    problem = provenance_problem(provenance)
+    if problem is not None:
+        raise FormatError(where, f"sample {key!r}: provenance {problem}")
     return provenance
+
+
+# The type of every provenance field a reader uses (actgen-data info and browse, the trainer's
+# pool records): a data set that verifies never crashes a reader on an unexpected type.
+_TEXT_FIELDS = ("class_name", "source_id", "prompt", "checkpoint_sha256", "tool_version")
+_NESTED_TEXT = {"generator": ("id", "name", "weights_sha256", "dtype"), "guidance": ("mode", "bank_scope")}
+
+
+def provenance_problem(p: dict) -> Optional[str]:
+    """What is wrong with the types of a provenance object's fields, or None."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in _TEXT_FIELDS:
+        if not isinstance(p[name], str):
+            return f"field {name!r} must be a string, got {type(p[name]).__name__}"
+    if not is_int(p["seed"]) or p["seed"] < 0:
+        return f"field 'seed' must be an int >= 0, got {p['seed']!r:.40}"
+    if p["round"] is not None and (not is_int(p["round"]) or p["round"] < 0):
+        return f"field 'round' must be an int >= 0 or null, got {p['round']!r:.40}"
+    for name, texts in _NESTED_TEXT.items():
+        if not isinstance(p[name], dict):
+            return f"field {name!r} must be an object, got {type(p[name]).__name__}"
+        for sub in texts:
+            if sub in p[name] and not isinstance(p[name][sub], str):
+                return f"field '{name}.{sub}' must be a string, got {type(p[name][sub]).__name__}"
+    for name in ("role",):
+        if name in p and not isinstance(p[name], str):
+            return f"field {name!r} must be a string, got {type(p[name]).__name__}"
+    return None
 
 
 # Pillow modes with more than 8 bits per sample. ``convert("RGB")`` clips them to 0/255, so

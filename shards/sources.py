@@ -223,7 +223,35 @@ def _load_directory(directory: Path, source: DataSource):
         return dd[source.split]
     if (directory / "state.json").is_file() and (directory / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(directory))
+    check_folder_size(directory)
     return datasets.load_dataset("imagefolder", data_dir=str(directory), split=source.split)
+
+
+# Bounds of the walk before an image folder is handed to `datasets` (which would crawl a folder
+# of any size, however long it takes): a path that names a home or system folder by mistake, or
+# on purpose in a request, fails in seconds instead of keeping a server busy for minutes.
+MAX_FOLDER_FILES = 5_000_000
+MAX_FOLDER_SECONDS = 120.0
+
+
+def check_folder_size(directory: Path, max_files: Optional[int] = None, max_seconds: Optional[float] = None) -> int:
+    """The number of files under ``directory`` (links not followed); FormatError as soon as there
+    are more than ``max_files`` or the walk takes longer than ``max_seconds``."""
+    import time
+
+    max_files = MAX_FOLDER_FILES if max_files is None else max_files
+    max_seconds = MAX_FOLDER_SECONDS if max_seconds is None else max_seconds
+    deadline = time.monotonic() + max_seconds
+    count = 0
+    for _root, _dirs, files in os.walk(directory, followlinks=False):
+        count += len(files)
+        if count > max_files:
+            raise FormatError(str(directory), f"holds more than {max_files:,} files: not read as an image folder "
+                                              "(name the data set's own folder)")
+        if time.monotonic() > deadline:
+            raise FormatError(str(directory), f"listing its files took over {max_seconds:g} s ({count:,} so far): "
+                                              "not read as an image folder (name the data set's own folder)")
+    return count
 
 
 def _load_files(pattern: str, source: DataSource):

@@ -7,6 +7,7 @@ from typing import Optional
 
 import click
 
+from actgen.shards import __version__
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
@@ -28,6 +29,7 @@ line naming the file and what is wrong; info prints its summary and exits 1 when
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, "--version", prog_name="actgen-data", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
@@ -78,15 +80,19 @@ def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str],
 @click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--samples-per-shard", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a data set already in OUTPUT.")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp"]), default=None,
+              help="Image format of OUTPUT; needed when the sources differ (images in another format are "
+                   "re-encoded). Default: the sources' own, their stored bytes copied unchanged.")
 @click.pass_context
 def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], samples_per_shard: int,
-                  overwrite: bool) -> None:
+                  overwrite: bool, image_format: Optional[str]) -> None:
     """Merge the SOURCES data sets (e.g. every round of a run) into one new data set in OUTPUT:
     one index and card listing the sources, keys and provenance kept."""
     with cli_errors("actgen-data merge", ctx.obj["verbose"]):
         from .merge import merge
 
-        index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite)
+        index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite,
+                      image_format=image_format)
         click.echo(f"{output}: {index.num_samples} images in {len(index.shards)} shards from {len(sources)} data sets")
 
 
@@ -119,17 +125,28 @@ def filter_command(ctx: click.Context, dataset: Path, output: Path, checkpoint: 
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--thumb", type=click.IntRange(16, 512), default=96, show_default=True, help="Thumbnail side (px).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many images, the data set's first (default: 2,000; see --all).")
+@click.option("--all", "all_images", is_flag=True, help="Every image of the data set, however many.")
+@click.option("--page-size", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Thumbnails shown (and loaded) per page.")
 @click.option("--overwrite", is_flag=True, help="Replace a gallery already in OUTPUT.")
 @click.pass_context
-def browse_command(ctx: click.Context, dataset: Path, output: Path, thumb: int, limit, overwrite: bool) -> None:
+def browse_command(ctx: click.Context, dataset: Path, output: Path, thumb: int, limit, all_images: bool,
+                   page_size: int, overwrite: bool) -> None:
     """A static HTML gallery of DATASET in OUTPUT (index.html + thumbs/; no server, no network):
     filters by class, mode and round, each image's provenance on a click."""
     with cli_errors("actgen-data browse", ctx.obj["verbose"]):
         from .browse import write_gallery
 
-        n = write_gallery(dataset, output, thumb=thumb, limit=limit, overwrite=overwrite)
-        click.echo(f"{output / 'index.html'}: {n} images")
+        from .browse import THUMB_BUDGET
+
+        if all_images and limit is not None:
+            raise click.UsageError("--all and --limit exclude each other")
+        n = write_gallery(dataset, output, thumb=thumb, limit=None if all_images else (limit or THUMB_BUDGET),
+                          overwrite=overwrite, page_size=page_size)
+        click.echo(f"{output / 'index.html'}: {n} images, {page_size} a page"
+                   + ("" if all_images or limit else f" (at most {THUMB_BUDGET}; --all for every image)"))
 
 
 if __name__ == "__main__":  # python -m actgen.sharing.cli ...

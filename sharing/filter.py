@@ -19,6 +19,8 @@ from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
 from actgen.shards.writer import DatasetIndex, ShardSetWriter
 
+from .outputs import check_output, replacing
+
 from .merge import source_record
 
 BATCH = 64
@@ -87,6 +89,7 @@ def filter_dataset(dataset: str | Path, output: str | Path, scorer: Scorer, min_
         raise ValueError(f"min_prob = {min_prob}: expected a probability in [0, 1]")
     if max_rank is not None and max_rank < 1:
         raise ValueError(f"max_rank = {max_rank}: expected an int >= 1 (1 = the label is the top class)")
+    out = check_output(output, [dataset], overwrite, "data set")
     verify(dataset, decode=False)
     data = ShardRandomAccess(dataset)
     if scorer.class_names != data.class_names:
@@ -102,12 +105,14 @@ def filter_dataset(dataset: str | Path, output: str | Path, scorer: Scorer, min_
     settings = {"scorer": scorer.identity(), "min_prob": min_prob, "max_rank": max_rank,
                 "kept": int(len(keep)), "of": len(data)}
     fmt = data.image_extension(0)
-    with ShardSetWriter(output, data.class_names, len(keep), max(1, min(len(data.index.shards), len(keep))),
-                        prefix="filtered", image_format=fmt, overwrite=overwrite,
-                        created={"filtered_by": "actgen-data filter", "filter": settings, "sources": [source_record(dataset, data)],
-                                 "round": data.index.created.get("round")}) as writer:
+    created = {"filtered_by": "actgen-data filter", "filter": settings, "sources": [source_record(dataset, data)],
+               "round": data.index.created.get("round")}
+    with replacing(out) as staging, ShardSetWriter(
+            staging, data.class_names, len(keep), max(1, min(len(data.index.shards), len(keep))),
+            prefix="filtered", image_format=fmt, created=created) as writer:
         for i in keep:
             sample = data.sample(int(i))
             sample.provenance["filter_score"] = round(float(probs[i, labels[i]]), 6)
             writer.write(sample)
-        return writer.close()
+        index = writer.close()
+    return index

@@ -7,7 +7,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from actgen.shards.errors import FormatError, one_line
+from actgen.shards.composition import composition
+from actgen.shards.errors import FormatError, one_line, printable
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
 
@@ -29,8 +30,10 @@ def describe(directory: str | Path, check: bool = True, decode: bool = False) ->
     by_mode: Counter[str] = Counter()
     by_round: Counter[str] = Counter()
     generators: dict[str, dict] = {}
+    provenances = []
     for i in range(len(data)):
         p = data.provenance(i)
+        provenances.append(p)
         by_class[data.class_names[data.label(i)]] += 1
         by_mode[str((p.get("guidance") or {}).get("mode", "unknown"))] += 1
         by_round[str(p.get("round", "unknown"))] += 1
@@ -38,6 +41,7 @@ def describe(directory: str | Path, check: bool = True, decode: bool = False) ->
         sha = str(gen.get("weights_sha256", "unknown"))
         entry = generators.setdefault(sha, {"weights_sha256": sha, "name": generator_name(gen), "images": 0})
         entry["images"] += 1
+    build, build_problem = read_build_settings(directory)
     summary = {
         "location": str(directory), "name": index.name, "num_samples": index.num_samples,
         "num_shards": len(index.shards), "image_size": list(index.image_size),
@@ -45,7 +49,8 @@ def describe(directory: str | Path, check: bool = True, decode: bool = False) ->
         "per_class": {name: by_class.get(name, 0) for name in index.class_names},
         "per_mode": dict(sorted(by_mode.items())), "per_round": dict(sorted(by_round.items())),
         "generators": sorted(generators.values(), key=lambda g: -g["images"]),
-        "created": index.created, "build": read_build_settings(directory),
+        "created": index.created, "build": build, "build_problem": build_problem,
+        "composition": composition(provenances, data.labels(), data.class_names),
     }
     if check:
         try:
@@ -65,40 +70,51 @@ def generator_name(record: dict) -> str:
     return ident
 
 
-def read_build_settings(directory: Path) -> dict | None:
-    """``build.json``'s settings when the data set has one (bounded read), else None."""
+def read_build_settings(directory: Path) -> tuple[dict | None, str | None]:
+    """``(build.json's settings, None)`` when the data set has a well-formed one (bounded read);
+    ``(None, why)`` when it is malformed: the file is optional, so it is reported and skipped,
+    never a reason to refuse the data set; ``(None, None)`` without one."""
     path = directory / BUILD_FILE
-    if not path.is_file():
-        return None
+    if path.is_symlink() or not path.is_file():
+        return None, ("a symbolic link, not read" if path.is_symlink() else None)
     with open(path, "rb") as f:
         raw = f.read(MAX_BUILD_FILE_BYTES + 1)
     if len(raw) > MAX_BUILD_FILE_BYTES:
-        raise FormatError(str(path), f"over {MAX_BUILD_FILE_BYTES} bytes")
+        return None, f"over {MAX_BUILD_FILE_BYTES} bytes, not read"
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(str(path), f"not valid JSON ({e})") from None
-    return data.get("settings") if isinstance(data, dict) else None
+        return None, f"not valid JSON ({e})"
+    settings = data.get("settings") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        return None, "no 'settings' object"
+    return settings, None
 
 
 def format_summary(s: dict) -> str:
-    """The summary as terminal text."""
-    lines = [f"{s['location']}: {s['num_samples']} images in {s['num_shards']} shards, "
+    """The summary as terminal text; every value from the data set escaped (``printable``)."""
+    t = printable
+    lines = [f"{t(s['location'])}: {s['num_samples']} images in {s['num_shards']} shards, "
              f"{s['image_size'][0]}x{s['image_size'][1]}, {len(s['class_names'])} classes"]
     if "verify" in s:
         v = s["verify"]
         lines.append("verify: ok" + (" (images decoded)" if v.get("decoded") else " (checksums, counts, labels)")
-                     if v["ok"] else f"verify: FAILED: {v['error']}")
-    width = max((len(n) for n in s["per_class"]), default=5)
+                     if v["ok"] else f"verify: FAILED: {t(v['error'])}")
+    width = max((len(t(n)) for n in s["per_class"]), default=5)
     lines.append("per class:")
-    lines += [f"  {name:<{width}}  {n:>6}" for name, n in s["per_class"].items()]
-    lines.append("per mode:  " + ", ".join(f"{k} {v}" for k, v in s["per_mode"].items()))
-    lines.append("per round: " + ", ".join(f"{k} {v}" for k, v in s["per_round"].items()))
+    lines += [f"  {t(name):<{width}}  {n:>6}" for name, n in s["per_class"].items()]
+    lines.append("per mode:  " + ", ".join(f"{t(k)} {v}" for k, v in s["per_mode"].items()))
+    lines.append("per round: " + ", ".join(f"{t(k)} {v}" for k, v in s["per_round"].items()))
+    c = s["composition"]
+    lines.append(f"guides:    {c['distinct_guides']} distinct, renders per guide max {c['renders_per_guide_max']}, "
+                 f"mean {c['renders_per_guide_mean']:g}; roles " + ", ".join(f"{t(k)} {v}" for k, v in c["roles"].items()))
     lines.append("generators:")
-    lines += [f"  {g['name']} (weights sha256 {g['weights_sha256'][:12]}): {g['images']} images"
+    lines += [f"  {t(g['name'])} (weights sha256 {t(g['weights_sha256'][:12])}): {g['images']} images"
               for g in s["generators"]]
     if s.get("build"):
         b = s["build"]
         keys = ("mode", "budget", "seed", "round", "targets", "bank_scope")
-        lines.append("build: " + ", ".join(f"{k} {b[k]}" for k in keys if k in b))
+        lines.append("build: " + ", ".join(f"{k} {t(b[k])}" for k in keys if k in b))
+    if s.get("build_problem"):
+        lines.append(f"build.json: skipped ({t(s['build_problem'])})")
     return "\n".join(lines)

@@ -166,7 +166,10 @@ def test_trainer_last_pt_with_pickled_code_is_refused_unread(tiny_train_config, 
     marker = tmp_path / "pwned"
     _crafted(run_dir / "last.pt", marker)
     result = _invoke(train_main, "--run-dir", run_dir, "--resume")
-    _one_line(result, "actgen-train", 2, f"{run_dir / 'last.pt'}: not a readable checkpoint")
+    _one_line(result, "actgen-train", 2, f"{run_dir / 'last.pt'}: refused: not a plain-tensor checkpoint "
+                                         "(Unsupported global: GLOBAL io.open")
+    # torch's advice to turn weights_only off is never passed on; the real reason is.
+    assert "weights_only=False" not in result.output and "weights_only` set to `False" not in result.output
     assert not marker.exists()
 
 
@@ -179,7 +182,8 @@ def test_trainer_initial_weights_with_pickled_code_are_refused_unread(tmp_path):
             f"model.initial_weights={weights}", "train.device=cpu"]
     result = _invoke(train_main, "--config", Path(SMOKE).with_name("train-digits.yaml"), "--run-dir", tmp_path / "run",
                      *[a for s in sets for a in ("--set", s)])
-    _one_line(result, "actgen-train", 2, f"{weights}: not a readable weights file")
+    _one_line(result, "actgen-train", 2, f"{weights}: refused: not a plain-tensor weights file")
+    assert "set to `False" not in result.output
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
@@ -400,3 +404,25 @@ def test_resume_keeps_the_temporaries_of_a_live_writer(build_round, tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_symlink_planted_where_a_lock_goes_is_refused_not_followed(build_round, tmp_path, build_fast):
+    from actgen.shards.locks import hold_lock, sibling_lock_path
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    round_dir = _copy_round(build_round, tmp_path / "run" / "rounds" / "1")
+    lock = sibling_lock_path(round_dir / "shards", "actgen-build")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.symlink_to(victim)
+    args = ["--round-dir", round_dir, *[a for s in (*build_fast, "budget=4") for a in ("--set", s)]]
+    _one_line(_invoke(build_main, *args), "actgen-build", 2, f"lock file {lock} for output folder")
+    assert victim.read_text() == "precious\n" and lock.is_symlink()      # nothing written through it
+    assert not (round_dir / "shards").exists()
+    # The same for any lock: a dangling link is not created through either.
+    dangling = tmp_path / "dangling.lock"
+    dangling.symlink_to(tmp_path / "nowhere" / "made.txt")
+    with pytest.raises(OSError, match="is a symbolic link; refusing to follow it"):
+        with hold_lock(dangling, "a test"):
+            pass
+    assert not (tmp_path / "nowhere").exists()

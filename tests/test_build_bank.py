@@ -113,3 +113,34 @@ def test_one_worker_and_two_workers_write_the_same_bytes(run_rounds, build_fast,
     assert len(names) == 4 and names == sorted(p.name for p in built[2].output.glob("*.tar"))
     for name in [*names, BANK_FILE]:
         assert file_sha256(built[1].output / name) == file_sha256(built[2].output / name), name
+
+
+def _replace_bank(output, labels, latents):
+    """Swap a finished round's bank for other entries, its index's sha256 updated to match (a bank
+    that verifies but is wrong for this run)."""
+    from actgen.builder.bank_store import BankEntries, save_entries
+    from actgen.shards.writer import INDEX_FILE
+
+    sha = save_entries(output / BANK_FILE, BankEntries(np.asarray(labels, np.int64), latents), 0)
+    index = json.loads((output / INDEX_FILE).read_text())
+    index["created"]["memory_bank"]["sha256"] = sha
+    (output / INDEX_FILE).write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("case", ["label", "shape", "nan"])
+def test_an_earlier_bank_is_checked_before_rendering_naming_its_file(run_rounds, build_fast, case):
+    first = run(_config(run_rounds, 0, build_fast))
+    good = load_entries(first.output / BANK_FILE)
+    labels, latents = good.labels.copy(), good.latents.copy()
+    if case == "label":
+        labels[0] = 99                                             # 10 classes
+    elif case == "shape":
+        latents = np.zeros((len(labels), 3, 5, 5), np.float16)     # not this generator's 4x8x8
+    else:
+        latents[0, 0, 0, 0] = np.nan
+    _replace_bank(first.output, labels, latents)
+    expected = {"label": "label 99 is outside the build's 10 classes", "shape": "latents are \\[3, 5, 5\\]",
+                "nan": "latents must be finite"}[case]
+    with pytest.raises(ValueError, match=f"{BANK_FILE}.*{expected}|{expected}.*{BANK_FILE}"):
+        run(_config(run_rounds, 1, build_fast))
+    assert not (run_rounds / "rounds" / "1" / "shards" / "index.json").exists()

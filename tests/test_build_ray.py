@@ -159,3 +159,67 @@ def test_a_pool_recovers_from_a_failed_round(ray_cluster, build_config, tiny_gen
         good = run(build_config(*sets, output=tmp_path / "good"), pool=pool)
     assert len(good.rendered) == 3
     assert verify(tmp_path / "good", class_names=list(DIGIT_NAMES)).num_samples == 6
+
+
+@pytest.mark.timeout(600)
+def test_a_watcher_whose_worker_is_killed_mid_shard_finishes_with_identical_bytes(
+        ray_cluster, write_round, build_fast, tmp_path):
+    # A --watch builder with two Ray workers; one worker process is SIGKILLed while it renders a
+    # shard (as the OOM killer or a lost node would). Ray starts the worker again, the shard is
+    # rendered again, and the round ends with the bytes of a build nobody disturbed.
+    import dataclasses
+    import shutil
+
+    import psutil
+
+    from actgen.shards.manifest import read_manifest, write_manifest
+    from actgen.shards.rounds import read_status
+
+    run_dir = tmp_path / "run"
+    directory, _ = write_round(run_dir / "rounds" / "0", round=0)
+    manifest = read_manifest(directory / "hard_samples.json")     # one round: the watcher stops after it
+    write_manifest(directory / "hard_samples.json",
+                   dataclasses.replace(manifest, header=dataclasses.replace(manifest.header, num_rounds=1)))
+    reference = shutil.copytree(directory, tmp_path / "reference" / "0")
+    sets = [s for s in build_fast if not s.startswith("ray.")] + [
+        "budget=12", "guidance.num_steps=8", "guidance.reference_steps=8", "ray.executor=ray", "ray.workers=2",
+        "ray.cpus_per_worker=1", "ray.num_cpus=2"]
+    cmd = [sys.executable, "-m", "actgen.builder.cli", "--watch", str(run_dir), "--poll", "0.2",
+           "--idle-timeout", "300", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed = None
+    try:
+        out = directory / "shards"
+        deadline = time.monotonic() + 300
+        while killed is None:                 # after a first shard, a worker busy with the next one
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "no worker was seen rendering a shard"
+            if list(out.glob("synth-*.tar")):
+                for p in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        if "_ShardActor.write" in " ".join(p.cmdline()):
+                            killed = p.pid
+                            p.kill()
+                            break
+                    except psutil.Error:
+                        continue
+            time.sleep(0.02)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    log = output.decode()
+    assert proc.returncode == 0, log
+    assert "its worker died" in log and "rendering it again (retry 1 of 2)" in log, log
+    assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
+    status = read_status(directory)
+    assert (status.state, status.images) == ("done", 12)
+    assert verify(out, class_names=list(DIGIT_NAMES)).num_samples == 12
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]   # no temporary left behind
+
+    cfg = load_config(None, [f"checkpoint={reference / 'checkpoint'}", f"manifest={reference / 'hard_samples.json'}",
+                             f"output.path={reference / 'shards'}", "output.overwrite=true", *sets])
+    run(cfg)
+    assert _shas(out) == _shas(reference / "shards") and len(_shas(out)) == 6

@@ -162,3 +162,60 @@ def test_uniform_targets_render_every_class_without_guides(build_config, tmp_pat
                 assert provenance["source_id"] == "" and provenance["guidance"]["mode"] == "txt2img"
                 labels.append(provenance["label"])
     assert sorted(labels) == list(range(10))          # 10 images over the 10 digits: one each
+
+
+def test_balanced_allocation_with_training_guides_end_to_end(build_round, build_config, tmp_path):
+    """A manifest with a guide pool, built ``balanced`` with ``fill: train``: every class gets its
+    share, the hard samples render once each, the rest is guided by pool images of the class; the
+    spread is recorded in build.json, the index and each image's provenance, and ``actgen-data
+    info`` reports it."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from actgen.shards.manifest import write_manifest
+    from actgen.shards.sources import DataSource, load_source
+    from actgen.sharing.cli import main as data_cli
+
+    digits = load_source(DataSource())
+    manifest = read_manifest(build_round / "hard_samples.json")
+    hard_ids = {s.id for s in manifest.samples}
+    pool = [digits.sample_id(i) for i in range(1000, 1040) if digits.sample_id(i) not in hard_ids]
+    round_dir = tmp_path / "round"
+    shutil.copytree(build_round, round_dir)
+    write_manifest(round_dir / "hard_samples.json", dataclasses.replace(
+        manifest, header=dataclasses.replace(manifest.header, guide_pool=pool)))
+    cfg = build_config("budget=20", "allocation.policy=balanced", "allocation.fill=train", "mode=img2img",
+                       f"manifest={round_dir / 'hard_samples.json'}")
+    result = run(cfg)
+    out = tmp_path / "shards"
+    data = ShardRandomAccess(out)
+    provs = [data.provenance(i) for i in range(len(data))]
+    assert sorted(data.labels()) == sorted(list(range(10)) * 2)              # 2 per class
+    hard = [p for p in provs if p["role"] == "hard"]
+    assert sorted(p["source_id"] for p in hard) == sorted(hard_ids)          # every hard sample, once
+    fills = [p for p in provs if p["role"] == "fill"]
+    assert len(fills) == 15 and all(p["source_id"] in pool for p in fills)
+    assert all(digits.label(digits.index_of(p["source_id"])) == DIGIT_NAMES.index(p["class_name"]) for p in fills)
+    stats = result.index.created["allocation"]
+    assert stats["per_class"] == {name: 2 for name in DIGIT_NAMES}
+    assert stats["roles"] == {"hard": 5, "fill": 15} and stats["renders_per_guide_max"] == 1
+    assert json.loads((out / BUILD_FILE).read_text())["settings"]["allocation"] == stats
+    info = CliRunner().invoke(data_cli, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert "20 distinct, renders per guide max 1, mean 1; roles fill 15, hard 5" in info.output
+
+
+@pytest.mark.parametrize("policy", ["balanced", "mixed"])
+def test_guided_and_unguided_images_render_in_one_batch(build_config, tmp_path, policy):
+    """A batch mixing guided renders with images that have no guide (a balanced fill without a
+    pool, a mixed policy's random share) renders and verifies."""
+    cfg = build_config("budget=20", f"allocation.policy={policy}", "mode=actgen", "batch_size=10",
+                       "output.samples_per_shard=10")
+    result = run(cfg)
+    data = ShardRandomAccess(tmp_path / "shards")
+    provs = [data.provenance(i) for i in range(len(data))]
+    unguided = [p for p in provs if not p["source_id"]]
+    assert unguided and all(p["guidance"]["mode"] == "txt2img" for p in unguided)
+    assert any(p["guidance"]["mode"] == "actgen" for p in provs)
+    assert result.index.num_samples == 20 and verify(tmp_path / "shards").num_samples == 20

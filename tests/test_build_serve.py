@@ -62,3 +62,25 @@ def test_serving_a_round_folder_builds_and_marks_it(write_round, build_fast, tmp
     assert reply["ok"] and reply["images"] == 4
     assert verify(directory / "shards", class_names=list(DIGIT_NAMES)).num_samples == 4
     assert read_status(directory).state == "done"
+
+
+def test_a_request_with_a_huge_folder_or_odd_paths_is_answered_quickly(write_round, build_fast, tmp_path,
+                                                                        monkeypatch):
+    """A request naming a folder far larger than a data set is refused after a bounded walk (the
+    server answers it and the next one); paths are taken literally, ``${`` and quotes included."""
+    import actgen.shards.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_FOLDER_FILES", 50)
+    huge = tmp_path / "home"
+    for d in range(3):
+        (huge / f"d{d}").mkdir(parents=True)
+        for f in range(30):
+            (huge / f"d{d}" / f"{f}.txt").write_text("x")
+    directory, _ = write_round(tmp_path / "run ${oc.env:HOME} 'q\"" / "rounds" / "0", round=0)
+    requests = [json.dumps({"round_dir": str(directory), "dataset": {"path": str(huge)}}),
+                json.dumps({"round_dir": str(directory)})]
+    out = io.StringIO()
+    assert serve(None, [*build_fast, "budget=4"], requests, out) == 1
+    first, second = _replies(out)
+    assert not first["ok"] and "holds more than 50 files" in first["error"]
+    assert second["ok"] and verify(directory / "shards").num_samples == 4     # the literal folder, built

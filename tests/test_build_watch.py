@@ -39,11 +39,55 @@ def test_a_failed_round_is_marked_with_the_error_and_raised(build_round, tmp_pat
         assert cfg.output.overwrite and cfg.manifest.endswith("rounds/1/hard_samples.json")
         raise RuntimeError("CUDA error: out of memory\n(more lines)")
 
+    clock = FakeClock()
     with pytest.raises(RuntimeError, match="out of memory"):
-        watch(SMOKE, ["ray.executor=local"], WatchOptions(tmp_path / "run", poll_s=1), build=broken)
+        watch(SMOKE, ["ray.executor=local"], WatchOptions(tmp_path / "run", poll_s=1, retries=2, backoff_s=30),
+              build=broken, sleep=clock.sleep, clock=clock)
+    assert clock.now == 30 + 60                          # two retries, the second after twice the wait
     status = read_status(directory)
-    assert (status.state, status.attempts, status.round) == ("failed", 1, 1)
+    assert (status.state, status.attempts, status.round) == ("failed", 3, 1)
     assert status.error.startswith("CUDA error: out of memory") and "\n" not in status.error
+
+
+def test_a_round_that_fails_once_is_marked_retrying_then_built(build_round, tmp_path):
+    directory = tmp_path / "run" / "rounds" / "0"
+    shutil.copytree(build_round, directory)
+    from actgen.builder.pipeline import run
+
+    seen = []
+
+    def flaky(cfg):
+        status = read_status(directory)
+        seen.append((status.state, status.attempts))
+        if len(seen) == 1:
+            raise OSError("Input/output error: node lost")
+        # While the watcher waits to retry, the trainer sees "retrying", not "failed".
+        return run(cfg)
+
+    states = []
+    clock = FakeClock()
+
+    def sleep(seconds):
+        if seconds == 5:                                 # the retry's wait, not a poll
+            states.append((read_status(directory).state, read_status(directory).error))
+        clock.sleep(seconds)
+
+    with pytest.raises(TimeoutError, match="round 1 never appeared"):   # the run's later rounds never come
+        watch(SMOKE, ["ray.executor=local"], WatchOptions(tmp_path / "run", poll_s=1, idle_timeout_s=3, retries=1,
+                                                          backoff_s=5), build=flaky, sleep=sleep, clock=clock)
+    assert seen == [("building", 1), ("building", 2)]
+    assert states == [("retrying", "Input/output error: node lost")]
+    status = read_status(directory)
+    assert (status.state, status.attempts) == ("done", 2) and is_built(directory)
+
+
+def test_no_retries_marks_failed_at_the_first_error(build_round, tmp_path):
+    directory = tmp_path / "run" / "rounds" / "1"
+    shutil.copytree(build_round, directory)
+    with pytest.raises(ValueError, match="bad"):
+        watch(SMOKE, ["ray.executor=local"], WatchOptions(tmp_path / "run", retries=0),
+              build=lambda cfg: (_ for _ in ()).throw(ValueError("bad")), sleep=lambda s: pytest.fail("waited"))
+    assert read_status(directory).state == "failed"
 
 
 def test_a_bad_config_fails_before_any_round_is_touched(build_round, tmp_path):

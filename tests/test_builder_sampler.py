@@ -389,3 +389,57 @@ def test_cheap_adversarial_decode_is_smaller_and_still_raises_the_classifier_los
         ce(adversarial_decode_size=15)
     with pytest.raises(ValueError, match="adversarial_decode_size=0"):
         GuidanceConfig(adversarial_decode_size=0)
+
+
+# -- fidelity options: the margin scaled to the latent, repulsion within a batch ------------------
+
+
+def test_margin_scaled_to_the_latent_size():
+    cfg = GuidanceConfig(margin=100.0, margin_scale="latent_dim")
+    assert cfg.effective_margin(4 * 64 * 64) == pytest.approx(100.0)          # Stable Diffusion: as given
+    assert cfg.effective_margin(3 * 8 * 8) == pytest.approx(100.0 * (192 / 16384) ** 0.5)   # 10.8
+    assert GuidanceConfig(margin=100.0).effective_margin(192) == 100.0       # absolute: unchanged
+    with pytest.raises(ValueError, match="margin_scale"):
+        GuidanceConfig(margin_scale="pixels")
+
+
+def test_scaled_margin_lets_go_where_the_absolute_one_holds(tiny_generator):
+    plain = GuidedSampler(tiny_generator, GuidanceConfig(**FAST))
+    others = _render(plain, ["cat"] * 4, list(range(200, 204)), ["txt2img"] * 4)
+    bank = MemoryBank(capacity=8, sample_size=8)
+    bank.add([0] * 4, others.latents)
+    base = dict(**FAST, guidance_strength=-INF, use_mask=False, use_adversarial=False, step_size=0.5)
+    guides = _guides(2, seed=9)
+
+    def render(**kw):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, **kw), bank=copy.deepcopy(bank))
+        return _render(sampler, ["cat"] * 2, [41, 42], ["actgen"] * 2, guides=guides).latents
+
+    # The tiny latent (4x16x16) scales ρ by sqrt(1024 / 16384) = 1/4. Its renders' x̂0 lie about
+    # 260-300 from the bank: ρ = 800 holds every pair in the hinge, ρ / 4 = 200 none of them.
+    assert others.latents[0].numel() == 1024
+    off = render(use_contrastive=False)
+    assert not torch.equal(render(margin=800.0), off)
+    assert torch.equal(render(margin=800.0, margin_scale="latent_dim"), off)
+    assert torch.equal(render(margin=200.0), off)
+
+
+def test_renders_of_one_class_in_a_batch_repel_each_other(tiny_generator):
+    # An empty bank: without repulsion two renders of the same guide see nothing to push from;
+    # with it, each is pushed from the other and they end further apart.
+    guide = _guides(1, seed=5).repeat(2, 1, 1, 1)
+    base = dict(**FAST, guidance_strength=-INF, use_mask=False, use_adversarial=False, step_size=0.5, margin=1e4)
+
+    def pair(**kw):
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, **kw), bank=MemoryBank(8, 8))
+        out = _render(sampler, ["cat", "cat"], [61, 62], ["actgen"] * 2, guides=guide).latents
+        return out, float((out[0] - out[1]).norm())
+
+    alone, d_alone = pair()
+    together, d_together = pair(repel_within_batch=True)
+    assert d_together > d_alone
+    # Rows of other classes are no peers: a batch of two classes renders as without repulsion.
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base, repel_within_batch=True), bank=MemoryBank(8, 8))
+    mixed = _render(sampler, ["cat", "dog"], [61, 62], ["actgen"] * 2, guides=guide).latents
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base), bank=MemoryBank(8, 8))
+    assert torch.equal(mixed, _render(sampler, ["cat", "dog"], [61, 62], ["actgen"] * 2, guides=guide).latents)

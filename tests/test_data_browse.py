@@ -91,3 +91,29 @@ def test_browse_refuses_an_existing_gallery_and_a_non_data_set(build_config, tmp
     assert "</script" not in page.split('id="data">')[1].split("</script>")[0]   # data cannot close its element
     assert str(tmp_path) not in page
     assert Path(tmp_path / "g" / "thumbs").is_dir()
+
+
+@pytest.mark.slow
+def test_the_gallery_pages_and_keeps_to_a_budget(tmp_path, write_digit_shards):
+    """A thumbnail budget by default (--all overrides), and pages that load only their images."""
+    from selenium.webdriver.common.by import By
+
+    data = write_digit_shards(tmp_path / "d", n=25)
+    assert CliRunner().invoke(main, ["browse", str(data), str(tmp_path / "g"), "--limit", "12"]).exit_code == 0
+    assert len(list((tmp_path / "g" / "thumbs").iterdir())) == 12
+    result = CliRunner().invoke(main, ["browse", str(data), str(tmp_path / "all"), "--all", "--page-size", "10"])
+    assert result.exit_code == 0 and len(list((tmp_path / "all" / "thumbs").iterdir())) == 25
+    driver = _browser(tmp_path)
+    try:
+        driver.get((tmp_path / "all" / "index.html").as_uri())
+        shown = lambda: [c for c in driver.find_elements(By.CLASS_NAME, "card") if c.is_displayed()]  # noqa: E731
+        requested = lambda: driver.execute_script("return [...document.images].filter(i => i.src).length")  # noqa: E731
+        assert len(shown()) == 10 and requested() == 10          # page 1 only, and only its images asked for
+        assert driver.find_element(By.ID, "page").text == "page 1 of 3"
+        driver.find_element(By.ID, "next").click()
+        driver.find_element(By.ID, "next").click()
+        assert len(shown()) == 5 and driver.find_element(By.ID, "page").text == "page 3 of 3"
+        assert driver.find_element(By.ID, "next").get_attribute("disabled") is not None
+        assert requested() == 25
+    finally:
+        driver.quit()

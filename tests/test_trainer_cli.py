@@ -164,3 +164,41 @@ def test_console_script_subprocess(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == ["actgen-train: error: --set overrides: Key 'nme' not in 'Config'. "
                                                "Did you mean: 'name'?"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_the_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
+    """How schedulers preempt: SIGTERM mid-run exits 143 with one line, last.pt holds the last
+    complete epoch, and ``--resume`` finishes with the metrics of a run never stopped."""
+    import signal
+    import time
+
+    script = Path(sys.executable).parent / "actgen-train"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    sets = _sets(*TINY, "train.epochs=5", "rounds.horizon=2", "rounds.merge_epoch=3", "synthetic.source=none")
+    config = ["--config", str(REPO / "configs" / "train-digits.yaml")]
+
+    def metrics(run_dir):
+        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    whole = tmp_path / "whole"
+    assert subprocess.run([str(script), *config, "--run-dir", str(whole), *sets], env=env, capture_output=True,
+                          timeout=300).returncode == 0
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([str(script), *config, "--run-dir", str(stopped), *sets], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((stopped / "metrics.jsonl").is_file() and len(metrics(stopped)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    ours = [line for line in err.splitlines() if line.startswith("actgen-train:")]
+    assert len(ours) == 1 and ours[0].startswith("actgen-train: terminated (SIGTERM)") and "Traceback" not in err
+    done = len(metrics(stopped))
+    saved = torch.load(stopped / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= done < 5 and saved in (done - 1, done)    # a row past the checkpoint is redone on resume
+    assert subprocess.run([str(script), "--run-dir", str(stopped), "--resume"], env=env, capture_output=True,
+                          timeout=300).returncode == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in rows]  # noqa: E731
+    assert strip(metrics(stopped)) == strip(metrics(whole))

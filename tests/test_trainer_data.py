@@ -157,3 +157,27 @@ def test_placebo_draws_add_real_images_to_an_epoch_and_nothing_else():
     assert set(counts) == set(range(50)) and max(counts.values()) == 2     # every image once, 30 twice
     # Without placebo draws the sampler is what it always was (old runs reproduce).
     assert [b for b in plain] == [b for b in MixedBatchSampler(50, 0, 10, "uniform", seed=3)]
+
+
+def test_class_balance_makes_the_synthetic_draws_follow_the_real_prior():
+    from actgen.trainer.data import class_balance_weights
+
+    real = np.repeat([0, 1, 2], [50, 30, 20])                   # the real prior: 0.5, 0.3, 0.2
+    synthetic = np.repeat([0, 1, 2], [5, 90, 5])                # a round that rendered class 1 mostly
+    w = class_balance_weights(real, synthetic, num_classes=4)   # class 3: neither real nor synthetic
+    assert w.sum() == pytest.approx(1.0) and (w > 0).all()
+    assert [w[synthetic == y].sum() for y in range(3)] == pytest.approx([0.5, 0.3, 0.2])
+    # Drawn by the sampler over epochs, in both mixing rules: the real prior, within noise.
+    for mixing, per_batch in (("uniform", 0), ("fraction", 4)):
+        s = MixedBatchSampler(num_real=100, num_synthetic=100, batch_size=16, mixing=mixing,
+                              synthetic_per_batch=per_batch, seed=1, synthetic_weights=w)
+        drawn = []
+        for epoch in range(30):
+            s.set_epoch(epoch)
+            drawn += [i - 100 for batch in s for i, _ in batch if i >= 100]
+        share = np.bincount(synthetic[drawn], minlength=3) / len(drawn)
+        assert share == pytest.approx([0.5, 0.3, 0.2], abs=0.03), mixing
+    # Without weights class 1 dominates, as rendered.
+    plain = MixedBatchSampler(num_real=100, num_synthetic=100, batch_size=16, mixing="uniform", seed=1)
+    drawn = [i - 100 for batch in plain for i, _ in batch if i >= 100]
+    assert np.bincount(synthetic[drawn], minlength=3)[1] / len(drawn) > 0.85

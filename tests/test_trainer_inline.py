@@ -64,19 +64,17 @@ def test_one_command_runs_the_active_loop(tiny_train_config, torch_one_thread):
 
 
 def test_the_builder_is_given_the_trainers_data_source(tmp_path):
-    from actgen.builder.config import load_config as load_build
+    from actgen.builder.serve import parse_request, request_config
     from actgen.shards.sources import DataSource
-
-    from actgen.builder.serve import parse_request, request_overrides
 
     source = DataSource(path=str(tmp_path / "labeled.parquet"), class_names=["a", "b"])
     cfg = SyntheticConfig(source="inline", build_overrides=["budget=8"])
     argv = server_argv(cfg)
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    # The builder's side of the protocol: the request's paths and data set, then the server's own
-    # overrides (last, so they win).
+    # The builder's side of the protocol: the server's own overrides, then the request's paths and
+    # data set taken literally.
     round_dir, output, dataset = parse_request(request_line(tmp_path / "rounds" / "0", str(tmp_path / "out"), source))
-    built = load_build(None, [*request_overrides(round_dir, output, dataset), *sets])
+    built = request_config(None, sets, round_dir, output, dataset)
     assert built.dataset == source                      # the builder reads exactly the trainer's data
     assert built.budget == 8 and Path(built.output.path) == tmp_path / "out"
     assert Path(built.manifest) == tmp_path / "rounds" / "0" / "hard_samples.json"

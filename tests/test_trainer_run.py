@@ -73,6 +73,11 @@ def test_rounds_with_a_builder_running_alongside(tiny_train_config, write_digit_
         assert {s.id for s in manifest.samples} == wrong
         assert wrong <= holdout_ids
         assert all(s.class_name == digits.class_names[s.label] and s.predicted != s.label for s in manifest.samples)
+        # The guide pool: training images only (never the hold-out), at most 16 per class, all classes.
+        pool_rows = [digits.index_of(sid) for sid in h.guide_pool]
+        assert set(pool_rows) <= set(split.train.tolist())
+        per_class = np.bincount(digits.labels()[pool_rows], minlength=10)
+        assert per_class.max() <= 16 and (per_class > 0).all()
 
     # 3. Round r's shards joined training at epoch r + 1; the pool only grows; the run owns copies.
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -80,6 +85,15 @@ def test_rounds_with_a_builder_running_alongside(tiny_train_config, write_digit_
     assert rows[0]["synthetic_seen"] == 0 and all(row["synthetic_seen"] > 0 for row in rows[1:])
     assert rows[-1]["synthetic_seen_total"] == sum(row["synthetic_seen"] for row in rows)
     assert [p["round"] for p in summary["pool"]] == [0, 1]
+    # What each round's data set was made of, and the synthetic shares, are recorded.
+    for p in summary["pool"]:
+        assert sum(p["composition"]["per_class"].values()) == p["num_samples"] == 16
+        made_of = p["composition"]           # the stand-in builder: 16 distinct sources, no mode recorded
+        assert (made_of["distinct_guides"], made_of["renders_per_guide_max"], made_of["modes"]) == (16, 1, {"?": 16})
+    assert [p["share_at_join"] for p in summary["pool"]] == [     # round 1 joins with the hold-out
+        round(16 / (rows[1]["real_images"] + 16), 4), round(32 / (rows[2]["real_images"] + 32), 4)]
+    assert [row["synthetic_share"] for row in rows] == [round(r["synthetic_seen"] / r["images"], 4) for r in rows]
+    assert rows[3]["synthetic_set_share"] == round(32 / (rows[3]["real_images"] + 32), 4)
     assert all((run_dir / p["directory"] / "index.json").is_file() for p in summary["pool"])
     # 4. The hold-out is evaluated until it is merged at epoch 2; then training has more real images.
     assert [row["holdout_acc"] is not None for row in rows] == [True, True, False, False]
@@ -136,10 +150,12 @@ def test_resume_is_exact(tiny_train_config, write_digit_shards, tmp_path, worker
     assert sa["synthetic_seen_total"] == sb["synthetic_seen_total"] > 0
 
 
-def test_fraction_mixing_trains_on_the_configured_share(tiny_train_config, write_digit_shards, tmp_path):
+@pytest.mark.parametrize("balance", [False, True])
+def test_fraction_mixing_trains_on_the_configured_share(tiny_train_config, write_digit_shards, tmp_path, balance):
     write_digit_shards(tmp_path / "b" / "r0", n=5, round=0)
     cfg = tiny_train_config(f"synthetic.pattern={tmp_path}/b/r{{round}}", "synthetic.mixing=fraction",
-                            "synthetic.fraction=0.25", "train.epochs=2", "rounds.horizon=1", "rounds.merge_epoch=2")
+                            "synthetic.fraction=0.25", "train.epochs=2", "rounds.horizon=1", "rounds.merge_epoch=2",
+                            f"synthetic.class_balance={balance}")
     run(cfg)
     rows = [json.loads(line) for line in (cfg.resolved_run_dir() / "metrics.jsonl").read_text().splitlines()]
     # Epoch 1: every batch of 64 holds 16 synthetic images, cycling the 5-image pool.

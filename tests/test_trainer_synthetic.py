@@ -128,3 +128,44 @@ def test_acquire_over_http(tmp_path, write_digit_shards, serve_directory):
     entry = acquire(location, tmp_path / "run", round=3, epoch=4, class_names=list(DIGIT_NAMES))
     assert entry.location == location and entry.num_samples == 5
     assert (tmp_path / "run" / "synthetic" / "round-0003" / "index.json").is_file()
+
+
+def test_waiting_for_a_round_whose_build_failed_fails_at_once_with_the_builders_message(tmp_path):
+    from actgen.shards.rounds import BuildStatus, write_status
+    from actgen.trainer.config import SyntheticConfig
+    from actgen.trainer.synthetic import BuildFailed, wait_until_finished
+
+    round_dir = tmp_path / "rounds" / "0"
+    round_dir.mkdir(parents=True)
+    (round_dir / "hard_samples.json").write_text("{}")
+    write_status(round_dir, BuildStatus(state="failed", round=0, attempts=1, error="CUDA out of memory"))
+    cfg = SyntheticConfig(on_missing="wait", timeout_s=3600, poll_s=60)
+    slept = []
+    with pytest.raises(BuildFailed, match="failed to build \\(CUDA out of memory\\)"):
+        wait_until_finished(str(round_dir / "shards"), cfg, 0, sleep=slept.append)
+    assert slept == []                                   # no waiting out the timeout
+    # Under skip the run goes on without it, as for any missing round.
+    assert wait_until_finished(str(round_dir / "shards"), SyntheticConfig(on_missing="skip"), 0) is False
+
+
+def test_a_round_the_builder_is_retrying_is_waited_for(tmp_path):
+    from actgen.shards.rounds import BuildStatus, write_status
+    from actgen.trainer.config import SyntheticConfig
+    from actgen.trainer.synthetic import wait_until_finished
+
+    round_dir = tmp_path / "rounds" / "0"
+    round_dir.mkdir(parents=True)
+    (round_dir / "hard_samples.json").write_text("{}")
+    write_status(round_dir, BuildStatus(state="retrying", round=0, attempts=1, error="node lost"))
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+        if now[0] >= 120:            # the builder gives up during the wait: the trainer stops then
+            write_status(round_dir, BuildStatus(state="failed", round=0, attempts=3, error="node lost"))
+
+    from actgen.trainer.synthetic import BuildFailed
+    with pytest.raises(BuildFailed, match="failed to build \\(node lost\\)"):
+        wait_until_finished(str(round_dir / "shards"), SyntheticConfig(on_missing="wait", timeout_s=3600, poll_s=60),
+                            0, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 120                                 # waited while retrying, stopped at "failed"

@@ -74,6 +74,10 @@ class RoundsConfig:
             ``int(0.5 * epochs)`` (paper); ``epochs`` = never. Must be >= the horizon, because
             rounds evaluate the hold-out.
         selection: which hold-out samples a round selects, and when rounds start to fire.
+        guide_pool_per_class: training images per class (drawn at random each round, never from
+            the hold-out) listed in the manifest's ``header.guide_pool``, which a builder with a
+            class-balanced allocation may use as guides where a class has fewer hard samples than
+            its share (``allocation.fill: train``); 0 lists none.
     """
 
     enabled: bool = True
@@ -81,6 +85,7 @@ class RoundsConfig:
     horizon: Optional[int] = None
     merge_epoch: Optional[int] = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    guide_pool_per_class: int = 16
 
     def resolve(self, epochs: int) -> tuple[int, int]:
         """``(horizon, merge_epoch)`` for a run of ``epochs``, nulls at the paper's ``int(0.5 * epochs)``."""
@@ -93,6 +98,8 @@ class RoundsConfig:
         _check(self.horizon is None or self.horizon >= 1, "rounds.horizon", self.horizon, "null or an int >= 1")
         _check(self.merge_epoch is None or self.merge_epoch >= 0, "rounds.merge_epoch", self.merge_epoch,
                "null or an int >= 0")
+        _check(self.guide_pool_per_class >= 0, "rounds.guide_pool_per_class", self.guide_pool_per_class,
+               "an int >= 0")
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,10 @@ class SyntheticConfig:
         build_overrides: ``inline`` only: extra ``--set key=value`` overrides for it.
         build_command: ``inline`` only: the builder's console script, looked up beside this
             Python interpreter first, then on PATH.
+        class_balance: draw the pool's images with weights that make the synthetic images' class
+            prior follow the real training images' (each class's share of the draws is its share
+            of the real images, whatever the round rendered of it; with replacement, as many
+            draws per epoch as the pool holds). Off: every pool image is drawn once per epoch.
         placebo_per_round: a control for studies, with ``source: none``: every round that would
             have joined the pool by an epoch adds this many *real* images (drawn again from a
             fresh permutation) to the epoch, so a real-only run takes the optimizer steps a
@@ -138,6 +149,7 @@ class SyntheticConfig:
     build_config: Optional[str] = None
     build_overrides: list[str] = field(default_factory=list)
     build_command: str = "actgen-build"
+    class_balance: bool = False
     placebo_per_round: int = 0
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from actgen.shards.atomic import atomic_write_bytes
-from actgen.shards.errors import FormatError, WriteFailed, one_line, writing
+from actgen.shards.errors import FormatError, WriteFailed, load_refusal, one_line, writing
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle errors...: the file is the problem
-        raise FormatError(str(path), f"not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise FormatError(str(path), load_refusal(e, "checkpoint")) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(str(path), f"not an {CHECKPOINT_FORMAT} file")
     if state.get("format_version") != CHECKPOINT_VERSION:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import click
 
+from actgen.shards import __version__
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
@@ -26,6 +27,7 @@ and from the next epoch on trains on the shards found at synthetic.pattern.
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.version_option(__version__, "--version", prog_name="actgen-train", message="%(prog)s %(version)s")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML config (see configs/train-*.yaml). Optional with --resume: the run's own "
                    "config.yaml is used.")
@@ -63,14 +65,14 @@ def main(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optio
 def _load(config_path: Optional[Path], overrides: tuple[str, ...], run_dir: Optional[Path], resume: bool):
     from .config import CONFIG_FILE, load_config
 
-    extra = [f"run_dir={run_dir}"] if run_dir is not None else []
+    literal = {"run_dir": str(run_dir)} if run_dir is not None else {}     # taken as given, never interpolated
     if config_path is None:
         if not (resume and run_dir is not None):
             raise click.UsageError("--config is required (or --resume with --run-dir)")
         config_path = run_dir / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: not found; is {run_dir} a run directory?")
-    return load_config(config_path, list(overrides) + extra)
+    return load_config(config_path, list(overrides), literal=literal)
 
 
 if __name__ == "__main__":  # torchrun -m actgen.trainer.cli ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 from actgen.shards.config import check_value as _check, diff_keys, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
@@ -249,6 +249,8 @@ class TrainConfig:
         ema_decay: model EMA decay (timm ModelEmaV3), or null for no EMA.
         log_interval: steps between log lines (the only host syncs inside an epoch).
         progress: show a tqdm bar on rank 0 (only when stderr is a terminal).
+        tensorboard: also write each epoch's metrics as TensorBoard scalars to
+            ``<run_dir>/tensorboard`` (rank 0; ``tensorboard --logdir <run_dir>/tensorboard``).
         precise_bn_steps: before each evaluation, while the run has taken fewer optimizer steps
             than this, recompute the BatchNorm running statistics from up to 1,024 training
             images (0 = never). BN's running averages (momentum 0.1) trail the weights by tens of
@@ -271,6 +273,7 @@ class TrainConfig:
     ema_decay: Optional[float] = None
     log_interval: int = 50
     progress: bool = True
+    tensorboard: bool = False
     precise_bn_steps: int = 1000
 
     def __post_init__(self) -> None:
@@ -312,10 +315,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")
-        try:
-            self.run_dir.format(name=self.name)
-        except (KeyError, ValueError, IndexError):
-            raise ValueError(f"config key 'run_dir' = {self.run_dir!r}: only the placeholder {{name}} is allowed") from None
+        _check(bool(self.run_dir), "run_dir", self.run_dir, "a folder (``{name}`` is replaced by the run's name)")
         epochs = self.train.epochs
         horizon, merge = self.rounds.resolve(epochs)
         if self.rounds.enabled:
@@ -339,10 +339,13 @@ class Config:
                    "true when mixup/cutmix is on (timm Mixup needs even batches)")
 
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir.format(name=self.name))
+        """``run_dir`` with ``{name}`` replaced by ``name``; nothing else in it is a placeholder
+        (a folder name may hold braces)."""
+        return Path(self.run_dir.replace("{name}", self.name))
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                literal: Optional[Mapping[str, str]] = None) -> Config:
     """Load a YAML config over the defaults, then apply ``key.sub=value`` overrides.
 
     Raises:
@@ -350,7 +353,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ValueError: an unknown key, a mistyped value, a malformed override or a value out of
             range; the message names the file or the key.
     """
-    return load_structured(Config, path, overrides)
+    return load_structured(Config, path, overrides, literal=literal)
 
 
 def config_to_yaml(cfg: Config) -> str:

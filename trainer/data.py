@@ -15,7 +15,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence, Union
+from typing import Callable, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -227,15 +227,22 @@ class MixedBatchSampler(Sampler):
     reduce to batches of real images. ``extra_real`` (the placebo control) adds that many more
     real draws to an epoch, from fresh permutations of the real images.
 
+    ``synthetic_weights`` (``synthetic.class_balance``): the synthetic draws are made with these
+    probabilities, with replacement, instead of a permutation of the pool (as many draws as
+    before).
+
     Distributed: all ranks draw the same global batch list from ``(seed, epoch)``; rank r takes
     batches r, r + world, ... and every rank gets the same number of batches.
     """
 
     def __init__(self, num_real: int, num_synthetic: int, batch_size: int, mixing: Literal["uniform", "fraction"],
                  synthetic_per_batch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True, extra_real: int = 0):
+                 drop_last: bool = True, extra_real: int = 0, synthetic_weights: Optional[np.ndarray] = None):
         if mixing == "fraction" and num_synthetic and not 0 < synthetic_per_batch < batch_size:
             raise ValueError(f"synthetic_per_batch must be in 1..{batch_size - 1}, got {synthetic_per_batch}")
+        if synthetic_weights is not None and len(synthetic_weights) != num_synthetic:
+            raise ValueError(f"{len(synthetic_weights)} synthetic weights for {num_synthetic} synthetic images")
+        self.synthetic_weights = synthetic_weights
         self.num_real, self.num_synthetic = num_real, num_synthetic
         self.batch_size, self.mixing, self.synthetic_per_batch = batch_size, mixing, synthetic_per_batch
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
@@ -256,14 +263,21 @@ class MixedBatchSampler(Sampler):
                 again = np.concatenate([rng.permutation(self.num_real) for _ in range(passes)])
                 extra = order >= total
                 order[extra] = again[order[extra] - total]
+            if self.synthetic_weights is not None and self.num_synthetic:
+                synthetic = (order >= self.num_real) & (order < total)
+                order[synthetic] = self.num_real + rng.choice(self.num_synthetic, size=int(synthetic.sum()),
+                                                              p=self.synthetic_weights)
             return _chunks(order, b, self.drop_last)
         n_syn = self.synthetic_per_batch
         real = _chunks(rng.permutation(self.num_real), b - n_syn, self.drop_last)
         if not real:
             return []
         need = len(real) * n_syn
-        passes = -(-need // self.num_synthetic)
-        stream = np.concatenate([rng.permutation(self.num_synthetic) for _ in range(passes)])[:need]
+        if self.synthetic_weights is not None:
+            stream = rng.choice(self.num_synthetic, size=need, p=self.synthetic_weights)
+        else:
+            passes = -(-need // self.num_synthetic)
+            stream = np.concatenate([rng.permutation(self.num_synthetic) for _ in range(passes)])[:need]
         synthetic = self.num_real + stream.reshape(len(real), n_syn)
         # Shuffle within the batch so that batch-mode mixup pairs synthetic with real images too.
         return [np.concatenate([r, s])[rng.permutation(len(r) + n_syn)] for r, s in zip(real, synthetic)]
@@ -360,11 +374,30 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
         extra_real: further real draws per epoch (``synthetic.placebo_per_round`` x rounds due).
     """
     dataset = make_training_set(images, real_indices, synthetic_dirs, cfg.input)
+    weights = None
+    if cfg.synthetic.class_balance and dataset.num_synthetic:
+        real_labels = np.concatenate([images.labels()[np.asarray(idx, dtype=np.int64)] for idx in real_indices])
+        synthetic_labels = np.concatenate([np.asarray(p.shards.labels(), dtype=np.int64)
+                                           for p in dataset.parts[len(dataset.parts) - len(synthetic_dirs):]])
+        weights = class_balance_weights(real_labels, synthetic_labels, len(images.class_names))
     sampler = MixedBatchSampler(
         num_real=dataset.num_real, num_synthetic=dataset.num_synthetic, batch_size=cfg.loader.batch_size,
         mixing=cfg.synthetic.mixing, synthetic_per_batch=synthetic_per_batch(cfg), seed=cfg.train.seed,
-        rank=rank, world_size=world_size, drop_last=cfg.loader.drop_last, extra_real=extra_real)
+        rank=rank, world_size=world_size, drop_last=cfg.loader.drop_last, extra_real=extra_real,
+        synthetic_weights=weights)
     return build_train_loader(dataset, sampler, cfg.loader, pin_memory=pin_memory), sampler
+
+
+def class_balance_weights(real_labels: np.ndarray, synthetic_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Draw probabilities over the synthetic images such that the drawn class prior is the real
+    images' (among the classes the pool has): ``p_real(y) / n_synthetic(y)`` per image, normalised."""
+    real_prior = np.bincount(real_labels, minlength=num_classes).astype(np.float64)
+    counts = np.bincount(synthetic_labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    if not (real_prior[present] > 0).any():       # the pool's classes have no real images: uniform
+        return np.full(len(synthetic_labels), 1.0 / len(synthetic_labels))
+    per_image = np.where(present, real_prior / np.maximum(counts, 1), 0.0)[synthetic_labels]
+    return per_image / per_image.sum()
 
 
 def shard_for_rank(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:

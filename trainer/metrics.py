@@ -29,6 +29,8 @@ COLUMNS = (
     "synthetic_pool",        # synthetic images in the pool this epoch
     "synthetic_seen",        # synthetic images trained on this epoch (all ranks)
     "synthetic_seen_total",  # ... since the start of the run
+    "synthetic_share",       # synthetic_seen / images: the synthetic share of this epoch's batches
+    "synthetic_set_share",   # synthetic_pool / (real_images + synthetic_pool): share of the training set
     "images",                # images trained on this epoch (all ranks)
     "images_per_s",          # training throughput (all ranks, excluding evaluation)
     "epoch_time_s",          # wall time of the epoch including evaluation and round output
@@ -81,6 +83,6 @@ def pct(value: Optional[float]) -> str:
 def log_epoch(row: dict, epochs: int) -> None:
     """The one log line per epoch."""
     _logger.info("epoch %d/%d done: loss %.4f, train %s, hold-out %s, test %s | pool %d synthetic, %d seen "
-                 "| %.0f img/s, %.1f s", row["epoch"], epochs, row["loss"], pct(row["train_acc"]),
+                 "(%s of the epoch) | %.0f img/s, %.1f s", row["epoch"], epochs, row["loss"], pct(row["train_acc"]),
                  pct(row["holdout_acc"]), pct(row["test_acc"]), row["synthetic_pool"], row["synthetic_seen"],
-                 row["images_per_s"], row["epoch_time_s"])
+                 pct(row.get("synthetic_share")), row["images_per_s"], row["epoch_time_s"])

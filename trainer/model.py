@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, load_refusal
 
 from .config import ModelConfig
 
@@ -93,7 +93,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: initial weights not found") from None
     except Exception as e:  # safetensors / pickle errors have many types; the file is the problem
-        raise FormatError(str(path), f"not a readable weights file ({type(e).__name__}: {e})") from None
+        raise FormatError(str(path), load_refusal(e, "weights file")) from None
     for key in ("state_dict", "model", "state_dict_ema"):  # common checkpoint layouts (timm, ours)
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

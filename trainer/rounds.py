@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -28,7 +28,7 @@ __all__ = ["CHECKPOINT_DIR", "MANIFEST_FILE", "round_dir", "write_round"]
 
 def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_dict: dict[str, torch.Tensor],
                 images, hard_samples: list[HardSample], num_evaluated: int, metrics: dict[str, float],
-                num_rounds: int, selection: Optional[dict] = None) -> Path:
+                num_rounds: int, selection: Optional[dict] = None, guide_pool: Sequence[str] = ()) -> Path:
     """Write round ``round``'s bundle and manifest; return the manifest path.
 
     Args:
@@ -44,6 +44,8 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         num_rounds: rounds in the run's schedule (the builder's §1.3 schedules need it).
         selection: how ``hard_samples`` were selected and whether the round fired
             (``header.selection``; see ``selection.selection_record``).
+        guide_pool: training images (sample ids) a class-balanced builder may guide by
+            (``header.guide_pool``).
     """
     directory = round_dir(run_dir, round)
     size = cfg.input.image_size
@@ -59,7 +61,8 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         dataset=dataclasses.asdict(images.source), dataset_fingerprint=images.fingerprint,
         class_names=list(images.class_names), split_seed=cfg.data.split_seed,
         holdout_fraction=cfg.data.holdout_fraction, num_evaluated=num_evaluated, checkpoint_sha256=sha256,
-        round=round, epoch=epoch, num_rounds=num_rounds, selection=dict(selection or {}))
+        round=round, epoch=epoch, num_rounds=num_rounds, selection=dict(selection or {}),
+        guide_pool=list(guide_pool))
     path = directory / MANIFEST_FILE
     manifest = HardSampleManifest(header=header, samples=list(hard_samples))
     if _same_as_written(path, manifest):

@@ -34,6 +34,7 @@ import torch
 from actgen.shards.atomic import atomic_write_text
 from actgen.shards.errors import FormatError, writing
 from actgen.shards.rounds import MANIFEST_FILE
+from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
@@ -50,12 +51,14 @@ from .model import create_model, export_state_dict, recompute_bn_statistics, unw
 from .rounds import round_dir, write_round
 from .rundir import check_fixed_images, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
+from .tensorboard import TensorBoardLog
 from .synthetic import PoolEntry, missing_rounds, obtain, pool_from_state, pool_size, round_location
 from .task import Task
 
 _logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+LOG_FILE = "train.log"
 
 
 @dataclass
@@ -102,6 +105,7 @@ def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> 
     finally:
         close_builders()          # the inline builder server, if this run started one
         dist_utils.teardown(rt)
+        remove_log_file(cfg.resolved_run_dir() / LOG_FILE)
 
 
 def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> dict[str, Any]:
@@ -128,6 +132,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 5. The run directory, its resolved config and metrics (rows past a resumed checkpoint dropped).
     dist_utils.barrier(rt)  # every rank has checked the run directory before rank 0 creates it
     metrics = _open_run_dir(cfg, rt, run_dir, resume, progress.epoch)
+    board = TensorBoardLog(run_dir, cfg.train.tensorboard and rt.is_main, progress.epoch)
     _logger.info("run %s: %d train / %d hold-out / %d test images, %d classes; %s", run_dir, len(split.train),
                  len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
 
@@ -142,10 +147,11 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             epoch = progress.epoch
             t0 = time.perf_counter()
             # 7a. Synthetic data sets due by now join the pool.
-            if cfg.synthetic.source in ("shards", "inline"):
-                _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names)
-            # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
             merged = schedule.holdout_merged(epoch)
+            if cfg.synthetic.source in ("shards", "inline"):
+                _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names,
+                                 len(split.train) + (len(split.holdout) if merged else 0))
+            # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
             placebo = cfg.synthetic.placebo_per_round * len(schedule.rounds_due_by(epoch))
             key = (tuple(e.round for e in progress.pool), merged, placebo)
             if key != loader_key:
@@ -167,7 +173,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             r = schedule.round_ending_at(epoch)
             if r is not None:
                 round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
-                                        schedule.num_rounds)
+                                        schedule.num_rounds, guide_pool(cfg, images, split.train, r))
                 progress.rounds_done.append(round_info)
             # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
             progress.epoch = epoch + 1
@@ -177,10 +183,12 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             rng = dist_utils.all_gather_objects(capture_rng(), rt)
             if rt.is_main:
                 metrics.append(row)
+                board.append(row)
                 save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
             dist_utils.barrier(rt)
 
     # 8. Summary.
+    board.close()
     return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt, loop.optimizer_steps)
 
 
@@ -191,6 +199,7 @@ def _open_run_dir(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, next_ep
     metrics = MetricsLog(run_dir)
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        add_log_file(run_dir / LOG_FILE)       # the run keeps its own log (appended on resume)
         if not resume:
             with writing(run_dir / CONFIG_FILE):
                 atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(cfg, run_dir=str(run_dir))))
@@ -291,12 +300,13 @@ def _share_bn_statistics(rt: Runtime, model, ema) -> None:
 
 
 def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSchedule, progress: _Progress,
-                     epoch: int, class_names: list[str]) -> None:
+                     epoch: int, class_names: list[str], num_real: int) -> None:
     """Synthetic data sets of the rounds due by ``epoch`` join the pool (those that are ready)."""
     for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
         entry = _acquire_round(cfg, rt, run_dir, r, epoch, class_names, first_look=epoch == schedule.consume_epoch(r))
         if entry is not None:
-            progress.pool.append(entry)
+            pool = pool_size(progress.pool) + entry.num_samples
+            progress.pool.append(dataclasses.replace(entry, share_at_join=round(pool / (num_real + pool), 4)))
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
@@ -364,8 +374,24 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
     return outcome
 
 
+def guide_pool(cfg: Config, images: LabeledImages, train: np.ndarray, r: int) -> list[str]:
+    """Round ``r``'s ``header.guide_pool``: up to ``rounds.guide_pool_per_class`` training images
+    per class, drawn at random (seeded by the run seed and the round), as sample ids."""
+    k = cfg.rounds.guide_pool_per_class
+    if k == 0 or len(train) == 0:
+        return []
+    rng = np.random.default_rng([cfg.train.seed, r, 0x706F6F6C])   # "pool"
+    labels = images.labels()[train]
+    chosen = []
+    for y in range(len(images.class_names)):
+        rows = np.sort(np.asarray(train)[labels == y])
+        chosen += rng.permutation(rows)[:k].tolist()
+    return [images.sample_id(int(i)) for i in chosen]
+
+
 def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
-               images: LabeledImages, holdout: Optional[Predictions], test_acc: float, num_rounds: int) -> dict:
+               images: LabeledImages, holdout: Optional[Predictions], test_acc: float, num_rounds: int,
+               pool: list[str] = ()) -> dict:
     assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
     hard, selection = holdout.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
     info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
@@ -373,7 +399,7 @@ def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, mode
     if rt.is_main:
         write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
                     {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
-                    selection=selection)
+                    selection=selection, guide_pool=list(pool))
     dist_utils.barrier(rt)
     if cfg.synthetic.source == "inline":
         if rt.is_main:
@@ -393,6 +419,9 @@ def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], 
         "hard_samples": round_info["hard_samples"] if round_info else None,
         "real_images": sampler.num_real, "synthetic_pool": pool_size(progress.pool),
         "synthetic_seen": stats.synthetic_images, "synthetic_seen_total": progress.synthetic_seen_total,
+        # The synthetic share of what this epoch trained on, and of the training set.
+        "synthetic_share": round(stats.synthetic_images / stats.images, 4) if stats.images else 0.0,
+        "synthetic_set_share": round(pool_size(progress.pool) / (sampler.num_real + pool_size(progress.pool)), 4),
         "images": stats.images, "images_per_s": stats.images_per_s, "epoch_time_s": seconds,
     }
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from actgen.shards.atomic import replace_directory, temp_sibling
+from actgen.shards.composition import dataset_composition
 from actgen.shards.errors import FormatError
-from actgen.shards.reader import fetch, is_url, read_index
+from actgen.shards.reader import ShardRandomAccess, fetch, is_url, read_index
 from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.verify import verify
 from actgen.shards.writer import INDEX_FILE, file_sha256
@@ -51,6 +52,9 @@ class PoolEntry:
         verified: ``{shard filename: [size, mtime_ns, ctime_ns, inode]}`` when its sha256 was last
             checked; a resume re-hashes only shards whose stat differs. ``ctime`` cannot be set
             back by a user, so a changed file always differs.
+        composition: images per class, mode and role, distinct guides and renders per guide
+            (``shards.composition``), read from the copy when it joined.
+        share_at_join: the pool's share of the training set once it joined (pool / (real + pool)).
     """
 
     round: int
@@ -60,6 +64,8 @@ class PoolEntry:
     epoch: int
     index_sha256: str = ""
     verified: dict = field(default_factory=dict, compare=False)
+    composition: dict = field(default_factory=dict)
+    share_at_join: Optional[float] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +73,23 @@ class PoolEntry:
     def describe(self) -> dict:
         """The entry without the stat cache (for summaries)."""
         return {k: v for k, v in asdict(self).items() if k != "verified"}
+
+
+class BuildFailed(RuntimeError):
+    """The builder marked the round's build ``failed`` (its ``build_status.json``)."""
+
+
+def _build_status(location: str):
+    """The builder's status of the round folder holding ``location`` (None: none, or not a round)."""
+    from actgen.shards.rounds import read_status
+
+    folder = Path(location).parent
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return read_status(folder)
+    except FormatError:
+        return None
 
 
 class StaleDataSet(ValueError):
@@ -130,6 +153,11 @@ def look(location: str, manifest: Optional[Path] = None, timeout_s: Optional[flo
     """
     try:
         if not is_url(location) and not (Path(location) / INDEX_FILE).is_file():
+            status = _build_status(location)
+            if status is not None and status.state == "failed":
+                return _Look(False, f"failed to build ({status.error or 'no reason given'})", BuildFailed)
+            if status is not None and status.state == "retrying":
+                return _Look(False, f"is not finished (the builder is retrying after: {status.error})")
             return _Look(False, f"is not finished (no readable {INDEX_FILE})")
         index = read_index(location, timeout_s=timeout_s)  # local: FormatError naming the file
     except FormatError as e:
@@ -180,8 +208,9 @@ def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
     if seen.finished:
         return True
     what = f"round {round}'s synthetic data set at {location} {seen.why}"
-    if cfg.on_missing == "error":
-        raise seen.error(f"{what}; synthetic.on_missing is 'error'")
+    if cfg.on_missing == "error" or (seen.error is BuildFailed and cfg.on_missing == "wait"):
+        # A failed build will not finish by waiting: fail now, with the builder's own message.
+        raise seen.error(f"{what}; synthetic.on_missing is {cfg.on_missing!r}")
     if cfg.on_missing == "skip":
         _logger.log(logging.WARNING if first_look else logging.DEBUG,
                     "%s; going on without it (looking again next epoch)", what)
@@ -192,6 +221,8 @@ def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
         latest = poll()
         if latest.finished:
             return True
+        if latest.error is BuildFailed:
+            raise BuildFailed(f"round {round}'s synthetic data set at {location} {latest.why}")
         if latest.why != seen.why:
             _logger.info("round %d's synthetic data set at %s %s; still waiting", round, location, latest.why)
             seen = latest
@@ -227,14 +258,19 @@ def acquire(location: str, run_dir: str | Path, round: int, epoch: int, class_na
             raise StaleDataSet(f"round {round}'s synthetic data set at {location} {problem}")
         report = verify(staging, class_names=list(class_names))
         verified = _shard_stats(staging, index)
+        made_of = dataset_composition(ShardRandomAccess(staging))
         replace_directory(staging, destination)  # a rename: the shards keep their stat
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _logger.info("round %d: %d synthetic images from %s joined the pool (%s)", round, report.num_samples, location,
                  ", ".join(f"{k} {v}" for k, v in report.class_counts.items() if v))
+    _logger.info("round %d: %d distinct guides, at most %d renders per guide (%s)", round,
+                 made_of["distinct_guides"], made_of["renders_per_guide_max"],
+                 ", ".join(f"{k} {v}" for k, v in made_of["roles"].items()))
     return PoolEntry(round=round, directory=relative, location=str(location), num_samples=index.num_samples,
-                     epoch=epoch, index_sha256=file_sha256(destination / INDEX_FILE), verified=verified)
+                     epoch=epoch, index_sha256=file_sha256(destination / INDEX_FILE), verified=verified,
+                     composition=made_of)
 
 
 def _remove_staging(destination: Path) -> None:
