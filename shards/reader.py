@@ -15,7 +15,7 @@ from ._schema import check_format, from_jsonable, load_json
 from .atomic import atomic_directory
 from .errors import FormatError, writing
 from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
-                      decode_sample, sample_members)
+                      decode_sample, is_extra_member, sample_members)
 from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, _http_get, _is_pattern, _Sink, deadline_after,
                        is_url, join_location, read_location)
 from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
@@ -108,8 +108,11 @@ def iter_samples(location: str | Path, handler: Callable[[Exception], bool] | No
 def scan_tar(fileobj, where: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """Samples of one tar in order: ``[(key, {ext: (data offset, size)})]``.
 
-    FormatError on a truncated or unreadable tar, a member outside the flat ``<key>.<ext>`` layout
-    (a key with a dot shows up as an unknown extension), or a key that appears twice.
+    Members that are not ours (see :func:`~actgen.shards.samples.is_extra_member`) are listed
+    too, so that callers can report them; nothing here reads any member's bytes.
+
+    FormatError on a truncated or unreadable tar, a member outside the flat ``<key>.<ext>`` layout,
+    or a key that appears twice.
     """
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     seen: set[str] = set()
@@ -120,10 +123,11 @@ def scan_tar(fileobj, where: str) -> list[tuple[str, dict[str, tuple[int, int]]]
                     continue
                 name = member.name
                 key, _, ext = name.partition(".")
-                if "/" in name or not key or ext.lower() not in SAMPLE_MEMBERS:
-                    raise FormatError(where, f"member {name!r} is not '<key>.<ext>' with ext one of "
-                                             f"{sorted(SAMPLE_MEMBERS)} (keys contain no '.' or '/')")
-                ext = ext.lower()
+                if "/" in name or not key or not (ext.lower() in SAMPLE_MEMBERS or is_extra_member(ext)):
+                    raise FormatError(where, f"member {name[:200]!r} is not '<key>.<ext>' with ext one of "
+                                             f"{sorted(SAMPLE_MEMBERS)} or another plain extension "
+                                             "(keys contain no '.' or '/')")
+                ext = ext.lower() if ext.lower() in SAMPLE_MEMBERS else ext
                 if not samples or samples[-1][0] != key:
                     if key in seen:
                         raise FormatError(where, f"duplicate key {key!r} (its members are not contiguous "

@@ -40,6 +40,10 @@ _PIL_SAVE = {
     "webp": ("WEBP", {"quality": 95}),
 }
 SAMPLE_MEMBERS = frozenset(IMAGE_FORMATS + ("cls", "json"))
+# Members a team may add beside ours (a ``.txt`` caption, an ``.npy`` embedding): readers skip
+# them and verify lists them. Their extension is plain text so that a listing is safe to print.
+_EXTRA_EXT_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+EXTRA_EXT_MAX_CHARS = 64
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _CLS_RE = re.compile(rb"^[0-9]+$")
 
@@ -240,17 +244,36 @@ def decode_image(data: bytes, where: str, key: str, ext: str):
     return decode_image_bytes(data, where, f"sample {key!r}: '{ext}'")
 
 
+def is_extra_member(ext: str) -> bool:
+    """Whether ``ext`` names a member that readers skip: not ours, and a plain extension."""
+    return (ext.lower() not in SAMPLE_MEMBERS and len(ext) <= EXTRA_EXT_MAX_CHARS
+            and _EXTRA_EXT_RE.match(ext) is not None)
+
+
+def extra_members(members: dict) -> list[str]:
+    """The extensions of one sample's members that are not ours (sorted)."""
+    return sorted(k for k in members if not k.startswith("__") and k.lower() not in SAMPLE_MEMBERS)
+
+
 def sample_members(members: dict, where: str) -> tuple[str, str]:
-    """Check the member set of one key; -> ``(key, image extension)``."""
+    """Check the member set of one key; -> ``(key, image extension)``.
+
+    Members other than the image, ``cls`` and ``json`` are ignored when their extension is plain
+    (see :func:`is_extra_member`); one that is not is refused.
+    """
     key = members.get("__key__")
     problem = check_key(key)
     if problem is not None:
         raise FormatError(where, problem)
     present = {k for k in members if not k.startswith("__")}
-    unknown = sorted(present - SAMPLE_MEMBERS)
-    if unknown:
-        raise FormatError(where, f"sample {key!r}: unexpected member(s) {unknown}; "
-                                 f"expected one of {list(IMAGE_FORMATS)} plus 'cls' and 'json'")
+    bad = sorted(ext for ext in present - SAMPLE_MEMBERS if not is_extra_member(ext))
+    if bad:
+        raise FormatError(where, f"sample {key!r}: member extension(s) {[b[:EXTRA_EXT_MAX_CHARS] for b in bad]} "
+                                 f"are not plain (letters, digits, '_', '-', '.'; at most {EXTRA_EXT_MAX_CHARS} "
+                                 "characters)")
+    if not present & SAMPLE_MEMBERS:
+        raise FormatError(where, f"sample {key!r} has none of the image, 'cls' and 'json' members, only "
+                                 f"{sorted(present)} (a key that contains '.' is split this way)")
     images = [ext for ext in IMAGE_FORMATS if ext in present]
     if len(images) != 1:
         raise FormatError(where, f"sample {key!r}: needs exactly one image member of "

@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import FormatError
 from .reader import deadline_after, join_location, local_file, read_index, read_member, scan_tar
-from .samples import decode_label, decode_provenance, decode_sample, sample_members
+from .samples import (SAMPLE_MEMBERS, decode_label, decode_provenance, decode_sample, extra_members,
+                      sample_members)
 from .writer import INDEX_FILE, file_sha256
 
 _logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class VerifyReport:
     num_shards: int
     num_samples: int
     class_counts: dict[str, int]
+    extra_members: dict[str, int] = field(default_factory=dict)   # extension -> samples that carry it (skipped)
 
 
 def verify(location: str | Path, class_names: list[str] | None = None, decode: bool = True,
@@ -30,7 +32,8 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
     mismatch, a truncated tar, an undecodable image, a label out of range, a key with a dot, a
     duplicate key, or class names different from ``class_names`` (the message shows both lists).
 
-    The first problem found is raised. Shards at http(s) URLs are downloaded to a temporary file
+    Members other than ours (a caption, an embedding a team added) are not read; the report counts
+    them by extension. The first problem found is raised. Shards at http(s) URLs are downloaded to a temporary file
     (reading stops one byte past the index's size; ``timeout_s`` bounds all downloads together).
     With ``decode=False`` images are not decoded (faster; everything else is still checked).
     """
@@ -42,6 +45,7 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
         raise FormatError(join_location(location, INDEX_FILE),
                           f"class names differ: data set has {names}, expected {list(class_names)}")
     counts: Counter[int] = Counter()
+    extras: Counter[str] = Counter()
     first_seen: dict[str, str] = {}
     for shard in index.shards:
         where = join_location(location, shard.filename)
@@ -65,11 +69,15 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
                     if key in first_seen:
                         raise FormatError(where, f"duplicate key {key!r}, also in {first_seen[key]}")
                     first_seen[key] = where
-                    members = {"__key__": key, **{ext: read_member(f, span) for ext, span in spans.items()}}
+                    # Our members only: others are counted, never read.
+                    extras.update(extra_members(spans))
+                    members = {"__key__": key, **{ext: read_member(f, span) if ext in SAMPLE_MEMBERS else None
+                                                  for ext, span in spans.items()}}
                     label = _check_sample(members, where, index.image_size, names, decode)
                     counts[label] += 1
     report = VerifyReport(location=str(location), num_shards=len(index.shards), num_samples=index.num_samples,
-                          class_counts={name: counts[i] for i, name in enumerate(names)})
+                          class_counts={name: counts[i] for i, name in enumerate(names)},
+                          extra_members=dict(sorted(extras.items())))
     _logger.info("verified %s: %d samples in %d shards", location, report.num_samples, report.num_shards)
     return report
 

@@ -8,7 +8,7 @@ from typing import Optional
 import click
 
 from actgen.shards import __version__
-from actgen.shards.errors import cli_errors
+from actgen.shards.errors import cli_errors, printable
 from actgen.shards.runtime import setup_logging
 
 EPILOG = """\b
@@ -72,7 +72,10 @@ def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str],
 
         names = [n.strip() for n in class_names.split(",")] if class_names else None
         report = verify(dataset, class_names=names, decode=decode, timeout_s=timeout)
-        click.echo(f"{dataset}: ok, {report.num_samples} samples in {report.num_shards} shards")
+        click.echo(f"{printable(dataset)}: ok, {report.num_samples} samples in {report.num_shards} shards")
+        if report.extra_members:
+            click.echo("other members (skipped by every reader): "
+                       + ", ".join(f".{ext} in {n} samples" for ext, n in report.extra_members.items()))
 
 
 @main.command("merge")

@@ -54,8 +54,8 @@ def describe(directory: str | Path, check: bool = True, decode: bool = False) ->
     }
     if check:
         try:
-            verify(directory, decode=decode)
-            summary["verify"] = {"ok": True, "decoded": decode}
+            report = verify(directory, decode=decode)
+            summary["verify"] = {"ok": True, "decoded": decode, "extra_members": report.extra_members}
         except FormatError as e:
             summary["verify"] = {"ok": False, "error": one_line(e)}
     return summary
@@ -100,6 +100,9 @@ def format_summary(s: dict) -> str:
         v = s["verify"]
         lines.append("verify: ok" + (" (images decoded)" if v.get("decoded") else " (checksums, counts, labels)")
                      if v["ok"] else f"verify: FAILED: {t(v['error'])}")
+        if v.get("extra_members"):
+            lines.append("other members (skipped by every reader): "
+                         + ", ".join(f".{t(ext)} in {n} samples" for ext, n in v["extra_members"].items()))
     width = max((len(t(n)) for n in s["per_class"]), default=5)
     lines.append("per class:")
     lines += [f"  {t(name):<{width}}  {n:>6}" for name, n in s["per_class"].items()]

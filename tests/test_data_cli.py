@@ -34,7 +34,7 @@ def test_info_counts_what_verify_counts(dataset):
     assert info["num_samples"] == report.num_samples == 6
     assert info["per_class"] == report.class_counts
     assert sum(info["per_mode"].values()) == sum(info["per_round"].values()) == 6
-    assert info["per_round"] == {"1": 6} and info["verify"] == {"ok": True, "decoded": False}
+    assert info["per_round"] == {"1": 6} and info["verify"] == {"ok": True, "decoded": False, "extra_members": {}}
     (gen,) = info["generators"]
     assert gen["images"] == 6 and len(gen["weights_sha256"]) == 64 and not gen["name"].startswith("/")
     assert info["build"]["budget"] == 6
@@ -124,7 +124,7 @@ def test_merge_keeps_every_sample_and_lists_its_sources(dataset, round_two, tmp_
     listed = merged.index.created["sources"]
     assert [s["num_samples"] for s in listed] == [6, 4] and [s["round"] for s in listed] == [1, 2]
     assert all(not s["path"].startswith("/") for s in listed)
-    assert "Source: `shards` (4 samples, round 2" in (out / "README.md").read_text()
+    assert "Source: `\"shards\"` (4 samples, round 2" in (out / "README.md").read_text()
     again = _invoke("merge", out, dataset)
     assert again.exit_code == 2 and "already here" in again.stderr
 

@@ -82,5 +82,6 @@ def test_decode_names_where_and_key(make_synthetic_samples):
     check({"json": json.dumps(provenance).encode()}, r"provenance lacks required key\(s\) \['seed'\]")
     check({"png": b"not an image"}, "'png' image does not decode")
     check({"jpg": members["png"]}, "exactly one image member")
-    check({"txt": b"hi"}, r"unexpected member\(s\) \['txt'\]")
+    check({"txt\x1b[31m": b"hi"}, r"member extension\(s\) \['txt\\x1b\[31m'\] are not plain")
+    assert decode_sample({**members, "txt": b"a caption", "emb.npy": b"\x93NUMPY"}, "s.tar").key == key
     assert set(REQUIRED_PROVENANCE) <= set(provenance) | {"seed"}

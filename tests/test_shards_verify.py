@@ -107,7 +107,8 @@ def test_missing_shard(shard_dataset):
 def test_key_with_a_dot(tmp_path, make_synthetic_samples):
     members = encode_sample(make_synthetic_samples(1)[0])
     _one_shard_dataset(tmp_path, [(f"bad.key.{ext}", members[ext]) for ext in ("cls", "json", "png")])
-    with pytest.raises(FormatError, match=r"member 'bad\.key\.cls' is not '<key>\.<ext>'"):
+    with pytest.raises(FormatError, match=r"sample 'bad' has none of the image, 'cls' and 'json' members, only "
+                                          r"\['key\.cls', 'key\.json', 'key\.png'\] \(a key that contains '\.'"):
         verify(tmp_path)
 
 
