@@ -27,6 +27,8 @@ SD_LATENT_SIZE = 4 * 64 * 64
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """The subfolders of a Stable Diffusion 1.x/2.x directory (diffusers layout)."""
 
+LICENSE_ID = r"[a-z0-9][a-z0-9.+\-]*"   # what the Hub's dataset-card `license` field takes
+
 
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 """The weights file of each component with weights, without ``.safetensors``: only safetensors
@@ -169,6 +171,8 @@ class GeneratorConfig:
             only with AMX or AVX512-BF16; elsewhere emulated and slow), never float16.
         attention_resolution: side of the captured cross-attention maps; null = image side / 32.
         local_files_only: never touch the network for a hub id.
+        license: the licence of the generator's weights (a Hub licence id, e.g. ``openrail++`` for
+            Stable Diffusion 2.x), recorded in every data set's index and card.
         tiny_seed, tiny_image_size: the ``tiny`` generator's weight seed and image side.
         prompt_template: ``str.format`` template with one ``{}`` for the class's prompt name.
         prompt_names: null: a class's prompt name is its class name; else a file of prompt names
@@ -182,12 +186,15 @@ class GeneratorConfig:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     attention_resolution: Optional[int] = None
     local_files_only: bool = True
+    license: Optional[str] = None
     tiny_seed: int = 0
     tiny_image_size: int = 32
     prompt_template: str = "a photo of {}"
     prompt_names: Optional[str] = None
 
     def __post_init__(self) -> None:
+        _check(self.license is None or re.fullmatch(LICENSE_ID, self.license) is not None, "generator.license",
+               self.license, "a Hub licence id (lower case letters, digits, '.', '+', '-'), e.g. openrail++")
         _check(self.prompt_names is None or bool(self.prompt_names), "generator.prompt_names", self.prompt_names,
                "null or a prompt-name file")
         _check(bool(self.path), "generator.path", self.path, "a directory, a hub id or 'tiny'")
@@ -273,6 +280,10 @@ class OutputConfig:
             set built with the same settings is left alone and an unfinished one is resumed.
         contact_sheet: guide/render pairs on ``contact_sheet.png`` (0: none).
         name: data-set name in the index and dataset card.
+        license: the data set's licence id on its card (a Hub licence id, e.g. ``cc-by-4.0``);
+            null: the generator's (``generator.license``), else ``other``.
+        source_terms: the terms of the source data the renders were guided by (free text, e.g.
+            ``CIFAR-10: research use``), recorded in the index and card.
     """
 
     path: str = ""
@@ -286,6 +297,8 @@ class OutputConfig:
     overwrite: bool = False
     contact_sheet: int = 16
     name: str = "actgen-synthetic"
+    license: Optional[str] = None
+    source_terms: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.resize == "fixed":
@@ -295,6 +308,8 @@ class OutputConfig:
             _check(self.size is None, "output.size", self.size, "null unless output.resize=fixed")
         _check(re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix) is not None, "output.prefix", self.prefix,
                "letters, digits, '_' and '-' only")
+        _check(self.license is None or re.fullmatch(LICENSE_ID, self.license) is not None, "output.license",
+               self.license, "a Hub licence id (lower case letters, digits, '.', '+', '-'), e.g. cc-by-4.0")
         _check(self.samples_per_shard >= 1, "output.samples_per_shard", self.samples_per_shard, "an int >= 1")
         _check(self.min_shards >= 1, "output.min_shards", self.min_shards, "an int >= 1")
         _check(self.contact_sheet >= 0, "output.contact_sheet", self.contact_sheet, "an int >= 0")

@@ -180,6 +180,8 @@ def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: di
                  # Portable: what leaves this machine with the data set names no local path.
                  "generator": {"name": portable_path(settings["settings"]["generator"]["path"]),
                                "weights_sha256": next((r["generator_sha256"] for r in rows), state.generator_sha256)},
+                 "license": {"dataset": cfg.output.license or cfg.generator.license,
+                             "generator": cfg.generator.license, "source_terms": cfg.output.source_terms},
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
                  "memory_bank": portable(bank_record, inputs.output),
                  "allocation": settings["settings"]["allocation"],

@@ -17,7 +17,7 @@ import numpy as np
 
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import DatasetIndex, ShardSetWriter
+from actgen.shards.writer import DatasetIndex, ShardSetWriter, card_license
 
 from .outputs import check_output, replacing
 
@@ -106,7 +106,7 @@ def filter_dataset(dataset: str | Path, output: str | Path, scorer: Scorer, min_
                 "kept": int(len(keep)), "of": len(data)}
     fmt = data.image_extension(0)
     created = {"filtered_by": "actgen-data filter", "filter": settings, "sources": [source_record(dataset, data)],
-               "round": data.index.created.get("round")}
+               "round": data.index.created.get("round"), "license": card_license(data.index.created)}
     with replacing(out) as staging, ShardSetWriter(
             staging, data.class_names, len(keep), max(1, min(len(data.index.shards), len(keep))),
             prefix="filtered", image_format=fmt, created=created) as writer:

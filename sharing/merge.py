@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import INDEX_FILE, DatasetIndex, ShardSetWriter, file_sha256
+from actgen.shards.writer import INDEX_FILE, DatasetIndex, ShardSetWriter, card_license, file_sha256
 
 from .outputs import check_output, replacing
 
@@ -69,12 +69,20 @@ def merge(sources: Sequence[str | Path], output: str | Path, samples_per_shard: 
     # 3. Copy, sample by sample (the writer checks keys, labels, sizes; an error leaves no index).
     with replacing(out) as staging, ShardSetWriter(
             staging, first.class_names, total, max(1, -(-total // samples_per_shard)), prefix="merged",
-            image_format=fmt, created={"merged_by": "actgen-data merge", "sources": listed}) as writer:
+            image_format=fmt, created={"merged_by": "actgen-data merge", "sources": listed,
+                                       "license": merged_license([d.index.created for d in sets])}) as writer:
         for data in sets:
             for i in range(len(data)):
                 writer.write(data.sample(i))
         index = writer.close()
     return index
+
+
+def merged_license(created: Sequence[dict]) -> dict:
+    """The sources' licence record when they all agree, field by field; a field they differ on is
+    unknown (None), so that the card says ``other`` rather than a licence one source lacks."""
+    records = [card_license(c) for c in created]
+    return {k: records[0][k] if all(r[k] == records[0][k] for r in records) else None for k in records[0]}
 
 
 def _output_format(paths: Sequence[Path], sets: Sequence[ShardRandomAccess], asked: Optional[str]) -> str:

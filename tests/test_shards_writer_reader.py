@@ -66,7 +66,7 @@ def test_dataset_card_front_matter(shard_dataset):
     meta = yaml.safe_load(text.split("---\n")[1])
     assert meta["task_categories"] == ["image-classification"]
     assert meta["size_categories"] == ["n<1K"] and "synthetic" in meta["tags"] and meta["license"]
-    assert "cat, dog, bird" in text
+    assert "\"cat\", \"dog\", \"bird\"" in text
 
 
 def test_index_is_written_last(tmp_path, make_synthetic_samples, monkeypatch):
