@@ -156,6 +156,12 @@ class ModelConfig:
             previous run (class names must match), a ``.safetensors`` file or a torch state dict.
         skip_head: load ``initial_weights`` without the classifier head (fine-tuning to a new
             label set); otherwise every key must match.
+        pretrained: start from timm's pretrained weights for ``name`` (timm's own loader: a
+            head of another size is dropped and initialised anew), from ``pretrained_file`` when
+            set, else from timm's default source (a download: needs ``allow_download``).
+        pretrained_file: a local weights file (``.safetensors``, ``.bin``, ``.pth``) timm loads
+            with ``pretrained_cfg_overlay={"file": ...}``, e.g. another run's ``final/model.safetensors``.
+        allow_download: let ``pretrained`` without a file download weights (off by default).
         drop_rate, drop_path_rate: timm dropout before the head / stochastic depth.
         kwargs: further ``timm.create_model`` keyword arguments; recorded in every bundle so the
             builder rebuilds the identical model.
@@ -164,6 +170,9 @@ class ModelConfig:
     name: str = "resnet18"
     initial_weights: Optional[str] = None
     skip_head: bool = False
+    pretrained: bool = False
+    pretrained_file: Optional[str] = None
+    allow_download: bool = False
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -172,8 +181,12 @@ class ModelConfig:
         _check(bool(self.name), "model.name", self.name, "a timm model name")
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "a number in [0, 1)")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
-        reserved = {"num_classes", "pretrained", "drop_rate", "drop_path_rate"} & set(self.kwargs)
+        reserved = {"num_classes", "pretrained", "pretrained_cfg_overlay", "drop_rate", "drop_path_rate"} & set(self.kwargs)
         _check(not reserved, "model.kwargs", sorted(reserved), "no keys the trainer sets itself")
+        _check(self.pretrained_file is None or self.pretrained, "model.pretrained_file", self.pretrained_file,
+               "set only with model.pretrained=true")
+        _check(not (self.pretrained and self.initial_weights), "model.pretrained", self.pretrained,
+               "false when model.initial_weights is set (one starting point)")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def model_kwargs(cfg: ModelConfig) -> dict:
 
 
 def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[str]] = None) -> nn.Module:
-    """``timm.create_model(cfg.name, num_classes=..., **cfg.kwargs)``, then ``cfg.initial_weights``.
+    """``timm.create_model(cfg.name, num_classes=..., **cfg.kwargs)`` (with timm's pretrained
+    weights when ``cfg.pretrained``), then ``cfg.initial_weights``.
 
     Raises:
         ValueError: unknown timm model name, or kwargs the model does not accept.
@@ -35,11 +36,31 @@ def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ValueError(f"config key 'model.name' = {cfg.name!r}: not a timm model{hint}")
+    pretrained = {}
+    if cfg.pretrained:
+        pretrained = {"pretrained": True}
+        if cfg.pretrained_file:
+            path = Path(cfg.pretrained_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not a file (config key 'model.pretrained_file')")
+            pretrained["pretrained_cfg_overlay"] = {"file": str(path)}
+        elif not cfg.allow_download:
+            raise ValueError(f"config key 'model.pretrained' = true with no model.pretrained_file would download "
+                             f"timm's weights for {cfg.name!r}: set model.pretrained_file to a local file, or "
+                             "model.allow_download=true")
     try:
-        model = timm.create_model(cfg.name, pretrained=False, num_classes=num_classes, drop_rate=cfg.drop_rate,
-                                  drop_path_rate=cfg.drop_path_rate, **model_kwargs(cfg))
+        model = timm.create_model(cfg.name, num_classes=num_classes, drop_rate=cfg.drop_rate,
+                                  drop_path_rate=cfg.drop_path_rate, **{"pretrained": False, **pretrained},
+                                  **model_kwargs(cfg))
     except TypeError as e:
         raise ValueError(f"config key 'model.kwargs' = {dict(cfg.kwargs)!r}: rejected by {cfg.name} ({e})") from None
+    except Exception as e:   # timm's loader: junk bytes, or other keys or shapes than the architecture's
+        if not cfg.pretrained_file:
+            raise
+        raise FormatError(cfg.pretrained_file, f"timm cannot load it into {cfg.name}: "
+                                               f"{' '.join(str(e).split())[:300]}") from None
+    if cfg.pretrained:
+        _logger.info("model %s started from pretrained weights (%s)", cfg.name, cfg.pretrained_file or "timm's default")
     if cfg.initial_weights:
         load_initial_weights(model, cfg.initial_weights, class_names, skip_head=cfg.skip_head)
     return model

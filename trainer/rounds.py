@@ -48,13 +48,7 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
             (``header.guide_pool``).
     """
     directory = round_dir(run_dir, round)
-    size = cfg.input.image_size
-    bundle = BundleConfig(
-        architecture=cfg.model.name, num_classes=len(images.class_names), class_names=list(images.class_names),
-        input_size=(3, size, size), mean=tuple(cfg.input.mean), std=tuple(cfg.input.std),
-        interpolation=cfg.input.interpolation, dataset_fingerprint=images.fingerprint, round=round, epoch=epoch,
-        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model),
-        crop_pct=cfg.input.eval_crop_pct)
+    bundle = bundle_config(cfg, images, round, epoch, metrics)
     with writing_weights(directory / CHECKPOINT_DIR / WEIGHTS_FILE):
         sha256 = write_bundle(directory / CHECKPOINT_DIR, state_dict, bundle)
     header = ManifestHeader(
@@ -79,6 +73,17 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         _logger.info("round %d (after epoch %d): %d hard samples (rule %s) of %d hold-out images -> %s", round,
                      epoch, len(hard_samples), (selection or {}).get("rule", "misclassified"), num_evaluated, path)
     return path
+
+
+def bundle_config(cfg: Config, images, round: int, epoch: int, metrics: dict[str, float]) -> BundleConfig:
+    """The bundle's ``config.json`` for a model trained with ``cfg`` on ``images`` (NaN metrics left out)."""
+    size = cfg.input.image_size
+    return BundleConfig(
+        architecture=cfg.model.name, num_classes=len(images.class_names), class_names=list(images.class_names),
+        input_size=(3, size, size), mean=tuple(cfg.input.mean), std=tuple(cfg.input.std),
+        interpolation=cfg.input.interpolation, dataset_fingerprint=images.fingerprint, round=round, epoch=epoch,
+        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model),
+        crop_pct=cfg.input.eval_crop_pct)
 
 
 def _same_as_written(path: Path, manifest: HardSampleManifest) -> bool:

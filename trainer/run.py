@@ -14,6 +14,7 @@ Layout of ``<run_dir>``::
     rounds/<r>/checkpoint/         classifier bundle after round r
     rounds/<r>/hard_samples.json   hard-sample manifest of round r
     synthetic/round-<r>/           fetched copy of round r's synthetic shards (the pool)
+    final/                         the classifier to take away, once the last epoch is done (:mod:`.export`)
 
 Restarts and resumes: see :mod:`.rundir`.
 """
@@ -44,6 +45,7 @@ from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, buil
                    make_train_loader, shard_for_rank, split_indices)
 from .distributed import Runtime
 from .evaluate import Predictions, predict
+from .export import write_final
 from .inline import build_round, close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
@@ -187,8 +189,16 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                 save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
             dist_utils.barrier(rt)
 
-    # 8. Summary.
+    # 8. The classifier to take away, then the summary.
     board.close()
+    if progress.epoch >= epochs and rt.is_main:
+        model_out = unwrap(task.model)
+        last_row = metrics.rows()[-1] if metrics.rows() else {}
+        write_final(run_dir, cfg, images, progress.epoch - 1, schedule.num_rounds, export_state_dict(model_out),
+                    export_state_dict(ema.module) if ema is not None else None,
+                    {k: last_row[k] for k in ("test_acc", "ema_test_acc", "holdout_acc")
+                     if isinstance(last_row.get(k), (int, float))},
+                    getattr(model_out, "pretrained_cfg", {}).get("classifier"))
     return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt, loop.optimizer_steps)
 
 
