@@ -48,7 +48,7 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.version_option(__version__, "--version", prog_name="actgen-build", message="%(prog)s %(version)s")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config (see configs/build-*.yaml); defaults when omitted.")
 @click.option("--round-dir", type=click.Path(file_okay=False, path_type=Path),
               help="A trainer round directory: sets checkpoint, manifest and output.path inside it.")

@@ -30,7 +30,7 @@ The generator directory is reused on later runs; delete it to fit again.
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.version_option(__version__, "--version", prog_name="actgen-demo", message="%(prog)s %(version)s")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
               default="configs/demo.yaml", show_default=True, help="Demo config (see configs/demo.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a demo config value, e.g. --set output=runs/demo2 --set baseline=false.")

@@ -32,7 +32,7 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.version_option(__version__, "--version", prog_name="actgen-fit-generator", message="%(prog)s %(version)s")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config (see configs/fit-*.yaml); defaults when omitted.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Generator directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -28,6 +28,19 @@ def test_shipped_configs_resolve_from_any_folder_and_a_path_wins(tmp_path, monke
         load_config("train-digitz")
 
 
+@pytest.mark.parametrize("module,name", [("actgen.trainer.cli", "train-digits"), ("actgen.builder.cli", "build-digits"),
+                                         ("actgen.fitting.cli", "fit-digits-demo"), ("actgen.demo.cli", "demo")])
+def test_config_by_name_from_a_folder_that_holds_a_directory_of_that_name(tmp_path, monkeypatch, module, name):
+    """``make demo`` runs ``actgen-demo --config demo`` in the repository root, beside the ``demo/``
+    package: the shipped config is loaded (an unknown --set key is then the error, named)."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()
+    result = CliRunner().invoke(importlib.import_module(module).main, ["--config", name, "--set", "nokey=1"])
+    assert result.exit_code == 2 and "nokey" in result.output and "directory" not in result.output, result.output
+
+
 @pytest.mark.parametrize("module,prog", [("actgen.trainer.cli", "actgen-train"), ("actgen.builder.cli", "actgen-build"),
                                          ("actgen.fitting.cli", "actgen-fit-generator"),
                                          ("actgen.demo.cli", "actgen-demo"), ("actgen.sharing.cli", "actgen-data")])

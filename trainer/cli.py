@@ -28,7 +28,7 @@ and from the next epoch on trains on the shards found at synthetic.pattern.
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.version_option(__version__, "--version", prog_name="actgen-train", message="%(prog)s %(version)s")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML config (see configs/train-*.yaml). Optional with --resume: the run's own "
                    "config.yaml is used.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
