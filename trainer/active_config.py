@@ -137,6 +137,12 @@ class SyntheticConfig:
             have joined the pool by an epoch adds this many *real* images (drawn again from a
             fresh permutation) to the epoch, so a real-only run takes the optimizer steps a
             synthetic run with that budget per round takes (more steps, no new data).
+        static: finished data sets received from elsewhere (a merged set, another team's;
+            local folders or http(s) URLs), trained on beside the rounds' or alone (with
+            ``source: none``). Each is fetched into the run and verified when it joins; its
+            classes are matched to the run's by name (another order, or a subset, is fine; a
+            class the run lacks is an error).
+        static_epoch: the first epoch that trains on the ``static`` data sets.
     """
 
     source: Literal["shards", "inline", "none"] = "shards"
@@ -151,9 +157,15 @@ class SyntheticConfig:
     build_command: str = "actgen-build"
     class_balance: bool = False
     placebo_per_round: int = 0
+    static: list[str] = field(default_factory=list)
+    static_epoch: int = 0
 
     def __post_init__(self) -> None:
         _check_pattern(self.pattern)
+        _check(all(isinstance(s, str) and s for s in self.static), "synthetic.static", self.static,
+               "a list of data-set locations (folders or http(s) URLs)")
+        _check(len(set(self.static)) == len(self.static), "synthetic.static", self.static, "no location twice")
+        _check(self.static_epoch >= 0, "synthetic.static_epoch", self.static_epoch, "an int >= 0")
         _check(self.placebo_per_round >= 0, "synthetic.placebo_per_round", self.placebo_per_round, "an int >= 0")
         _check(self.placebo_per_round == 0 or self.source == "none", "synthetic.placebo_per_round",
                self.placebo_per_round, "0 unless synthetic.source is 'none' (a real-only control)")

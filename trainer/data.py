@@ -175,21 +175,34 @@ class RealImages(Dataset):
 
 
 class SyntheticImages(Dataset):
-    """A fetched synthetic data set (``ShardRandomAccess``) with the training transform."""
+    """A fetched synthetic data set (``ShardRandomAccess``) with the training transform.
 
-    def __init__(self, directory: str | Path, transform: Callable):
+    With ``class_names`` (the run's), labels are mapped by class name: a received set may list
+    the run's classes in another order, or only some of them (checked when it joined the pool).
+    """
+
+    def __init__(self, directory: str | Path, transform: Callable, class_names: Optional[Sequence[str]] = None):
         from actgen.shards.reader import ShardRandomAccess
 
         self.directory = str(directory)
         self.shards = ShardRandomAccess(directory)
         self.transform = transform
+        names = list(class_names) if class_names is not None else self.shards.class_names
+        missing = sorted(set(self.shards.class_names) - set(names))
+        if missing:
+            raise ValueError(f"{directory}: classes {missing} are not among the run's {names}")
+        self.label_map = np.array([names.index(n) for n in self.shards.class_names], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.shards)
 
+    def labels(self) -> np.ndarray:
+        """Every sample's label in the run's class order."""
+        return self.label_map[np.asarray(self.shards.labels(), dtype=np.int64)]
+
     def __getitem__(self, index: int):
         image, label = _load(self.shards.__getitem__, index)
-        return self.transform(image), int(label)
+        return self.transform(image), int(self.label_map[label])
 
 
 class TrainingSet(Dataset):
@@ -355,7 +368,7 @@ def make_training_set(images, real_indices: Sequence[Sequence[int]], synthetic_d
     synthetic data set directories, all with the same training transform."""
     transform = build_train_transform(input_cfg)
     real = [RealImages(images, idx, transform) for idx in real_indices if len(idx)]
-    synthetic = [SyntheticImages(d, transform) for d in synthetic_dirs]
+    synthetic = [SyntheticImages(d, transform, images.class_names) for d in synthetic_dirs]
     return TrainingSet(real, synthetic)
 
 
@@ -377,8 +390,7 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
     weights = None
     if cfg.synthetic.class_balance and dataset.num_synthetic:
         real_labels = np.concatenate([images.labels()[np.asarray(idx, dtype=np.int64)] for idx in real_indices])
-        synthetic_labels = np.concatenate([np.asarray(p.shards.labels(), dtype=np.int64)
-                                           for p in dataset.parts[len(dataset.parts) - len(synthetic_dirs):]])
+        synthetic_labels = np.concatenate([p.labels() for p in dataset.parts[len(dataset.parts) - len(synthetic_dirs):]])
         weights = class_balance_weights(real_labels, synthetic_labels, len(images.class_names))
     sampler = MixedBatchSampler(
         num_real=dataset.num_real, num_synthetic=dataset.num_synthetic, batch_size=cfg.loader.batch_size,

@@ -54,7 +54,8 @@ from .rounds import round_dir, write_round
 from .rundir import check_fixed_images, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .tensorboard import TensorBoardLog
-from .synthetic import PoolEntry, missing_rounds, obtain, pool_from_state, pool_size, round_location
+from .synthetic import (PoolEntry, acquire_static, missing_rounds, missing_static, obtain, pool_from_state, pool_size,
+                        round_location)
 from .task import Task
 
 _logger = logging.getLogger(__name__)
@@ -150,12 +151,14 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             t0 = time.perf_counter()
             # 7a. Synthetic data sets due by now join the pool.
             merged = schedule.holdout_merged(epoch)
+            num_real = len(split.train) + (len(split.holdout) if merged else 0)
             if cfg.synthetic.source in ("shards", "inline"):
-                _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names,
-                                 len(split.train) + (len(split.holdout) if merged else 0))
+                _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names, num_real)
+            if epoch >= cfg.synthetic.static_epoch:
+                _join_static(cfg, rt, run_dir, progress, epoch, class_names, num_real)
             # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.
             placebo = cfg.synthetic.placebo_per_round * len(schedule.rounds_due_by(epoch))
-            key = (tuple(e.round for e in progress.pool), merged, placebo)
+            key = (tuple(e.directory for e in progress.pool), merged, placebo)
             if key != loader_key:
                 loader, sampler = _train_loader(cfg, rt, run_dir, inputs, progress, merged, placebo)
                 loader_key = key
@@ -317,6 +320,25 @@ def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSch
         if entry is not None:
             pool = pool_size(progress.pool) + entry.num_samples
             progress.pool.append(dataclasses.replace(entry, share_at_join=round(pool / (num_real + pool), 4)))
+
+
+def _join_static(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, epoch: int, class_names: list[str],
+                 num_real: int) -> None:
+    """The received data sets (``synthetic.static``) not in the pool yet join it (rank 0 fetches)."""
+    for position, location in missing_static(cfg.synthetic.static, progress.pool):
+        outcome: Any = None
+        if rt.is_main:
+            try:
+                outcome = acquire_static(location, position, run_dir, epoch, class_names)
+            except Exception as e:
+                if rt.distributed:
+                    dist_utils.broadcast_object(("error", f"{type(e).__name__}: {e}"), rt)
+                raise
+        outcome = dist_utils.broadcast_object(outcome, rt)
+        if isinstance(outcome, tuple):
+            raise RuntimeError(f"rank 0 could not add the received data set {location}: {outcome[1]}")
+        pool = pool_size(progress.pool) + outcome.num_samples
+        progress.pool.append(dataclasses.replace(outcome, share_at_join=round(pool / (num_real + pool), 4)))
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:

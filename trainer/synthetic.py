@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from actgen.shards.atomic import replace_directory, temp_sibling
 from actgen.shards.composition import dataset_composition
 from actgen.shards.errors import FormatError
-from actgen.shards.reader import ShardRandomAccess, fetch, is_url, read_index
+from actgen.shards.reader import ShardRandomAccess, fetch, is_url, join_location, read_index
 from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.verify import verify
 from actgen.shards.writer import INDEX_FILE, file_sha256
@@ -103,6 +103,14 @@ def round_location(pattern: str, run_dir: str | Path, round: int) -> str:
 
 def pool_directory(round: int) -> str:
     return f"{POOL_DIR}/round-{round:04d}"
+
+
+STATIC_ROUND = -1     # a pool entry's ``round`` for a received data set (``synthetic.static``)
+
+
+def static_directory(position: int) -> str:
+    """Where the ``position``-th ``synthetic.static`` data set is copied in the run."""
+    return f"{POOL_DIR}/static-{position:04d}"
 
 
 def round_manifest(location: str) -> Optional[Path]:
@@ -271,6 +279,48 @@ def acquire(location: str, run_dir: str | Path, round: int, epoch: int, class_na
     return PoolEntry(round=round, directory=relative, location=str(location), num_samples=index.num_samples,
                      epoch=epoch, index_sha256=file_sha256(destination / INDEX_FILE), verified=verified,
                      composition=made_of)
+
+
+def acquire_static(location: str, position: int, run_dir: str | Path, epoch: int,
+                   class_names: list[str]) -> PoolEntry:
+    """Fetch and verify a received data set (``synthetic.static[position]``) into the run.
+
+    Like :func:`acquire`, but the data set's classes need only be among the run's (matched by
+    name when the trainer reads it), and no manifest ties it to a round.
+
+    Raises:
+        FormatError: a damaged data set (as :func:`acquire`), or a class the run does not have.
+        ConnectionError, TimeoutError: the server cannot be reached or is too slow.
+    """
+    relative = static_directory(position)
+    destination = Path(run_dir) / relative
+    _remove_staging(destination)
+    staging = temp_sibling(destination, "unverified")
+    try:
+        index = fetch(location, staging)
+        unknown = [n for n in index.class_names if n not in class_names]
+        if unknown:
+            raise FormatError(join_location(location, INDEX_FILE),
+                              f"classes {unknown} are not among the run's {list(class_names)} "
+                              "(a received data set's classes are matched by name)")
+        report = verify(staging)
+        verified = _shard_stats(staging, index)
+        made_of = dataset_composition(ShardRandomAccess(staging))
+        replace_directory(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _logger.info("received data set %s: %d synthetic images joined the pool (%s)", location, report.num_samples,
+                 ", ".join(f"{k} {v}" for k, v in report.class_counts.items() if v))
+    return PoolEntry(round=STATIC_ROUND, directory=relative, location=str(location), num_samples=index.num_samples,
+                     epoch=epoch, index_sha256=file_sha256(destination / INDEX_FILE), verified=verified,
+                     composition=made_of)
+
+
+def missing_static(locations: list[str], pool: list[PoolEntry]) -> list[tuple[int, str]]:
+    """``(position, location)`` of the ``synthetic.static`` data sets not in the pool yet."""
+    have = {e.directory for e in pool if e.round == STATIC_ROUND}
+    return [(i, loc) for i, loc in enumerate(locations) if static_directory(i) not in have]
 
 
 def _remove_staging(destination: Path) -> None:
