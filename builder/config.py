@@ -15,6 +15,7 @@ from typing import Literal, Mapping, Optional, Sequence
 
 from actgen.shards.config import check_value as _check, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
+from actgen.shards.writer import LICENSE_ID
 
 from .schedules import Mode
 
@@ -26,8 +27,6 @@ SD_LATENT_SIZE = 4 * 64 * 64
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """The subfolders of a Stable Diffusion 1.x/2.x directory (diffusers layout)."""
-
-LICENSE_ID = r"[a-z0-9][a-z0-9.+\-]*"   # what the Hub's dataset-card `license` field takes
 
 
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}

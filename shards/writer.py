@@ -189,6 +189,9 @@ def _size_category(n: int) -> str:
     return next((label for bound, label in bounds if n < bound), "n>10M")
 
 
+LICENSE_ID = r"[a-z0-9][a-z0-9.+\-]*"   # what the Hub's dataset-card ``license`` field takes
+
+
 def card_license(created: dict) -> dict[str, Optional[str]]:
     """``created.license`` as ``{"dataset", "generator", "source_terms"}`` (strings or None).
 
@@ -201,7 +204,7 @@ def card_license(created: dict) -> dict[str, Optional[str]]:
     # One line each: the card's YAML and text hold them, and a received file may hold anything.
     out = {k: printable(" ".join(value[k].split())) or None if isinstance(value.get(k), str) else None
            for k in ("dataset", "generator", "source_terms")}
-    if not (out["dataset"] and re.fullmatch(r"[a-z0-9][a-z0-9.+\-]*", out["dataset"])):
+    if not (out["dataset"] and re.fullmatch(LICENSE_ID, out["dataset"])):
         out["dataset"] = None                  # not a licence id the Hub knows: "other" below
     return out
 
@@ -243,7 +246,8 @@ def dataset_card(index: DatasetIndex) -> str:
         f"- Samples: {index.num_samples} in {len(index.shards)} shards; images {index.image_size[0]}x"
         f"{index.image_size[1]} (HxW)",
         f"- Classes ({len(index.class_names)}): {code(index.class_names)}",
-        f"- Licence: {code(licence['dataset'] or 'other')}; the generator's: {code(licence['generator'] or 'unknown')}; "
+        f"- Licence: {code(licence['dataset'] or 'other')}; "
+        f"the generator's: {code(licence['generator'] or 'unknown')}; "
         f"the source data's terms: {code(licence['source_terms'] or 'unknown')}",
     ]
     for key in ("tool_version", "time", "round", "generator"):

@@ -181,7 +181,8 @@ class ModelConfig:
         _check(bool(self.name), "model.name", self.name, "a timm model name")
         _check(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "a number in [0, 1)")
         _check(0.0 <= self.drop_path_rate < 1.0, "model.drop_path_rate", self.drop_path_rate, "a number in [0, 1)")
-        reserved = {"num_classes", "pretrained", "pretrained_cfg_overlay", "drop_rate", "drop_path_rate"} & set(self.kwargs)
+        reserved = {"num_classes", "pretrained", "pretrained_cfg_overlay", "drop_rate", "drop_path_rate"}
+        reserved &= set(self.kwargs)
         _check(not reserved, "model.kwargs", sorted(reserved), "no keys the trainer sets itself")
         _check(self.pretrained_file is None or self.pretrained, "model.pretrained_file", self.pretrained_file,
                "set only with model.pretrained=true")

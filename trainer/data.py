@@ -390,7 +390,8 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
     weights = None
     if cfg.synthetic.class_balance and dataset.num_synthetic:
         real_labels = np.concatenate([images.labels()[np.asarray(idx, dtype=np.int64)] for idx in real_indices])
-        synthetic_labels = np.concatenate([p.labels() for p in dataset.parts[len(dataset.parts) - len(synthetic_dirs):]])
+        pool = dataset.parts[len(dataset.parts) - len(synthetic_dirs):]
+        synthetic_labels = np.concatenate([p.labels() for p in pool])
         weights = class_balance_weights(real_labels, synthetic_labels, len(images.class_names))
     sampler = MixedBatchSampler(
         num_real=dataset.num_real, num_synthetic=dataset.num_synthetic, batch_size=cfg.loader.batch_size,
