@@ -283,6 +283,9 @@ class OutputConfig:
             null: the generator's (``generator.license``), else ``other``.
         source_terms: the terms of the source data the renders were guided by (free text, e.g.
             ``CIFAR-10: research use``), recorded in the index and card.
+        publish: an object-store URL (``s3://bucket/sets/round-{round}``; ``{round}`` is the
+            only placeholder) the finished data set is uploaded to, files first and
+            ``index.json`` last (``actgen.shards.publish``); null: it stays in ``path``.
     """
 
     path: str = ""
@@ -298,6 +301,7 @@ class OutputConfig:
     name: str = "actgen-synthetic"
     license: Optional[str] = None
     source_terms: Optional[str] = None
+    publish: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.resize == "fixed":
@@ -307,6 +311,9 @@ class OutputConfig:
             _check(self.size is None, "output.size", self.size, "null unless output.resize=fixed")
         _check(re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix) is not None, "output.prefix", self.prefix,
                "letters, digits, '_' and '-' only")
+        _check(self.publish is None or (re.match(r"^[a-z][a-z0-9+.-]*://", self.publish) is not None
+                                        and not self.publish.startswith(("http://", "https://", "file://"))),
+               "output.publish", self.publish, "an object-store URL such as s3://bucket/sets/round-{round}")
         _check(self.license is None or re.fullmatch(LICENSE_ID, self.license) is not None, "output.license",
                self.license, "a Hub licence id (lower case letters, digits, '.', '+', '-'), e.g. cc-by-4.0")
         _check(self.samples_per_shard >= 1, "output.samples_per_shard", self.samples_per_shard, "an int >= 1")

@@ -92,7 +92,19 @@ def run(cfg: BuildConfig, pool: Optional[WorkerPool] = None) -> BuildResult:
     inputs = resolve_inputs(cfg)
     cfg = resolve_horizon(not_fired_fallback(cfg, inputs), inputs)
     with output_lock(inputs.output):
-        return _build(cfg, inputs, pool)
+        result = _build(cfg, inputs, pool)
+        if cfg.output.publish:
+            # 10. Publish: after the local set is finished, so a failed upload is retried by
+            # running the build again (the finished set is left alone and published anew).
+            from actgen.shards.publish import publish
+
+            publish(inputs.output, publish_location(cfg.output.publish, inputs.round), overwrite=True)
+        return result
+
+
+def publish_location(template: str, round: int) -> str:
+    """``output.publish`` for round ``round``: its ``{round}`` placeholder filled in."""
+    return template.replace("{round}", str(round))
 
 
 def _build(cfg: BuildConfig, inputs: BuildInputs, pool: Optional[WorkerPool]) -> BuildResult:

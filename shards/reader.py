@@ -16,8 +16,8 @@ from .atomic import atomic_directory
 from .errors import FormatError, writing
 from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
                       decode_sample, is_extra_member, sample_members)
-from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, _http_get, _is_pattern, _Sink, deadline_after,
-                       is_url, join_location, read_location)
+from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, UNREADABLE_SCHEME, _is_pattern, _Sink,
+                       deadline_after, is_url, join_location, read_location, remote_get)
 from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
 
 _logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def read_index(location: str | Path, timeout_s: Optional[float] = None):
     try:
         data = read_location(where, INDEX_MAX_BYTES, timeout_s, too_large=too_large)
     except FormatError as e:
-        if e.problem.startswith(too_large):
+        if e.problem.startswith((too_large, UNREADABLE_SCHEME)):
             raise
         raise FormatError(where, f"{e.problem}: no finished data set here (index.json is written last)") from None
     return parse_index(data, where)
@@ -173,7 +173,7 @@ def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes:
     try:
         with writing(destination), open(destination, "wb") as dst:  # a full disk names the file
             if is_url(source):
-                sink = _http_get(source, dst, deadline, size_bytes, too_large)
+                sink = remote_get(source, dst, deadline, size_bytes, too_large)
             else:
                 sink = _Sink(dst)
                 try:
@@ -238,7 +238,7 @@ def local_file(location: str, max_bytes: int = SHARD_MAX_BYTES, deadline: float 
         yield location
         return
     with tempfile.NamedTemporaryFile(suffix=".tar") as tmp:
-        _http_get(location, tmp, deadline, max_bytes, too_large or f"larger than {max_bytes} bytes")
+        remote_get(location, tmp, deadline, max_bytes, too_large or f"larger than {max_bytes} bytes")
         tmp.flush()
         yield tmp.name
 

@@ -1,8 +1,14 @@
-"""Bounded reads of local files and http(s) URLs: every download has a deadline and a size cap.
+"""Bounded reads of local files, http(s) URLs and object stores: every download has a deadline
+and a size cap.
 
-Used by :mod:`.reader` (indexes, shards, fetch) and by the trainer through it. Plain ``urllib``:
-each wait on the socket is bounded, the whole transfer has a deadline, reading stops one byte past
-the expected size, refused or reset connections are retried with backoff.
+Used by :mod:`.reader` (indexes, shards, fetch) and by the trainer through it. http(s) goes
+through plain ``urllib``: each wait on the socket is bounded, the whole transfer has a deadline,
+reading stops one byte past the expected size, refused or reset connections are retried with
+backoff. Every other ``scheme://`` location (``s3://``, ``gs://``, ``hf://``, ...) goes through
+fsspec (one code path; the scheme's package, e.g. ``s3fs``, must be installed): the store's size
+is checked before any byte is read, reads go in ``_CHUNK`` blocks with the deadline checked
+between them, and each request is bounded by the store's own connect and read timeouts
+(``FS_OPTIONS``; botocore retries refused connections).
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import http.client
 import io
 import logging
 import math
+import re
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +45,26 @@ _CHUNK = 1 << 20
 # Locations
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# Per-protocol fsspec options: each request to the store waits at most HTTP_TIMEOUT_S for a
+# connection and for data (s3fs passes ``config_kwargs`` to botocore's Config).
+FS_OPTIONS: dict[str, dict] = {
+    "s3": {"config_kwargs": {"connect_timeout": HTTP_TIMEOUT_S, "read_timeout": HTTP_TIMEOUT_S,
+                             "retries": {"max_attempts": 3, "mode": "standard"}}},
+}
+# s3fs retries a failed request itself (its ``retries`` attribute, 5 by default) on top of
+# botocore's attempts, so a store that stalls holds a read for about timeout x attempts x retries.
+FS_RETRIES: dict[str, int] = {"s3": 2}
+
+
 def is_url(location: str | Path) -> bool:
+    """A remote location: http(s), or any other ``scheme://`` fsspec reads (not ``file://``)."""
+    text = str(location)
+    return _SCHEME.match(text) is not None and not text.startswith("file://")
+
+
+def is_http(location: str | Path) -> bool:
     return str(location).startswith(("http://", "https://"))
 
 
@@ -181,6 +207,66 @@ def _http_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_larg
             sink.reset()
 
 
+UNREADABLE_SCHEME = "no installed package reads"   # how a FormatError for such a scheme starts
+
+
+def filesystem(url: str):
+    """``(fsspec file system, path)`` for a non-http URL, with :data:`FS_OPTIONS` for its protocol.
+
+    Raises:
+        FormatError: a scheme that no installed fsspec implementation reads (naming the package
+            to install where fsspec knows it).
+    """
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **FS_OPTIONS.get(protocol, {}))
+        if protocol in FS_RETRIES and hasattr(fs, "retries"):
+            fs.retries = FS_RETRIES[protocol]
+        return fs, path
+    except (ImportError, ValueError) as e:
+        raise FormatError(url, f"{UNREADABLE_SCHEME} {protocol}:// locations ({' '.join(str(e).split())})") from None
+
+
+def _fs_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large: str) -> _Sink:
+    """Download a non-http URL through fsspec into ``out`` (see the module docstring)."""
+    sink = _Sink(out)
+    fs, path = filesystem(url)
+    try:
+        size = fs.size(path)
+        if size is not None and size > max_bytes:
+            raise FormatError(url, f"{too_large} (the store says {size} bytes; nothing read)")
+        with fs.open(path, "rb", block_size=_CHUNK) as f:
+            while True:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{url}: download not finished in time ({sink.size} bytes read)")
+                chunk = f.read(min(_CHUNK, max_bytes + 1 - sink.size))
+                if not chunk:
+                    break
+                sink.write(chunk)
+                if sink.size > max_bytes:
+                    raise FormatError(url, f"{too_large} (stopped reading at byte {sink.size})")
+    except (FormatError, TimeoutError):
+        raise
+    except FileNotFoundError:
+        raise FormatError(url, "file not found") from None
+    except PermissionError as e:
+        raise FormatError(url, f"access denied ({' '.join(str(e).split())})") from None
+    except Exception as e:   # the stores' clients raise their own types for network failures
+        if "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower():
+            raise TimeoutError(f"{url}: the store did not answer in time ({type(e).__name__}: {e})") from None
+        raise ConnectionError(f"{url}: cannot read ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    return sink
+
+
+def remote_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large: str) -> _Sink:
+    """Download ``url`` (http(s): :func:`_http_get`; other schemes: fsspec) into ``out``."""
+    if is_http(url):
+        return _http_get(url, out, deadline, max_bytes, too_large)
+    return _fs_get(url, out, deadline, max_bytes, too_large)
+
+
 def read_location(location: str, max_bytes: int, timeout_s: Optional[float] = None,
                   too_large: str = "") -> bytes:
     """The bytes of a local file or an http(s) URL, at most ``max_bytes`` (FormatError beyond).
@@ -191,7 +277,7 @@ def read_location(location: str, max_bytes: int, timeout_s: Optional[float] = No
     too_large = too_large or f"larger than {max_bytes} bytes"
     if is_url(location):
         buffer = io.BytesIO()
-        _http_get(location, buffer, deadline_after(timeout_s), max_bytes, too_large)
+        remote_get(location, buffer, deadline_after(timeout_s), max_bytes, too_large)
         return buffer.getvalue()
     try:
         with open(location, "rb") as f:

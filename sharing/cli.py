@@ -78,6 +78,22 @@ def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str],
                        + ", ".join(f".{ext} in {n} samples" for ext, n in report.extra_members.items()))
 
 
+@main.command("publish")
+@click.argument("dataset", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("url")
+@click.option("--overwrite", is_flag=True, help="Replace a data set already at URL (its index goes first).")
+@click.pass_context
+def publish_command(ctx: click.Context, dataset: Path, url: str, overwrite: bool) -> None:
+    """Verify DATASET and upload it to URL (s3://bucket/set, gs://..., hf://datasets/...): the
+    files first, index.json last, so a reader there never sees it half-written. Credentials and
+    endpoints come from the store's own settings (for S3: AWS_* variables, ~/.aws)."""
+    with cli_errors("actgen-data publish", ctx.obj["verbose"]):
+        from actgen.shards.publish import publish
+
+        n = publish(dataset, url, overwrite=overwrite)
+        click.echo(f"{printable(url)}: published {n} files")
+
+
 @main.command("merge")
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))

@@ -111,8 +111,8 @@ class SyntheticConfig:
             ``actgen.shards.writer``) running as its own job; ``inline`` runs ``actgen-build``
             itself at the end of every round, as a subprocess on this machine, so that one
             command runs the whole active loop; ``none`` trains on real images only.
-        pattern: location of round r's data set: a local path or an http(s) URL, with
-            ``{run_dir}`` and ``{round}`` placeholders (format specs allowed: ``{round:04d}``).
+        pattern: location of round r's data set: a local path, an http(s) URL or an object-store
+            URL (``s3://``, ``gs://``, ``hf://``), with ``{run_dir}`` and ``{round}`` placeholders (format specs allowed: ``{round:04d}``).
         on_missing: when round r's data set is not finished (no readable ``index.json``; in a
             round folder, not yet built from the manifest now beside it; over http, also a server
             that cannot be reached or stalls) at the start of the epoch that should use it:
@@ -138,7 +138,7 @@ class SyntheticConfig:
             fresh permutation) to the epoch, so a real-only run takes the optimizer steps a
             synthetic run with that budget per round takes (more steps, no new data).
         static: finished data sets received from elsewhere (a merged set, another team's;
-            local folders or http(s) URLs), trained on beside the rounds' or alone (with
+            folders, http(s) or object-store URLs), trained on beside the rounds' or alone (with
             ``source: none``). Each is fetched into the run and verified when it joins; its
             classes are matched to the run's by name (another order, or a subset, is fine; a
             class the run lacks is an error).
@@ -163,7 +163,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         _check_pattern(self.pattern)
         _check(all(isinstance(s, str) and s for s in self.static), "synthetic.static", self.static,
-               "a list of data-set locations (folders or http(s) URLs)")
+               "a list of data-set locations (folders, http(s) or object-store URLs)")
         _check(len(set(self.static)) == len(self.static), "synthetic.static", self.static, "no location twice")
         _check(self.static_epoch >= 0, "synthetic.static_epoch", self.static_epoch, "an int >= 0")
         _check(self.placebo_per_round >= 0, "synthetic.placebo_per_round", self.placebo_per_round, "an int >= 0")

@@ -26,6 +26,7 @@ from actgen.shards.atomic import replace_directory, temp_sibling
 from actgen.shards.composition import dataset_composition
 from actgen.shards.errors import FormatError
 from actgen.shards.reader import ShardRandomAccess, fetch, is_url, join_location, read_index
+from actgen.shards.transfer import UNREADABLE_SCHEME
 from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.verify import verify
 from actgen.shards.writer import INDEX_FILE, file_sha256
@@ -169,7 +170,7 @@ def look(location: str, manifest: Optional[Path] = None, timeout_s: Optional[flo
             return _Look(False, f"is not finished (no readable {INDEX_FILE})")
         index = read_index(location, timeout_s=timeout_s)  # local: FormatError naming the file
     except FormatError as e:
-        if not is_url(location):
+        if not is_url(location) or e.problem.startswith(UNREADABLE_SCHEME):
             raise
         return _Look(False, f"is not finished ({e.problem.split(':')[0]})")
     except ConnectionError as e:
