@@ -39,18 +39,21 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-verify", is_flag=True, help="Skip the checksum / count check.")
 @click.option("--decode", is_flag=True, help="Verify by decoding every image too (slower).")
 @click.pass_context
-def info(ctx: click.Context, dataset: Path, as_json: bool, no_verify: bool, decode: bool) -> None:
+def info(ctx: click.Context, dataset: str, as_json: bool, no_verify: bool, decode: bool) -> None:
     """What DATASET holds: images per class, mode, round and generator; image size; the build
     settings; whether it verifies."""
     with cli_errors("actgen-data info", ctx.obj["verbose"]):
         from .inspect import describe, format_summary
+        from .remote import local_copies
 
-        summary = describe(dataset, check=not no_verify, decode=decode)
+        with local_copies([dataset]) as (folder,):
+            summary = describe(folder, check=not no_verify, decode=decode)
+        summary["location"] = dataset
         click.echo(json.dumps(summary, indent=1) if as_json else format_summary(summary))
         if "verify" in summary and not summary["verify"]["ok"]:
             ctx.exit(1)
@@ -95,29 +98,32 @@ def publish_command(ctx: click.Context, dataset: Path, url: str, overwrite: bool
 
 
 @main.command("merge")
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("sources", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output")
+@click.argument("sources", nargs=-1, required=True)
 @click.option("--samples-per-shard", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a data set already in OUTPUT.")
 @click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp"]), default=None,
               help="Image format of OUTPUT; needed when the sources differ (images in another format are "
                    "re-encoded). Default: the sources' own, their stored bytes copied unchanged.")
 @click.pass_context
-def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], samples_per_shard: int,
+def merge_command(ctx: click.Context, output: str, sources: tuple[str, ...], samples_per_shard: int,
                   overwrite: bool, image_format: Optional[str]) -> None:
     """Merge the SOURCES data sets (e.g. every round of a run) into one new data set in OUTPUT:
     one index and card listing the sources, keys and provenance kept."""
     with cli_errors("actgen-data merge", ctx.obj["verbose"]):
         from .merge import merge
+        from .remote import local_copies, local_output
 
-        index = merge(sources, output, samples_per_shard=samples_per_shard, overwrite=overwrite,
-                      image_format=image_format)
-        click.echo(f"{output}: {index.num_samples} images in {len(index.shards)} shards from {len(sources)} data sets")
+        with local_copies(sources) as folders, local_output(output, overwrite) as out:
+            index = merge(folders, out, samples_per_shard=samples_per_shard, overwrite=overwrite,
+                          image_format=image_format)
+        click.echo(f"{printable(output)}: {index.num_samples} images in {len(index.shards)} shards from "
+                   f"{len(sources)} data sets")
 
 
 @main.command("filter")
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dataset")
+@click.argument("output")
 @click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The classifier bundle that scores the images (e.g. a round's checkpoint/).")
 @click.option("--min-prob", type=click.FloatRange(0, 1), default=0.0, show_default=True,
@@ -127,17 +133,19 @@ def merge_command(ctx: click.Context, output: Path, sources: tuple[Path, ...], s
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a data set already in OUTPUT.")
 @click.pass_context
-def filter_command(ctx: click.Context, dataset: Path, output: Path, checkpoint: Path, min_prob: float,
+def filter_command(ctx: click.Context, dataset: str, output: str, checkpoint: Path, min_prob: float,
                    max_rank: int, device: str, overwrite: bool) -> None:
     """A new data set in OUTPUT with the images of DATASET that a classifier assigns to their label
     (the filter's settings and the classifier's sha256 in its index and card)."""
     with cli_errors("actgen-data filter", ctx.obj["verbose"]):
         from .filter import ClassifierScorer, filter_dataset
+        from .remote import local_copies, local_output
 
-        index = filter_dataset(dataset, output, ClassifierScorer(checkpoint, device=device), min_prob=min_prob,
-                               max_rank=max_rank, overwrite=overwrite)
+        with local_copies([dataset]) as (folder,), local_output(output, overwrite) as out:
+            index = filter_dataset(folder, out, ClassifierScorer(checkpoint, device=device), min_prob=min_prob,
+                                   max_rank=max_rank, overwrite=overwrite)
         f = index.created["filter"]
-        click.echo(f"{output}: kept {f['kept']} of {f['of']} images")
+        click.echo(f"{printable(output)}: kept {f['kept']} of {f['of']} images")
 
 
 @main.command("browse")

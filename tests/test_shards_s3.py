@@ -21,6 +21,9 @@ moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 (any free port) for this module's tests."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -211,3 +214,22 @@ def test_a_build_publishes_to_a_bucket_index_last_and_a_run_trains_from_it(s3, b
                             "data.source.path=builtin:digits", f"synthetic.static=[{url}]")
     summary = run(cfg)
     assert summary["pool"][0]["num_samples"] == 4 and summary["synthetic_seen_total"] > 0
+
+
+def test_actgen_data_merges_sets_in_a_bucket_into_the_bucket(s3, write_digit_shards, tmp_path):
+    from actgen.sharing.cli import main
+
+    fs, bucket = s3
+    for r in (0, 1):
+        write_digit_shards(tmp_path / f"r{r}", n=6, round=r, seed=r)
+        _upload(fs, tmp_path / f"r{r}", f"{bucket}/r{r}")
+    invoke = CliRunner().invoke
+    result = invoke(main, ["merge", f"{bucket}/all", f"{bucket}/r0", str(tmp_path / "r1")])
+    assert result.exit_code == 0 and "12 images" in result.output, result.output
+    index = read_index(f"{bucket}/all")
+    assert index.num_samples == 12 and [s["path"] for s in index.created["sources"]] == ["r0", "r1"]
+    assert verify(f"{bucket}/all").num_samples == 12
+    result = invoke(main, ["merge", f"{bucket}/all", f"{bucket}/r0"])
+    assert result.exit_code == 2 and "already holds a finished data set" in result.output
+    result = invoke(main, ["info", f"{bucket}/all"])
+    assert result.exit_code == 0 and f"{bucket}/all: 12 images" in result.output, result.output
