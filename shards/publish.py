@@ -51,6 +51,8 @@ def publish(directory: str | Path, url: str, overwrite: bool = False) -> int:
         fs.put_file(str(directory / INDEX_FILE), index_path)
     except (ValueError, FormatError):
         raise
+    except FileNotFoundError as e:     # s3fs: a bucket that does not exist
+        raise FormatError(url, f"no such bucket or place ({' '.join(str(e).split())})") from None
     except PermissionError as e:
         raise FormatError(url, f"the store refuses the write ({' '.join(str(e).split())})") from None
     except OSError as e:

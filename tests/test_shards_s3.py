@@ -233,3 +233,13 @@ def test_actgen_data_merges_sets_in_a_bucket_into_the_bucket(s3, write_digit_sha
     assert result.exit_code == 2 and "already holds a finished data set" in result.output
     result = invoke(main, ["info", f"{bucket}/all"])
     assert result.exit_code == 0 and f"{bucket}/all: 12 images" in result.output, result.output
+
+
+def test_publishing_to_a_bucket_that_does_not_exist_names_it(s3, shard_dataset):
+    from actgen.shards.publish import publish
+
+    directory, _, _ = shard_dataset
+    with pytest.raises(FormatError, match=r"s3://no-such-bucket-here/set: no such bucket or place"):
+        publish(directory, "s3://no-such-bucket-here/set")
+    with pytest.raises(ValueError, match="not an object-store URL"):
+        publish(directory, "https://host/set")
