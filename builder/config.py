@@ -57,7 +57,13 @@ class GuidanceConfig:
     """Sampling and guidance settings; defaults are the paper code's (digest §2).
 
     Attributes:
-        num_steps: DDPM steps ("leading" spacing, the scheduler config's ``steps_offset``).
+        num_steps: denoising steps ("leading" spacing, the scheduler config's ``steps_offset``).
+        sampler: ``ddpm`` (the method: DDPM posterior steps), ``ddim`` (η = ``eta``) or
+            ``dpmpp_2m`` (DPM-Solver++, second-order multistep, as diffusers'
+            ``DPMSolverMultistepScheduler`` with ``final_sigmas_type: zero``). The guide trajectory
+            is advanced by the same solver with x0 = z_g and the same noise; gradient guidance acts
+            on the solver's own x̂0; the §1.2 schedules are rescaled to ``num_steps``.
+        eta: DDIM's η (0: deterministic; 1: DDPM's variance); ``ddim`` only.
         cfg_scale: classifier-free guidance scale (paper code 7.5; the paper text says 15).
         guidance_strength: s in γ_i = sigmoid(s − i), given at ``reference_steps`` steps and
             scaled by num_steps / reference_steps. ``inf`` holds γ at 1, ``-inf`` at 0.
@@ -99,6 +105,8 @@ class GuidanceConfig:
     """
 
     num_steps: int = 40
+    sampler: Literal["ddpm", "ddim", "dpmpp_2m"] = "ddpm"
+    eta: float = 0.0
     cfg_scale: float = 7.5
     guidance_strength: float = 12.5
     guidance_steps: int = 10
@@ -120,6 +128,8 @@ class GuidanceConfig:
     adversarial_decode_size: Optional[int] = None
 
     def __post_init__(self):
+        _check(0.0 <= self.eta <= 1.0, "guidance.eta", self.eta, "a number in [0, 1]")
+        _check(self.eta == 0.0 or self.sampler == "ddim", "guidance.eta", self.eta, "0 unless guidance.sampler is ddim")
         for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity", "adversarial_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")

@@ -1,4 +1,4 @@
-"""ActGen's guided DDPM sampler (method digest §1.2); the batch transform around it is in :mod:`.batch_transform`.
+"""ActGen's guided sampler (method digest §1.2: DDPM; DDIM and DPM-Solver++ as options); the batch transform around it is in :mod:`.batch_transform`.
 
 One code path renders three modes, chosen per sample:
 
@@ -110,6 +110,54 @@ def posterior_coefficients(abar_t: float, abar_prev: float) -> tuple[float, floa
     ct = math.sqrt(alpha_t) * (1.0 - abar_prev) / (1.0 - abar_t)
     var = (1.0 - abar_prev) / (1.0 - abar_t) * beta_t
     return c0, ct, math.sqrt(max(var, 0.0))
+
+
+class Solver:
+    """One denoising step x_t -> x_t' of the chosen sampler, given x̂0 (and, stochastic ones, noise).
+
+    ``ddpm``: the DDPM posterior (fixed_small variance). ``ddim``: x_t' = √ᾱ' x̂0 + √(1 − ᾱ' − σ²) ε̂
+    + σ·z with σ = η √((1 − ᾱ')/(1 − ᾱ)) √(1 − ᾱ/ᾱ') and ε̂ the noise x̂0 implies. ``dpmpp_2m``:
+    DPM-Solver++ in data prediction, x_t' = (σ'/σ) x_t − α' (e^{−h} − 1) D with h = λ' − λ,
+    λ = log(α/σ), D = x̂0 at the first and the last step and (1 + 1/2r) x̂0 − (1/2r) x̂0_prev
+    otherwise (r = h_prev / h). The last step (ᾱ' = 1) lands on x̂0 (DDIM: √ᾱ'·x̂0, DPM++: D = x̂0).
+
+    The sample keeps a history (``step``); a trajectory whose x0 is fixed (the guide's z_g) has
+    D = x0 whatever the order (``step_fixed``).
+    """
+
+    def __init__(self, kind: str, eta: float = 0.0):
+        self.kind, self.eta = kind, eta
+        self._x0_prev: Optional[torch.Tensor] = None
+        self._h_prev: Optional[float] = None
+
+    @property
+    def stochastic(self) -> bool:
+        return self.kind == "ddpm" or (self.kind == "ddim" and self.eta > 0)
+
+    def step(self, x: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, abar_t: float, abar_prev: float,
+             fixed: bool = False) -> torch.Tensor:
+        if self.kind == "ddpm":
+            c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
+            return c0 * x0 + ct * x + sigma * noise
+        if self.kind == "ddim":
+            sigma = self.eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+            eps = (x - math.sqrt(abar_t) * x0) / math.sqrt(1 - abar_t)
+            return (math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
+                    + sigma * noise)
+        # dpmpp_2m
+        if abar_prev >= 1.0:                      # the last step: σ' = 0, first order lands on x̂0
+            if not fixed:
+                self._x0_prev, self._h_prev = None, None
+            return x0
+        sigma_t, sigma_p, alpha_p = math.sqrt(1 - abar_t), math.sqrt(1 - abar_prev), math.sqrt(abar_prev)
+        h = math.log(alpha_p / sigma_p) - math.log(math.sqrt(abar_t) / sigma_t)
+        d = x0
+        if not fixed:
+            if self._x0_prev is not None:
+                r = self._h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self._x0_prev
+            self._x0_prev, self._h_prev = x0, h
+        return (sigma_p / sigma_t) * x - alpha_p * math.expm1(-h) * d
 
 
 def attention_mask(attn: torch.Tensor, running_sum: torch.Tensor, kind: str, size: tuple[int, int],
@@ -256,6 +304,7 @@ class GuidedSampler:
         masked_t = torch.tensor(masked, device=dev).view(b, 1, 1, 1)
         running = None
         masks_out: list[torch.Tensor] = []
+        solver = Solver(cfg.sampler, cfg.eta)
 
         # 6. Denoising loop.
         for i, t in enumerate(timesteps):
@@ -268,11 +317,10 @@ class GuidedSampler:
                                                           tokens if any(masked) else None, labels, adv,
                                                           (bank_draw, peers, margin))
 
-            # 6c. DDPM posterior step of the sample and of the guide trajectory, same noise.
-            c0, ct, sigma = posterior_coefficients(abar_t, abar_prev)
+            # 6c. The solver's step of the sample and of the guide trajectory (x0 = z_g), same noise.
             noise = step_noise[i]                                                 # [B, C, h, w]
-            x_prev = c0 * x0_hat + ct * x + sigma * noise
-            x_guide = c0 * z_guide + ct * x_guide + sigma * noise
+            x_prev = solver.step(x, x0_hat, noise, abar_t, abar_prev)
+            x_guide = solver.step(x_guide, z_guide, noise, abar_t, abar_prev, fixed=True)
 
             # 6d. Attentive latent interpolation x ← x − γ·M ⊙ (x − x^g).
             mask = torch.ones(b, 1, h, w, device=dev)

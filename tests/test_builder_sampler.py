@@ -443,3 +443,86 @@ def test_renders_of_one_class_in_a_batch_repel_each_other(tiny_generator):
     mixed = _render(sampler, ["cat", "dog"], [61, 62], ["actgen"] * 2, guides=guide).latents
     sampler = GuidedSampler(tiny_generator, GuidanceConfig(**base), bank=MemoryBank(8, 8))
     assert torch.equal(mixed, _render(sampler, ["cat", "dog"], [61, 62], ["actgen"] * 2, guides=guide).latents)
+
+
+# -- samplers: DDIM and DPM-Solver++ beside the method's DDPM ----------------------------------------
+
+
+def _reference_txt2img(gen, scheduler, prompt: str, seed: int, steps: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free-guided txt2img with a diffusers scheduler's own ``step``, from the sampler's x_T."""
+    from actgen.builder.sampler import _randn, _streams
+
+    x = _randn([_streams(seed)[0]], tuple(gen.latent_shape), "cpu")
+    emb = torch.cat([gen.embed_unconditional(1), gen.embed_prompts([prompt])])
+    # The sampler's grid (DDPM's "leading" spacing) for every solver; diffusers' DPM-Solver++
+    # spaces "leading" over N + 1 intervals, so it is given the grid.
+    grid = leading_timesteps(len(gen.alphas_cumprod), steps, gen.steps_offset)
+    scheduler.set_timesteps(**({"timesteps": list(grid)} if "solver_order" in scheduler.config else
+                               {"num_inference_steps": steps}))
+    assert [int(t) for t in scheduler.timesteps] == list(grid)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps_u, eps_c = gen.predict_noise(torch.cat([x, x]), int(t), emb).chunk(2)
+            x = scheduler.step(eps_u + cfg_scale * (eps_c - eps_u), t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpmpp_2m"])
+def test_unguided_ddim_and_dpm_solver_match_diffusers(tiny_generator, kind):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    base = {k: v for k, v in tiny_generator.scheduler_config.items() if not k.startswith("_")}
+    if kind == "ddim":   # ᾱ' = 1 at the last step, as the sampler (and set_alpha_to_one) has it
+        scheduler = DDIMScheduler.from_config(base, set_alpha_to_one=True, timestep_spacing="leading", clip_sample=False)
+    else:
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            base, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="leading", final_sigmas_type="zero",
+            lower_order_final=True, use_karras_sigmas=False)
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(num_steps=8, reference_steps=8, sampler=kind,
+                                                           cfg_scale=3.0))
+    ours = _render(sampler, ["cat"], [5], ["txt2img"]).latents
+    reference = _reference_txt2img(tiny_generator, scheduler, "a photo of cat", 5, 8, 3.0)
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)])
+def test_every_sampler_pulls_towards_the_guide_and_takes_its_step_count(tiny_generator, kind, eta, monkeypatch):
+    names, seeds, guides = ["cat", "dog"], [11, 12], _guides(2)
+    sampler = GuidedSampler(tiny_generator, GuidanceConfig(num_steps=7, reference_steps=40, sampler=kind, eta=eta,
+                                                           use_mask=False))
+    calls = []
+    real = type(tiny_generator).predict_noise
+    monkeypatch.setattr(type(tiny_generator), "predict_noise", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    guided = _render(sampler, names, seeds, ["img2img"] * 2, guides=guides)
+    assert len(calls) == 7 and len(guided.gammas) == 7
+    plain = _render(sampler, names, seeds, ["txt2img"] * 2)
+    d_guided = (guided.latents - guided.guide_latents).flatten(1).norm(dim=1)
+    d_plain = (plain.latents - guided.guide_latents).flatten(1).norm(dim=1)
+    assert (d_guided < d_plain).all()
+    # With the guide held (γ = 1) every solver's last step lands the sample on z_g, as DDPM's does.
+    held = GuidedSampler(tiny_generator, GuidanceConfig(num_steps=7, reference_steps=7, sampler=kind, eta=eta,
+                                                         guidance_strength=INF, use_mask=False))
+    out = _render(held, names, seeds, ["img2img"] * 2, guides=guides)
+    torch.testing.assert_close(out.latents, out.guide_latents, atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_eta_zero_ignores_the_step_noise_and_eta_one_uses_it(tiny_generator, monkeypatch):
+    import actgen.builder.sampler as sampler_module
+
+    real = sampler_module._randn
+
+    def render(eta, quiet):
+        calls = []
+
+        def randn(rngs, shape, device):      # the x_T draws stay; the per-step draws are zeroed
+            out = real(rngs, shape, device)
+            calls.append(1)
+            return out * 0 if quiet and len(calls) > 2 else out
+        monkeypatch.setattr(sampler_module, "_randn", randn)
+        sampler = GuidedSampler(tiny_generator, GuidanceConfig(**FAST, sampler="ddim", eta=eta))
+        return _render(sampler, ["cat"], [3], ["txt2img"]).latents
+
+    assert torch.equal(render(0.0, quiet=False), render(0.0, quiet=True))
+    assert not torch.allclose(render(1.0, quiet=False), render(1.0, quiet=True))
+    with pytest.raises(ValueError, match="guidance.eta"):
+        GuidanceConfig(sampler="ddpm", eta=0.5)
