@@ -256,22 +256,14 @@ def acquire(location: str, run_dir: str | Path, round: int, epoch: int, class_na
             the data set was rebuilt from another manifest meanwhile.
         ConnectionError, TimeoutError: the server cannot be reached or is too slow.
     """
-    relative = pool_directory(round)
-    destination = Path(run_dir) / relative
-    _remove_staging(destination)
-    staging = temp_sibling(destination, "unverified")
-    try:
-        index = fetch(location, staging, timeout_s=timeout_s)
+    def check(index) -> None:
         problem = manifest_problem(index, location, manifest)
         if problem is not None:
             raise StaleDataSet(f"round {round}'s synthetic data set at {location} {problem}")
-        report = verify(staging, class_names=list(class_names))
-        verified = _shard_stats(staging, index)
-        made_of = dataset_composition(ShardRandomAccess(staging))
-        replace_directory(staging, destination)  # a rename: the shards keep their stat
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    relative = pool_directory(round)
+    destination = Path(run_dir) / relative
+    index, report, verified, made_of = _stage_into_pool(location, destination, check, list(class_names), timeout_s)
     _logger.info("round %d: %d synthetic images from %s joined the pool (%s)", round, report.num_samples, location,
                  ", ".join(f"{k} {v}" for k, v in report.class_counts.items() if v))
     _logger.info("round %d: %d distinct guides, at most %d renders per guide (%s)", round,
@@ -293,29 +285,41 @@ def acquire_static(location: str, position: int, run_dir: str | Path, epoch: int
         FormatError: a damaged data set (as :func:`acquire`), or a class the run does not have.
         ConnectionError, TimeoutError: the server cannot be reached or is too slow.
     """
-    relative = static_directory(position)
-    destination = Path(run_dir) / relative
-    _remove_staging(destination)
-    staging = temp_sibling(destination, "unverified")
-    try:
-        index = fetch(location, staging)
+    def check(index) -> None:
         unknown = [n for n in index.class_names if n not in class_names]
         if unknown:
             raise FormatError(join_location(location, INDEX_FILE),
                               f"classes {unknown} are not among the run's {list(class_names)} "
                               "(a received data set's classes are matched by name)")
-        report = verify(staging)
-        verified = _shard_stats(staging, index)
-        made_of = dataset_composition(ShardRandomAccess(staging))
-        replace_directory(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    relative = static_directory(position)
+    destination = Path(run_dir) / relative
+    index, report, verified, made_of = _stage_into_pool(location, destination, check, None)
     _logger.info("received data set %s: %d synthetic images joined the pool (%s)", location, report.num_samples,
                  ", ".join(f"{k} {v}" for k, v in report.class_counts.items() if v))
     return PoolEntry(round=STATIC_ROUND, directory=relative, location=str(location), num_samples=index.num_samples,
                      epoch=epoch, index_sha256=file_sha256(destination / INDEX_FILE), verified=verified,
                      composition=made_of)
+
+
+def _stage_into_pool(location: str, destination: Path, check: Callable, class_names: Optional[list[str]],
+                     timeout_s: Optional[float] = None):
+    """Fetch ``location`` into a hidden staging folder beside ``destination``, ``check`` its index,
+    verify it (against ``class_names`` when given), read its composition, then rename it into
+    place; on any failure nothing is left. -> ``(index, verify report, shard stats, composition)``."""
+    _remove_staging(destination)
+    staging = temp_sibling(destination, "unverified")
+    try:
+        index = fetch(location, staging, timeout_s=timeout_s)
+        check(index)
+        report = verify(staging, class_names=class_names)
+        verified = _shard_stats(staging, index)
+        made_of = dataset_composition(ShardRandomAccess(staging))
+        replace_directory(staging, destination)  # a rename: the shards keep their stat
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return index, report, verified, made_of
 
 
 def missing_static(locations: list[str], pool: list[PoolEntry]) -> list[tuple[int, str]]:
