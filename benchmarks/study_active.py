@@ -84,6 +84,11 @@ CONDITIONS: dict[str, tuple[list[str], list[str] | None]] = {
     "actgen-margin-scaled": ([], ACTGEN + ["guidance.margin_scale=latent_dim"]),
     "actgen-repel": ([], ACTGEN + ["guidance.repel_within_batch=true"]),
     "actgen-small-rounds": (["rounds.every=1"], ACTGEN + ["budget={budget_small}"]),
+    # Issue 20's accuracy checks: a faster solver at about half the steps (the digits builder runs
+    # DDPM at 25), and the adversarial decode at half the side (the digits' VAE does not
+    # downsample: x̂0 is 3x8x8, decoded at 4x4 and resized to the classifier's 32x32).
+    "actgen-dpmpp": ([], ACTGEN + ["guidance.sampler=dpmpp_2m", "guidance.num_steps=13"]),
+    "actgen-decode-half": ([], ACTGEN + ["guidance.adversarial_decode_size=4"]),
     "actgen-balanced-margin-repel": ([], ACTGEN + ["allocation.policy=balanced", "guidance.margin_scale=latent_dim",
                                                    "guidance.repel_within_batch=true"]),
 }

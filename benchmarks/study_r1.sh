@@ -39,5 +39,10 @@ part4() {   # the earlier 10-per-class regime (3 held out, 2 rounds), its record
     --generator "$(gen 0)" --fit --conditions "$conds" --budgets 0.5,2 --sweep "$conds" --seeds 0-9 \
     --jobs "$JOBS" --threads 1 --records docs/study/digits
 }
+part5() {   # issue 20's checks (PLAN.md, note of 2026-12-04): split 0, seeds 0-9, paired with part 1's actgen
+  study "${R1[@]}" --split-seed 0 --out "$DIR/r1-split0" --generator "$(gen 0)" --fit \
+    --conditions "actgen,actgen-dpmpp,actgen-decode-half" --budgets 1 --sweep none --seeds 0-9 \
+    --records docs/study/r1-part5 --title "digits R1 (split 0): solver and decode size"
+}
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(1 2 3 4)
 for part in "${parts[@]}"; do "part$part"; done
