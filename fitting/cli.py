@@ -2,8 +2,9 @@
 (or :func:`actgen.fitting.lora.run_lora` with ``--lora``)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
 
@@ -12,7 +13,7 @@ from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.errors import cli_errors
 from actgen.shards.runtime import setup_logging
 
-from .config import CHECKPOINT
+from .config import CHECKPOINT, LORA_CHECKPOINT
 
 
 EPILOG = """\b
@@ -21,13 +22,15 @@ Examples:
   actgen-fit-generator --config configs/fit-digits.yaml --output /tmp/g --set train.steps=200
   actgen-fit-generator --config configs/fit-digits.yaml --resume      # after an interruption
   actgen-fit-generator --lora --output /tmp/g --set base=/models/sd21-base --set steps=2000
+  actgen-fit-generator --lora --output /tmp/g --set base=/models/sd21-base --set steps=2000 --resume
 
 \b
 The output directory is a Stable Diffusion-layout generator (unet/ vae/ text_encoder/ tokenizer/
-scheduler/) plus fit_record.json, samples/step-*.png (one row per class) and {checkpoint}.
+scheduler/) plus fit_record.json, samples/step-*.png (one row per class) and {checkpoint}
+(with --lora: unet_lora/, the adapter alone, and {lora_checkpoint}).
 Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.attention_resolution=R
 (R is in fit_record.json, builder_settings).
-""".format(checkpoint=CHECKPOINT)
+""".format(checkpoint=CHECKPOINT, lora_checkpoint=LORA_CHECKPOINT)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
@@ -37,7 +40,7 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Generator directory.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=500 (repeatable).")
-@click.option("--resume", is_flag=True, help=f"Continue from OUTPUT/{CHECKPOINT}.")
+@click.option("--resume", is_flag=True, help=f"Continue from OUTPUT/{CHECKPOINT} (--lora: OUTPUT/{LORA_CHECKPOINT}).")
 @click.option("--lora", is_flag=True, help="LoRA-fine-tune an existing SD 1.x/2.x generator instead "
               "(config keys: actgen.fitting.config.LoraFitConfig, e.g. --set base=/models/sd21-base).")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
@@ -55,28 +58,35 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
                     interrupted="interrupted; rerun with --resume to continue from the last checkpoint"):
         literal = {"output": str(output)} if output is not None else {}     # taken as given, never interpolated
         if lora:
-            if resume:
-                raise click.UsageError("--resume applies to fits from scratch, not to --lora")
             from .config import load_lora_config
             from .lora import run_lora
 
-            result = run_lora(load_lora_config(config_path, overrides, literal=literal))
-            click.echo(f"{result.output}: LoRA fine-tuned in {len(result.losses)} steps "
+            cfg = load_lora_config(config_path, overrides, literal=literal)
+            with _log_file(Path(cfg.output)):
+                result = run_lora(cfg, resume=resume)
+            click.echo(f"{result.output}: LoRA fine-tuned in {result.step} steps "
                        f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
             return
         from .config import load_fit_config
         from .fit import run
 
         cfg = load_fit_config(config_path, overrides, literal=literal)
-        log = Path(cfg.output) / "fit.log"          # the fit keeps its own log (appended on resume)
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
-        add_log_file(log)
-        try:
+        with _log_file(Path(cfg.output)):
             result = run(cfg, resume=resume)
-        finally:
-            remove_log_file(log)
         click.echo(f"{result.output}: generator fitted in {result.step} steps "
                    f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
+
+
+@contextlib.contextmanager
+def _log_file(output: Path) -> Iterator[None]:
+    """The fit keeps its own log, ``OUTPUT/fit.log`` (appended on resume)."""
+    output.mkdir(parents=True, exist_ok=True)
+    log = output / "fit.log"
+    add_log_file(log)
+    try:
+        yield
+    finally:
+        remove_log_file(log)
 
 
 if __name__ == "__main__":  # python -m actgen.fitting.cli ...

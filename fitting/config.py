@@ -19,11 +19,18 @@ from actgen.shards.sources import DataSource
 
 CHECKPOINT = "checkpoints/last.pt"
 """The resumable checkpoint of a fit from scratch, relative to its output directory."""
+LORA_CHECKPOINT = "checkpoints/lora.safetensors"
+"""The resumable checkpoint of a LoRA fine-tune, relative to its output directory."""
 
 
 def checkpoint_path(output: str | Path) -> Path:
     """Where a fit from scratch into ``output`` keeps its resumable checkpoint."""
     return Path(output) / CHECKPOINT
+
+
+def lora_checkpoint_path(output: str | Path) -> Path:
+    """Where a LoRA fine-tune into ``output`` keeps its resumable checkpoint."""
+    return Path(output) / LORA_CHECKPOINT
 
 
 def can_resume(output: str | Path) -> bool:
@@ -227,16 +234,31 @@ class LoraFitConfig:
     Attributes:
         base: the generator to adapt: an SD 1.x/2.x directory, a hub id (with
             ``local_files_only: false``) or ``tiny`` (the random tiny generator; tests).
-        data: the labeled data set.
-        output: directory for the fused generator, the adapter and ``fit_record.json``.
+        data: the labeled data set; streamed (each step decodes and resizes only its images to
+            the generator's side), so it may be any size.
+        output: directory for the fused generator, the adapter, ``fit_record.json`` and the
+            resumable checkpoint ``checkpoints/lora.safetensors``.
         prompt_template: ``str.format`` template with one ``{}`` for the class name.
         rank, alpha: LoRA rank and scaling numerator (scale = alpha / rank).
         target_modules: UNet linear layers that get adapters.
-        steps, batch_size, lr, warmup_steps, prompt_dropout, grad_clip, seed: the optimisation
-            (AdamW on the adapters only; linear warmup, cosine to 5% of lr).
+        steps: optimizer steps.
+        batch_size: images per micro-batch (what is on the device at once).
+        grad_accumulation: micro-batches per optimizer step; a step trains on
+            ``batch_size x grad_accumulation`` images with the gradient of one batch of that size.
+        lr, warmup_steps, prompt_dropout, grad_clip, seed: the optimisation (AdamW on the adapters
+            only; linear warmup, cosine to 5% of lr). ``seed`` fixes the adapters' initialisation,
+            the image order (a new permutation every epoch) and every sample's noise.
         device: ``auto`` = CUDA when available.
+        precision: the frozen UNet's dtype and the forward pass's autocast dtype; the adapters and
+            their optimizer stay float32, and the saved generator is float32 (the adapter fused
+            into the base's float32 weights). ``auto`` = bf16 on a CUDA device that supports it,
+            else fp16 on CUDA, fp32 on the CPU. ``fp16`` needs CUDA (with a gradient scaler);
+            ``bf16`` also runs on the CPU.
         local_files_only: never touch the network for a hub id.
+        num_workers: DataLoader processes decoding images ahead of the step (0: in the fit's process).
         log_every: steps between log lines.
+        checkpoint_every: steps between checkpoints (the last step, and a stop, always checkpoint).
+        progress: show a tqdm progress bar when stderr is a terminal.
     """
 
     base: str = TINY
@@ -248,14 +270,19 @@ class LoraFitConfig:
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     steps: int = 1000
     batch_size: int = 4
+    grad_accumulation: int = 1
     lr: float = 1e-4
     warmup_steps: int = 50
     prompt_dropout: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     local_files_only: bool = True
+    num_workers: int = 0
     log_every: int = 50
+    checkpoint_every: int = 200
+    progress: bool = True
 
     def __post_init__(self) -> None:
         _check(bool(self.output), "output", self.output, "a directory for the fine-tuned generator")
@@ -264,10 +291,15 @@ class LoraFitConfig:
         _check(self.rank >= 1, "rank", self.rank, "an int >= 1")
         _check(self.alpha > 0, "alpha", self.alpha, "a number > 0")
         _check(bool(self.target_modules), "target_modules", self.target_modules, "at least one module name")
-        for key in ("steps", "batch_size", "log_every"):
+        for key in ("steps", "batch_size", "grad_accumulation", "log_every", "checkpoint_every"):
             _check(getattr(self, key) >= 1, key, getattr(self, key), "an int >= 1")
+        for key in ("warmup_steps", "seed", "num_workers"):
+            _check(getattr(self, key) >= 0, key, getattr(self, key), "an int >= 0")
         _check(self.lr > 0, "lr", self.lr, "a number > 0")
         _check(0 <= self.prompt_dropout <= 1, "prompt_dropout", self.prompt_dropout, "a number in [0, 1]")
+        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0: no clipping)")
+        _check(not (self.device == "cpu" and self.precision == "fp16"), "precision", self.precision,
+               "fp32, bf16 or auto with device=cpu (fp16 needs CUDA)")
 
 
 def load_lora_config(path: str | Path | None = None, overrides: Sequence[str] = (),

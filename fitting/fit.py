@@ -38,6 +38,7 @@ from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import FitConfig, checkpoint_path, fit_config_to_dict
 from .data import class_prompts, load_images, prompt_vocabulary
 from .models import EMA, build_models, ema_decay, encode_all, fit_autoencoder, scheduler_config
+from .progress import progress_bar
 from .train_step import DiffusionData, draw_batch, lr_factor, train_step
 
 _logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def _train(fit: _Fit, data: DiffusionData, inputs: _Inputs, end: int, config_dic
     """Steps up to ``end`` (or the ``deadline``): log lines, sample grids and checkpoints on their intervals."""
     cfg, tc = fit.cfg, fit.cfg.train
     grids: list[Path] = []
-    bar = _progress(tc.progress, fit.step, tc.steps)
+    bar = progress_bar(tc.progress, fit.step, tc.steps)
     fit.unet.train()
     fit.text_encoder.train()
     t_log, running = time.time(), []
@@ -299,14 +300,3 @@ def write_grid(generator, class_names: list[str], prompts: list[str], cfg: FitCo
     scale = max(1, 64 // cfg.model.image_size)   # small images are enlarged (nearest) to be seen
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
     return path
-
-
-def _progress(enabled: bool, initial: int, total: int):
-    """A tqdm bar on a terminal only; in a log file the fit's own line every ``log_every`` steps."""
-    from actgen.shards.runtime import progress_bars
-
-    if not enabled or not progress_bars():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="fit", unit="step", dynamic_ncols=True)

@@ -7,7 +7,7 @@ import pytest
 
 from actgen.builder.config import load_config as load_build
 from actgen.demo.config import load_demo_config
-from actgen.fitting.config import load_fit_config
+from actgen.fitting.config import load_fit_config, load_lora_config
 from actgen.trainer.config import load_config as load_train
 from actgen.trainer.schedule import RoundSchedule
 
@@ -19,8 +19,9 @@ ROUND = ["checkpoint=r/checkpoint", "manifest=r/hard_samples.json", "output.path
 def test_every_shipped_config_loads(path):
     kind = path.name.split("-")[0].removesuffix(".yaml")
     loader = {"train": lambda p: load_train(p), "build": lambda p: load_build(p, ROUND),
-              "fit": lambda p: load_fit_config(p), "demo": lambda p: load_demo_config(p)}
-    assert kind in loader, f"{path.name}: name it train-/build-/fit-*.yaml or demo.yaml"
+              "fit": lambda p: (load_lora_config if p.name.startswith("fit-lora-") else load_fit_config)(p),
+              "demo": lambda p: load_demo_config(p)}
+    assert kind in loader, f"{path.name}: name it train-/build-/fit-*.yaml (fit-lora-*.yaml for --lora) or demo.yaml"
     loader[kind](path)
 
 

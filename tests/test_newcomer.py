@@ -52,7 +52,7 @@ def test_every_program_says_its_version(module, prog):
 
 
 def test_no_progress_bars_off_a_terminal(monkeypatch):
-    from actgen.fitting.fit import _progress
+    from actgen.fitting.progress import progress_bar
     from actgen.shards.runtime import progress_bars, setup_logging
 
     for name in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
@@ -61,7 +61,7 @@ def test_no_progress_bars_off_a_terminal(monkeypatch):
     assert not progress_bars()               # pytest captures stderr: not a terminal
     setup_logging()
     assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
-    assert _progress(True, 0, 100) is None   # the fit logs a line every log_every steps instead
+    assert progress_bar(True, 0, 100) is None   # the fit logs a line every log_every steps instead
 
 
 @pytest.mark.usefixtures("torch_one_thread")
