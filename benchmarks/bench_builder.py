@@ -167,11 +167,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_modes(callers: dict, device: str, repeats: int) -> dict[str, dict]:
+def time_modes(callers: dict, device: str, repeats: int, warmup: bool = True) -> dict[str, dict]:
     cuda = torch.device(device).type == "cuda"
     times: dict[str, list[float]] = {m: [] for m in callers}
     peaks: dict[str, float] = {}
-    for mode, call in callers.items():            # warm-up (kernels, caches, prompt embeddings)
+    for mode, call in (callers.items() if warmup else ()):   # warm-up (kernels, caches, prompt embeddings)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         call()
@@ -186,7 +186,7 @@ def time_modes(callers: dict, device: str, repeats: int) -> dict[str, dict]:
             _sync(device)
             times[mode].append(time.perf_counter() - start)
     return {m: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t,
-                **({"peak_gpu_mem_gib": peaks[m]} if cuda else {})} for m, t in times.items()}
+                **({"peak_gpu_mem_gib": peaks[m]} if m in peaks else {})} for m, t in times.items()}
 
 
 def bench_arch(arch: str, device: str, steps: int, batch: int, repeats: int, size: int = 512) -> dict:
@@ -208,6 +208,99 @@ def bench_arch(arch: str, device: str, steps: int, batch: int, repeats: int, siz
             "actgen_vs_img2img": by["actgen"]["median_s"] / by["img2img"]["median_s"]}
 
 
+# ------------------------------------------------------------------------------ samplers and cost
+SOLVERS = (("ddpm", 1.0), ("ddim", 0.5), ("dpmpp_2m", 0.5))
+"""(guidance.sampler, fraction of ``--steps``): the method's DDPM at the full count, DDIM and
+DPM-Solver++ at half of it (40 -> 20), as diffusers users run them."""
+
+
+def sampler_callers(gen, classifier, steps: int, batch: int) -> dict:
+    """``{(solver, steps, mode): callable}`` for the sampler table, and ``{name: callable}`` for the
+    adversarial-cost table (DDPM at ``steps``), each rendering one batch with the same prompts,
+    guides, bank and seeds."""
+    from actgen.builder.bank import MemoryBank
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidedSampler
+
+    size = gen.image_size
+    names = [NAMES[i % len(NAMES)] for i in range(batch)]
+    labels = [NAMES.index(n) for n in names]
+    prompts = [f"a photo of {n}" for n in names]
+    seeds = list(range(batch))
+    guides = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    c, h, w = gen.latent_shape
+
+    def bank(cfg):
+        b = MemoryBank(cfg.bank_capacity, cfg.bank_sample_size)
+        for y in range(len(NAMES)):
+            b.add([y] * cfg.bank_capacity,
+                  torch.randn(cfg.bank_capacity, c, h, w, generator=torch.Generator().manual_seed(y)))
+        return b
+
+    def caller(cfg, mode, adversarial):
+        sampler = GuidedSampler(gen, cfg, classifier, bank(cfg)) if mode == "actgen" else GuidedSampler(gen, cfg)
+
+        def call():
+            return sampler.sample(prompts, names, labels, seeds, [mode] * batch, adversarial=adversarial,
+                                  guides=guides if mode != "txt2img" else None).images
+        return call
+
+    every = [True] * batch
+    table = {}
+    for solver, fraction in SOLVERS:
+        n = max(2, round(steps * fraction))
+        cfg = GuidanceConfig(num_steps=n, sampler=solver)
+        for mode in ("txt2img", "img2img", "actgen"):
+            table[(solver, n, mode)] = caller(cfg, mode, every)
+    base = GuidanceConfig(num_steps=steps)
+    half = [i % 2 == 0 for i in range(batch)]
+    # Half the side: the adversarial decode at a quarter of the pixels (guidance.adversarial_decode_size).
+    cheap = dataclasses.replace(base, adversarial_decode_size=size // 2)
+    cost = {
+        "img2img": caller(base, "img2img", every),
+        "actgen, contrastive only": caller(dataclasses.replace(base, use_adversarial=False), "actgen", every),
+        "actgen, adversarial on every image": caller(base, "actgen", every),
+        "actgen, adversarial on half (last round of §1.3)": caller(base, "actgen", half),
+        f"actgen, every image, decode {size // 2}": caller(cheap, "actgen", every),
+        f"actgen, half, decode {size // 2}": caller(cheap, "actgen", half),
+    }
+    return table, cost
+
+
+def bench_samplers(arch: str, device: str, steps: int, batch: int, repeats: int, size: int = 512) -> dict:
+    """Images/s of each solver at its step count (txt2img, img2img, actgen), as a ratio to DDPM at
+    ``steps`` in the same mode; and the adversarial term's cost as a ratio to img2img."""
+    dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    gen, _ = build_components(arch, device, dtype, size)
+    classifier = build_classifier(arch, device)
+    table, cost = sampler_callers(gen, classifier, steps, batch)
+    keys = list(table)
+    stats = time_modes({f"{s}/{n}/{m}": table[(s, n, m)] for s, n, m in keys} | cost, device, repeats)
+    rows = []
+    for s, n, m in keys:
+        t = stats[f"{s}/{n}/{m}"]["median_s"]
+        ddpm = stats[f"ddpm/{steps}/{m}"]["median_s"]
+        rows.append({"sampler": s, "steps": n, "mode": m, "images_per_s": batch / t, "s_per_image": t / batch,
+                     "speedup_vs_ddpm": ddpm / t, **stats[f"{s}/{n}/{m}"]})
+    img2img = stats["img2img"]["median_s"]
+    cost_rows = [{"variant": k, "images_per_s": batch / stats[k]["median_s"],
+                  "time_vs_img2img": stats[k]["median_s"] / img2img, **stats[k]} for k in cost]
+    return {"arch": arch, "device": device, "dtype": str(dtype).removeprefix("torch."), "image_size": gen.image_size,
+            "steps": steps, "batch": batch, "repeats": repeats, "samplers": rows, "adversarial_cost": cost_rows}
+
+
+def print_samplers(result: dict) -> None:
+    print(f"\nsamplers: {result['arch']} {result['image_size']}x{result['image_size']} on {result['device']} "
+          f"({result['dtype']}), batch {result['batch']}, median of {result['repeats']}")
+    print(f"{'sampler':<12}{'steps':>6}{'mode':>10}{'images/s':>10}{'x DDPM':>9}")
+    for r in result["samplers"]:
+        print(f"{r['sampler']:<12}{r['steps']:>6}{r['mode']:>10}{r['images_per_s']:>10.3f}{r['speedup_vs_ddpm']:>9.2f}")
+    print(f"\nadversarial cost (DDPM, {result['steps']} steps)")
+    print(f"{'variant':<52}{'images/s':>10}{'x img2img time':>16}")
+    for r in result["adversarial_cost"]:
+        print(f"{r['variant']:<52}{r['images_per_s']:>10.3f}{r['time_vs_img2img']:>16.2f}")
+
+
 def _cfg(steps):
     from actgen.builder.config import GuidanceConfig
 
@@ -216,7 +309,7 @@ def _cfg(steps):
 
 # ------------------------------------------------------------------------------ FLOP model
 def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", classifier_size: int = 224,
-               small_classifier_size: int = 32, cheap_decode_size: int = 64) -> dict:
+               small_classifier_size: int = 32, cheap_decode_size: int = 64, horizons=(4, 20)) -> dict:
     """TFLOPs per image of each sampler on SD 2.1-base at 512x512, counted with torch's
     FlopCounterMode on the meta device (no weights, no compute: runs anywhere in seconds).
 
@@ -228,7 +321,11 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
     The ``small`` rows take a classifier of ``small_classifier_size``² input (CIFAR's 32²: the
     paper's CIFAR recipe renders at 512² too) with the adversarial decode at full size (the
     method) and with ``guidance.adversarial_decode_size: cheap_decode_size`` (x0_hat's latents
-    resized to cheap_decode_size / 8 before the decode).
+    resized to cheap_decode_size / 8 before the decode). ``decode 256`` is the same option at 256
+    for the ``classifier_size`` classifier, whose input (224²) is smaller than 256 anyway.
+
+    ``schedule_ratio_to_img2img``: a round's expected cost under the §1.3 mode mixing
+    (:func:`schedule_cost`) for each horizon in ``horizons``: its worst (last) round and its mean.
     """
     import timm
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -264,6 +361,7 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
             vae.decode(meta(1, 4, latent_side, latent_side, grad=True)).sample, size=(size, size),
             mode="bilinear")).sum().backward())
 
+    half_decode = decode_clf_bwd(32, classifier_size)      # adversarial_decode_size: 256
     small_full = decode_clf_bwd(64, small_classifier_size)
     small_cheap = decode_clf_bwd(cheap_decode_size // 8, small_classifier_size)
     plain = steps * unet_fwd
@@ -274,6 +372,7 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
         "diffusers-img2img": encode + plain + decode,
         "actgen (contrastive only)": encode + contra + decode,
         "actgen (contrastive + adversarial)": encode + contra + decode + guided * decode_bwd,
+        f"actgen (contrastive + adversarial, decode 256)": encode + contra + decode + guided * half_decode,
         f"actgen (adv, {classifier}@{small_classifier_size}, decode 512)": encode + contra + decode + guided * small_full,
         f"actgen (adv, {classifier}@{small_classifier_size}, decode {cheap_decode_size})":
             encode + contra + decode + guided * small_cheap,
@@ -282,8 +381,28 @@ def flop_model(steps: int = 40, guided: int = 10, classifier: str = "resnet50", 
              "vae_decode": decode, f"vae_decode+{classifier}@{classifier_size}_fwd_bwd": decode_bwd,
              f"vae_decode+{classifier}@{small_classifier_size}_fwd_bwd": small_full,
              f"vae_decode@{cheap_decode_size}+{classifier}@{small_classifier_size}_fwd_bwd": small_cheap}
+    parts[f"vae_decode@256+{classifier}@{classifier_size}_fwd_bwd"] = half_decode
+    schedule = {}
+    for name, adv in (("decode 512 (the method)", rows["actgen (contrastive + adversarial)"]),
+                      ("decode 256", rows["actgen (contrastive + adversarial, decode 256)"])):
+        schedule[name] = {f"horizon {h}": schedule_cost(rows["txt2img"], rows["actgen (contrastive only)"], adv, h,
+                                                        rows["img2img"]) for h in horizons}
     return {"steps": steps, "guided_steps": guided, "tflops_per_image": rows, "parts_tflops": parts,
-            "ratio_to_img2img": {k: v / rows["img2img"] for k, v in rows.items()}}
+            "ratio_to_img2img": {k: v / rows["img2img"] for k, v in rows.items()}, "schedule_ratio_to_img2img": schedule}
+
+
+def schedule_cost(txt2img: float, contrastive: float, adversarial: float, horizon: int, img2img: float) -> dict:
+    """Expected cost per image of an actgen round under the §1.3 mode mixing, as a ratio to an
+    img2img round of the same size: per round r the text-to-image share s_r and, among guided
+    images, the adversarial probability 0.5 - s_r (builder.schedules.draw_modes)."""
+    from actgen.builder.schedules import random_txt2img_share
+
+    per_round = []
+    for r in range(horizon):
+        share = random_txt2img_share(r, horizon)
+        adv = (1 - share) * (0.5 - share)
+        per_round.append((share * txt2img + adv * adversarial + (1 - share - adv) * contrastive) / img2img)
+    return {"per_round": per_round, "worst_round": max(per_round), "mean": sum(per_round) / horizon}
 
 
 # ------------------------------------------------------------------------------ Ray scaling
@@ -367,10 +486,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
     p.add_argument("--ray-scaling", action="store_true", help="also time run(cfg) with 1 and 2 Ray CPU workers")
     p.add_argument("--no-flops", action="store_true", help="skip the SD 2.1-base FLOP model (meta device)")
+    p.add_argument("--samplers", action="store_true",
+                   help="also time DDPM at --steps against DDIM and DPM-Solver++ at half of them, and the "
+                        "adversarial term's cost (every image, half of them, a decode at half the side)")
+    p.add_argument("--only-samplers", action="store_true", help="--samplers without the mode table")
     p.add_argument("--ray-steps", type=int, default=20)
     p.add_argument("--ray-budget", type=int, default=96)
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    args.samplers = args.samplers or args.only_samplers
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     runs = []
@@ -379,7 +503,7 @@ def main(argv=None) -> int:
     if args.arch == "sd21" or (args.arch == "auto" and cuda):
         runs.append(("sd21", "cuda" if cuda else "cpu", args.batch or 4))
     results = []
-    for arch, device, batch in runs:
+    for arch, device, batch in ([] if args.only_samplers else runs):
         result = bench_arch(arch, device, args.steps, batch, args.repeats, args.sd21_size)
         print_table(result)
         results.append(result)
@@ -392,6 +516,16 @@ def main(argv=None) -> int:
         for k, v in flops["tflops_per_image"].items():
             print(f"{k:<44}{v:>10.1f}{flops['ratio_to_img2img'][k]:>11.2f}")
         print("parts (TFLOPs): " + ", ".join(f"{k} {v:.2f}" for k, v in flops["parts_tflops"].items()))
+        print("\nactgen rounds under the §1.3 mode mixing, time of an img2img round = 1 (FLOP model)")
+        for name, by_h in flops["schedule_ratio_to_img2img"].items():
+            for h, v in by_h.items():
+                print(f"  {name:<26}{h:<12} worst round {v['worst_round']:.2f}   mean {v['mean']:.2f}")
+    sampler_results = []
+    if args.samplers:
+        for arch, device, batch in runs:
+            r = bench_samplers(arch, device, args.steps, batch, args.repeats, args.sd21_size)
+            print_samplers(r)
+            sampler_results.append(r)
     scaling = None
     if args.ray_scaling:
         scaling = bench_ray_scaling(args.ray_steps, args.ray_budget)
@@ -410,7 +544,8 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"environment": env, "samplers": results, "sd21_flops": flops, "ray_scaling": scaling}, indent=2) + "\n")
+    args.output.write_text(json.dumps({"environment": env, "samplers": results, "sd21_flops": flops, "sampler_table": sampler_results,
+                                       "ray_scaling": scaling}, indent=2) + "\n")
     print(f"\nwrote {args.output}")
     return 0
 

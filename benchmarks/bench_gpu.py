@@ -8,6 +8,8 @@ one JSON file (``--json``) as soon as it has them, so that whatever ran before a
     samplers   txt2img / img2img / actgen (every row adversarial, contrastive bank full: the worst
                case for memory) and diffusers' StableDiffusionImg2ImgPipeline on the same
                components: images/s and peak GPU memory at one batch size (out-of-memory recorded)
+    solvers    DDPM-40 against DDIM and DPM-Solver++ at 20 steps, and the adversarial term's cost
+               (every image, half of them as in the §1.3 schedule's last round, decode at 256)
     nan        one actgen batch per dtype (float16, bfloat16): non-finite pixels and latents
     round      a full ``actgen-build`` round through Ray: saves the SD 2.1-base-architecture
                generator (random weights) in the Stable Diffusion layout, writes a round folder
@@ -158,6 +160,46 @@ def cmd_samplers(args) -> int:
         result["actgen_vs_img2img"] = m["actgen"]["median_s"] / m["img2img"]["median_s"]
     update_json(args.json, key, result)
     return 0 if all(m[x]["status"] in ("ok", "OOM") for x in modes) else 1
+
+
+# ------------------------------------------------------------------------------ solvers
+def cmd_solvers(args) -> int:
+    """DDPM at --steps against DDIM and DPM-Solver++ at half of them (txt2img, img2img, actgen with
+    every row adversarial), and the adversarial term's cost against img2img: on every image, on
+    half of them (the §1.3 schedule's last round) and with the decode at half the side
+    (``guidance.adversarial_decode_size``); all at one batch size, interleaved, median of repeats."""
+    _setup(args)
+    bb = _bench_builder(args.arch_dir)
+    gen, plain = build(args, args.dtype)
+    del plain
+    _free(args.device)
+    classifier = bb.build_classifier("sd21", args.device)
+    key = ["solvers", f"batch{args.batch}"]
+    try:
+        table, cost = bb.sampler_callers(gen, classifier, args.steps, args.batch)
+        stats = bb.time_modes({f"{s}/{n}/{m}": table[(s, n, m)] for s, n, m in table} | cost, args.device, args.repeats,
+                              warmup=not args.no_warmup)
+    except Exception as e:
+        traceback.print_exc()
+        update_json(args.json, key, {"status": "OOM" if _is_oom(e) else "error", "error": _first_line(e)})
+        return 1
+    rows = []
+    for s, n, m in table:
+        t = stats[f"{s}/{n}/{m}"]["median_s"]
+        rows.append({"sampler": s, "steps": n, "mode": m, "images_per_s": args.batch / t,
+                     "speedup_vs_ddpm": stats[f"ddpm/{args.steps}/{m}"]["median_s"] / t, **stats[f"{s}/{n}/{m}"]})
+    img2img = stats["img2img"]["median_s"]
+    cost_rows = [{"variant": k, "images_per_s": args.batch / stats[k]["median_s"],
+                  "time_vs_img2img": stats[k]["median_s"] / img2img, **stats[k]} for k in cost]
+    update_json(args.json, key, {"status": "ok", "dtype": args.dtype, "image_size": gen.image_size, "steps": args.steps,
+                                 "batch": args.batch, "repeats": args.repeats, "samplers": rows,
+                                 "adversarial_cost": cost_rows})
+    for r in rows:
+        log(f"{r['sampler']:<10}{r['steps']:>4} {r['mode']:<8} {r['images_per_s']:.3f} images/s, "
+            f"{r['speedup_vs_ddpm']:.2f}x DDPM-{args.steps}")
+    for r in cost_rows:
+        log(f"{r['variant']:<52} {r['images_per_s']:.3f} images/s, {r['time_vs_img2img']:.2f}x img2img's time")
+    return 0
 
 
 # ------------------------------------------------------------------------------ nan
@@ -370,6 +412,10 @@ def main(argv=None) -> int:
     _common(s)
     s.add_argument("--dtype", default="float16")
     s.add_argument("--modes", default="txt2img,img2img,actgen,diffusers-img2img")
+    s = sub.add_parser("solvers")
+    _common(s)
+    s.add_argument("--dtype", default="float16")
+    s.add_argument("--no-warmup", action="store_true", help="time the first calls (the CPU tryout: code path only)")
     s = sub.add_parser("nan")
     _common(s)
     s.add_argument("--dtypes", default="float16,bfloat16")
@@ -398,7 +444,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("report")
     s.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
-    return {"env": cmd_env, "samplers": cmd_samplers, "nan": cmd_nan, "compile": cmd_compile, "round": cmd_round,
+    return {"env": cmd_env, "samplers": cmd_samplers, "solvers": cmd_solvers, "nan": cmd_nan, "compile": cmd_compile, "round": cmd_round,
             "mark": cmd_mark, "report": cmd_report}[args.cmd](args)
 
 

@@ -2,6 +2,9 @@
 # The one prepared GPU check of the builder: Stable Diffusion 2.1-base architecture (random weights)
 # at 512x512, float16, on one GPU, in at most 8 minutes (GPU_CHECK_BUDGET_S, default 465 s).
 #
+#   0. solvers: DDPM at 40 steps against DDIM and DPM-Solver++ (2M) at 20 (txt2img, img2img,
+#      actgen), and the adversarial term's cost against img2img (every image, half of them as in
+#      the last round of the §1.3 schedule, the decode at 256), batch 8;
 #   1. samplers: txt2img / img2img / actgen (every row adversarial, contrastive bank full) and
 #      diffusers' StableDiffusionImg2ImgPipeline on the same components, 40 steps, batch 8 then
 #      batch 16: images/s, s/image, peak GPU memory (an out-of-memory is recorded, not fatal);
@@ -25,7 +28,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 TINY=${GPU_CHECK_TINY:-0}
-PARTS=" ${GPU_CHECK_PARTS:-samplers nan round compile} "
+PARTS=" ${GPU_CHECK_PARTS:-samplers solvers nan round compile} "
 want() { [[ $PARTS == *" $1 "* ]]; }
 for a in "$@"; do
     case $a in
@@ -60,7 +63,8 @@ if [[ $TINY == 1 ]]; then
     NAN_BATCH=2
     ROUND=(--budget 4 --batch 2 --dtype float32 --cpus-per-worker 1 --num-cpus 2)
     COMPILE=(--batch 2 --backend eager --steps 2)   # eager backend: Dynamo's tracing, no code generation
-    CAP_ENV=120 CAP_SAMPLERS=600 CAP_NAN=400 CAP_ROUND=600 CAP_COMPILE=600
+    SOLVERS_EXTRA=(--batch 1 --steps 2 --no-warmup)  # 15 samplers: each once, the code path only
+    CAP_ENV=120 CAP_SAMPLERS=600 CAP_SOLVERS=600 CAP_NAN=400 CAP_ROUND=600 CAP_COMPILE=600
     ARCH_DIR=$REPO/.gpu/sd21-base-arch
     [[ -d $ARCH_DIR ]] || ARCH_DIR=$REPO/../shared/configs/sd21-base-arch
 else
@@ -73,7 +77,8 @@ else
     NAN_BATCH=8
     ROUND=(--budget 32 --batch 8 --dtype float16 --cpus-per-worker 4)
     COMPILE=(--batch 8 --backend inductor)
-    CAP_ENV=90 CAP_SAMPLERS=150 CAP_NAN=100 CAP_ROUND=200 CAP_COMPILE=300
+    SOLVERS_EXTRA=()
+    CAP_ENV=90 CAP_SAMPLERS=150 CAP_SOLVERS=150 CAP_NAN=100 CAP_ROUND=200 CAP_COMPILE=300
     ARCH_DIR=$REPO/.gpu/sd21-base-arch
 fi
 say "mode: $([[ $TINY == 1 ]] && echo 'tiny (CPU tryout)' || echo GPU), budget ${BUDGET}s, results in $OUT"
@@ -154,6 +159,11 @@ cleanup_round() {
 }
 
 part env "$CAP_ENV" 20 -- "${BENCH[@]}" env --json "$JSON"
+# First (the figures not measured yet on a GPU): DDPM-40 against DDIM / DPM-Solver++ at 20 steps,
+# and what the adversarial term costs on every image, on half (the §1.3 schedule's last round) and
+# decoded at half the side (batch 8).
+want solvers && part solvers "$CAP_SOLVERS" 60 -- "${BENCH[@]}" solvers --json "$JSON" --arch-dir "$ARCH_DIR" \
+    "${COMMON[@]}" --batch "${BATCHES[0]}" --dtype "$DTYPE" "${SOLVERS_EXTRA[@]}"
 # Batch 8: every mode, with actgen-unchunked (the adversarial decode of the whole batch at once,
 # as before guidance.adversarial_chunk) for the memory comparison. Batch 16: the memory-bound
 # modes only, one timed call, to stay inside the budget.
