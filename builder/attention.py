@@ -3,9 +3,10 @@
 A :class:`CaptureAttnProcessor` is installed, with ``unet.set_attn_processor(dict)``, only on the
 cross-attention layers (``attn2``) of the down and up blocks whose feature map has the chosen
 resolution (1/32 of the image side for Stable Diffusion: 16x16 at 512x512, i.e.
-``down_blocks.2`` and ``up_blocks.1`` of SD 2.1). Every other layer keeps the processor it had
-(diffusers' SDPA ``AttnProcessor2_0`` by default). The mid block is never captured, as in the
-paper code. No diffusers model is edited.
+``down_blocks.2`` and ``up_blocks.1`` of SD 2.1; 32x32 at SDXL's 1024x1024, i.e. ``down_blocks.2``
+and ``up_blocks.0``, 50 layers, as SDXL stacks ten transformer layers in each of their attention
+blocks). Every other layer keeps the processor it had (diffusers' SDPA ``AttnProcessor2_0`` by
+default). The mid block is never captured, as in the paper code. No diffusers model is edited.
 
 The captured maps are softmax probabilities over the 77 text tokens, averaged over heads when
 recorded and over layers when read. :meth:`AttentionStore.mask` also averages the two
@@ -178,7 +179,9 @@ def install_attention_capture(unet, latent_size: int, resolution: int) -> Attent
             processors[name] = CaptureAttnProcessor(store, layer)
             store.layers.append(layer)
     if not store.layers:
-        available = sorted({s for s in sides.values()})
+        # Only the sides that have cross-attention: SDXL's highest resolution has none.
+        available = sorted({sides[".".join(n.split(".")[:2])] for n in processors
+                            if n.endswith("attn2.processor") and ".".join(n.split(".")[:2]) in sides})
         raise ValueError(f"attention_resolution={resolution}: no down/up cross-attention layer has that "
                          f"feature-map side at latent size {latent_size}; available sides: {available}")
     unet.set_attn_processor(processors)

@@ -28,21 +28,53 @@ SD_LATENT_SIZE = 4 * 64 * 64
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 """The subfolders of a Stable Diffusion 1.x/2.x directory (diffusers layout)."""
 
+SDXL_COMPONENTS = COMPONENTS + ("text_encoder_2", "tokenizer_2")
+"""The subfolders of a Stable Diffusion XL directory: a second text encoder and its tokenizer."""
 
 WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 """The weights file of each component with weights, without ``.safetensors``: only safetensors
 are loaded (``use_safetensors=True``), never ``.bin``/``.pt`` pickles, which can run code."""
 
+SDXL_WEIGHTS = {**WEIGHTS, "text_encoder_2": "model"}
+
+Family = Literal["sd", "sdxl"]
+"""``sd``: Stable Diffusion 1.x/2.x; ``sdxl``: Stable Diffusion XL (two text encoders, a UNet
+conditioned on the pooled text embedding and the image's size and crop as well)."""
+
+_FAMILY_NAMES = {"sd": "a Stable Diffusion 1.x/2.x", "sdxl": "an SDXL"}
+
+
+def unet_family(unet_config: Mapping) -> Family:
+    """The family a UNet config belongs to: SDXL's UNet is the one with the ``text_time`` added
+    conditioning (pooled text embedding and size/crop ids); every other one is read as SD 1.x/2.x."""
+    return "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd"
+
+
+def directory_family(directory: Path) -> Family:
+    """The family of a local generator directory, from ``unet/config.json``; ``sd`` when there is no
+    readable one: :func:`check_components` then names a missing component, and loading the UNet
+    names a broken config (where it is read for use, on the worker that loads it)."""
+    import json
+
+    try:
+        config = json.loads((directory / "unet" / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "sd"
+    return unet_family(config) if isinstance(config, dict) else "sd"
+
 
 def check_components(directory: Path, key: Optional[str] = "generator.path") -> None:
-    """Raise FileNotFoundError naming the first Stable Diffusion component ``directory`` lacks, or
-    the first component whose weights are not in safetensors (a pickle is never loaded)."""
+    """Raise FileNotFoundError naming the first component ``directory`` lacks (SD 1.x/2.x's five, or
+    SDXL's seven when ``unet/config.json`` says SDXL), or the first component whose weights are not
+    in safetensors (a pickle is never loaded)."""
     where = f"; {key}" if key else ""
-    missing = [c for c in COMPONENTS if not (directory / c).is_dir()]
+    family = directory_family(directory)
+    components, weights = (SDXL_COMPONENTS, SDXL_WEIGHTS) if family == "sdxl" else (COMPONENTS, WEIGHTS)
+    missing = [c for c in components if not (directory / c).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{directory}: missing component '{missing[0]}/' (a Stable Diffusion 1.x/2.x "
-                                f"directory needs {', '.join(c + '/' for c in COMPONENTS)}{where})")
-    for component, stem in WEIGHTS.items():
+        raise FileNotFoundError(f"{directory}: missing component '{missing[0]}/' ({_FAMILY_NAMES[family]} "
+                                f"directory needs {', '.join(c + '/' for c in components)}{where})")
+    for component, stem in weights.items():
         folder = directory / component
         if not any((folder / f"{stem}{suffix}").is_file() for suffix in (".safetensors", ".safetensors.index.json")):
             others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
@@ -174,7 +206,9 @@ class GeneratorConfig:
 
     Attributes:
         path: a local Stable Diffusion 1.x/2.x directory (``unet/ vae/ text_encoder/ tokenizer/
-            scheduler/``), a hub id, or ``tiny`` (random weights built in-process; tests, smoke runs).
+            scheduler/``) or SDXL directory (also ``text_encoder_2/ tokenizer_2/``; told apart by
+            ``unet/config.json``), a hub id, or ``tiny`` (random weights built in-process; tests,
+            smoke runs).
         device: ``auto`` = CUDA when the worker has a GPU, else CPU.
         dtype: ``auto`` = float16 on a GPU, float32 on the CPU; the CPU also runs bfloat16 (fast
             only with AMX or AVX512-BF16; elsewhere emulated and slow), never float16.
@@ -188,6 +222,14 @@ class GeneratorConfig:
             (:func:`actgen.builder.prompts.load_prompt_names`): a JSON object class name -> prompt
             name (e.g. ``configs/imagenet-simple-names.json`` for ImageNet's WordNet ids), a JSON
             list or a text file in label order. Labels, keys and provenance keep the class names.
+        compile: ``torch.compile`` at load: ``none``; ``unet``; ``unet+vae`` (also the VAE decoder,
+            which the adversarial term runs with gradients). Each worker compiles on its first
+            batches (minutes), then renders faster on a GPU; images change only by float rounding.
+        compile_backend: ``torch.compile``'s backend (``inductor``, the default, generates
+            kernels; ``aot_eager`` only traces, for checking a model compiles without waiting for
+            code generation; any registered backend name).
+        channels_last: hold the UNet's and the VAE's weights in channels-last memory format (faster
+            convolutions on tensor-core GPUs); images change only by float rounding.
     """
 
     path: str = TINY
@@ -200,8 +242,15 @@ class GeneratorConfig:
     tiny_image_size: int = 32
     prompt_template: str = "a photo of {}"
     prompt_names: Optional[str] = None
+    compile: Literal["none", "unet", "unet+vae"] = "none"
+    compile_backend: str = "inductor"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.compile in ("none", "unet", "unet+vae"), "generator.compile", self.compile,
+               "'none', 'unet' or 'unet+vae'")
+        _check(re.fullmatch(r"[a-z_][a-z0-9_]*", self.compile_backend) is not None, "generator.compile_backend",
+               self.compile_backend, "a torch.compile backend name, e.g. inductor")
         _check(self.license is None or re.fullmatch(LICENSE_ID, self.license) is not None, "generator.license",
                self.license, "a Hub licence id (lower case letters, digits, '.', '+', '-'), e.g. openrail++")
         _check(self.prompt_names is None or bool(self.prompt_names), "generator.prompt_names", self.prompt_names,

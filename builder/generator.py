@@ -5,7 +5,9 @@ embeddings, class-token positions, one UNet noise prediction with optional atten
 and a few properties. :class:`DiffusersGenerator` implements it over Stable Diffusion 1.x/2.x
 components (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) loaded with
 diffusers/transformers ``from_pretrained``; :func:`build_tiny_generator` builds the same classes
-with small random weights and a locally written tokenizer, for tests and smoke runs.
+with small random weights and a locally written tokenizer, for tests and smoke runs. SDXL is
+:class:`~.generator_sdxl.SDXLGenerator`; :func:`.loading.load_pretrained` picks the class a folder
+or hub id needs.
 
 Tensors cross this interface in float32 (latents, noise, embeddings, images); each method casts
 to the model dtype at the model boundary, so the sampler's arithmetic and the guidance gradients
@@ -18,12 +20,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Protocol, runtime_checkable
+from typing import Literal, Optional, Protocol, runtime_checkable
 
 import torch
 
 from .attention import AttentionStore, install_attention_capture
-from .config import check_components
+from .config import Family, unet_family
 
 _logger = logging.getLogger(__name__)
 
@@ -67,10 +69,12 @@ class Generator(Protocol):
         """Latents -> images ``[B, 3, H, W]``, nominally in [-1, 1], unclamped, differentiable."""
 
     def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings ``[B, L, D]`` (L = tokenizer max length, 77 for CLIP)."""
+        """Text conditioning ``[B, L, D]``, all of it: what ``predict_noise`` reads and the guidance
+        gradients update. The sampler treats it as opaque beyond the batch axis. Stable Diffusion:
+        the L = 77 token embeddings of CLIP; SDXL: one more row, which carries the pooled embedding."""
 
     def embed_unconditional(self, batch_size: int) -> torch.Tensor:
-        """Embeddings of the empty prompt, ``[B, L, D]``."""
+        """The unconditional half of classifier-free guidance, ``[B, L, D]``."""
 
     def token_indices(self, prompt: str, class_name: str) -> list[int]:
         """Positions of every token of ``class_name`` inside the tokenized ``prompt``."""
@@ -78,6 +82,9 @@ class Generator(Protocol):
     def predict_noise(self, latents: torch.Tensor, t: int, embeddings: torch.Tensor,
                       capture_attention: bool = False) -> torch.Tensor:
         """ε prediction ``[N, C, h, w]`` for latents at timestep ``t`` (grad flows to embeddings)."""
+
+
+CompileTarget = Literal["none", "unet", "unet+vae"]
 
 
 class DiffusersGenerator:
@@ -93,17 +100,21 @@ class DiffusersGenerator:
         name: id recorded in provenance (hub id or directory).
     """
 
+    family: Family = "sd"
+
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict, *,
                  attention_resolution: int | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, name: str = ""):
         from diffusers import DDPMScheduler
 
+        self._check_unet(unet)
         self.name = name
         self._device = torch.device(device)
         self._dtype = dtype
         _check_device_dtype(self._device, dtype)
         self.unet = _place(unet, self._device, dtype)
-        self.vae = _place(vae, self._device, dtype)
+        self._vae_dtype = self._vae_dtype_for(vae, dtype)
+        self.vae = _place(vae, self._device, self._vae_dtype)
         self.text_encoder = _place(text_encoder, self._device, dtype)
         self.tokenizer = tokenizer
         # The sampler reads only the noise schedule; DDPMScheduler computes it for every beta
@@ -123,6 +134,18 @@ class DiffusersGenerator:
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._hash: str | None = None
         self._identity: tuple | None = None     # set by from_pretrained for a local directory
+        self.compiled: CompileTarget = "none"   # set by speed_up
+        self.channels_last = False
+
+    def _check_unet(self, unet) -> None:
+        if unet_family(unet.config) != self.family:
+            raise ValueError(f"the UNet has addition_embed_type={unet.config.get('addition_embed_type')!r}, an SDXL "
+                             "UNet (pooled text and size conditioning): use SDXLGenerator, or load_pretrained, "
+                             "which picks the class")
+
+    def _vae_dtype_for(self, vae, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the VAE runs in: the generator's (SDXL keeps its VAE in float32 where needed)."""
+        return dtype
 
     # -- construction -------------------------------------------------------------------------
 
@@ -143,32 +166,15 @@ class DiffusersGenerator:
         Raises:
             FileNotFoundError: a local directory lacks a component (names both).
             RuntimeError: a component fails to load (names the source and the component).
+            ValueError: the folder holds another family (SDXL: use :func:`load_pretrained`).
         """
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype_name = dtype or ("float16" if dev.type == "cuda" else "float32")
-        if dtype_name not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"dtype={dtype_name!r}: expected 'float16', 'bfloat16' or 'float32'")
-        torch_dtype = getattr(torch, dtype_name)
-        _check_device_dtype(dev, torch_dtype)
+        from .loading import PretrainedSource
 
-        local = Path(path_or_id)
-        identity = None
-        if local.is_dir():
-            check_components(local, key=None)
-            # Taken before loading: files replaced during the load give a new identity next time.
-            identity = (str(local.resolve()), dtype_name, files_identity(local))
-
-        def load(comp, fn, **kw):
-            try:
-                return fn(str(path_or_id), subfolder=comp, local_files_only=local_files_only, **kw)
-            except (OSError, ValueError) as e:
-                raise RuntimeError(f"{path_or_id}: cannot load component '{comp}': {e}") from e
-
-        from diffusers import DDPMScheduler
-
+        source = PretrainedSource.open(path_or_id, device, dtype, local_files_only, family=cls.family)
+        load, torch_dtype = source.load, source.torch_dtype
         # use_safetensors=True: weights in .bin pickles are never loaded (unpickling can run code);
         # a component that has only those fails to load, naming itself.
         unet = load("unet", UNet2DConditionModel.from_pretrained, torch_dtype=torch_dtype, use_safetensors=True)
@@ -177,13 +183,9 @@ class DiffusersGenerator:
         tokenizer = load("tokenizer", CLIPTokenizer.from_pretrained)
         scheduler_config = load("scheduler", DDPMScheduler.load_config)
         generator = cls(unet, vae, text_encoder, tokenizer, scheduler_config,
-                        attention_resolution=attention_resolution, device=dev, dtype=torch_dtype,
+                        attention_resolution=attention_resolution, device=source.device, dtype=torch_dtype,
                         name=str(path_or_id))
-        generator._identity = identity
-        _logger.info("loaded generator %s (%s on %s, %dx%d images, attention captured at %d on %d layers)",
-                     path_or_id, dtype_name, dev, generator.image_size, generator.image_size,
-                     generator.attention.resolution, len(generator.attention.layers))
-        return generator
+        return source.finish(generator)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the five components in the Stable Diffusion layout (weights in the current dtype)."""
@@ -242,17 +244,57 @@ class DiffusersGenerator:
             self._hash = _HASHES.get(self._identity)
         if self._hash is None:
             h = hashlib.sha256()
-            for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+            for prefix, module in self._hashed_modules():
                 _hash_state_dict(h, prefix, module.state_dict())
-            vocab = sorted(self.tokenizer.get_vocab().items())
-            h.update(json.dumps(vocab).encode())
+            for tokenizer in self._hashed_tokenizers():
+                vocab = sorted(tokenizer.get_vocab().items())
+                h.update(json.dumps(vocab).encode())
             # The effective schedule (after defaults), so a saved-and-reloaded copy hashes the same.
             sched = {k: v for k, v in self.scheduler.config.items() if not k.startswith("_")}
             h.update(json.dumps(sched, sort_keys=True, default=str).encode())
+            self._hash_extra(h)
             self._hash = h.hexdigest()
             if self._identity is not None:
                 _HASHES[self._identity] = self._hash
         return self._hash
+
+    def _hashed_modules(self) -> tuple[tuple[str, torch.nn.Module], ...]:
+        return (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder))
+
+    def _hashed_tokenizers(self) -> tuple:
+        return (self.tokenizer,)
+
+    def _hash_extra(self, h) -> None:
+        """Settings beyond weights, vocabulary and schedule that change the images (none for SD)."""
+
+    def speed_up(self, compile: CompileTarget = "none", channels_last: bool = False,
+                 backend: str = "inductor") -> None:
+        """Compile the UNet (and the VAE decoder) and/or hold them in channels-last memory format.
+
+        In place, once, right after loading: ``nn.Module.compile`` keeps the modules, their
+        attention processors and their state-dict keys (so :meth:`weights_hash` is unchanged), and
+        compiles on the first calls (``backend``: torch.compile's). Both change images only by
+        float rounding.
+
+        Raises:
+            ValueError: an unknown ``compile`` value.
+            RuntimeError: speed-ups were applied already.
+        """
+        if compile not in ("none", "unet", "unet+vae"):
+            raise ValueError(f"compile={compile!r}: expected 'none', 'unet' or 'unet+vae'")
+        if self.compiled != "none" or self.channels_last:
+            raise RuntimeError(f"speed-ups already applied (compile={self.compiled!r}, "
+                               f"channels_last={self.channels_last}); apply them once, after loading")
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if compile != "none":
+            self.unet.compile(backend=backend)
+        if compile == "unet+vae":
+            # The decoder alone: it is what the adversarial term runs with gradients at every
+            # guided step; the encoder runs once per guide.
+            self.vae.decoder.compile(backend=backend)
+        self.compiled, self.channels_last = compile, channels_last
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -261,17 +303,35 @@ class DiffusersGenerator:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         if len(generator) != images.shape[0]:
             raise ValueError(f"{len(generator)} generators for {images.shape[0]} images")
-        dist = self.vae.encode(images.to(self._device, self._dtype)).latent_dist
+        dist = self.vae.encode(images.to(self._device, self._vae_dtype)).latent_dist
         # One draw per row from its own generator (CPU), so a sample's latent does not depend
         # on the other rows of the batch.
         noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g, dtype=torch.float32)
                              for g in generator]).to(self._device)
         z = dist.mean.float() + dist.std.float() * noise
+        stats = self._latent_stats()
+        if stats is not None:                   # a VAE config with latents_mean/std (as diffusers' pipelines)
+            return (z - stats[0]) * self.vae.config.scaling_factor / stats[1]
         return z * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        z = (latents / self.vae.config.scaling_factor).to(self._device, self._dtype)
-        return self.vae.decode(z).sample.float()
+        stats = self._latent_stats()
+        if stats is not None:
+            z = latents * stats[1] / self.vae.config.scaling_factor + stats[0]
+        else:
+            z = latents / self.vae.config.scaling_factor
+        return self.vae.decode(z.to(self._device, self._vae_dtype)).sample.float()
+
+    def _latent_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mean, std)`` ``[1, C, 1, 1]`` float32 of the VAE config's ``latents_mean``/``latents_std``,
+        or None when it has none (every SD 1.x/2.x and SDXL base VAE)."""
+        mean = getattr(self.vae.config, "latents_mean", None)
+        std = getattr(self.vae.config, "latents_std", None)
+        if mean is None or std is None:
+            return None
+        view = (1, len(mean), 1, 1)
+        return (torch.tensor(mean, dtype=torch.float32, device=self._device).view(view),
+                torch.tensor(std, dtype=torch.float32, device=self._device).view(view))
 
     def embed_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         # One prompt per text-encoder call: a batched call's numerics depend on the other rows, and
@@ -279,11 +339,14 @@ class DiffusersGenerator:
         # memory bank keeps latents at full precision, so such differences would reach the files).
         for p in dict.fromkeys(prompts):
             if p not in self._prompt_cache:
-                ids = self.tokenizer([p], padding="max_length", max_length=self.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids.to(self._device)
                 with torch.no_grad():
-                    self._prompt_cache[p] = self.text_encoder(ids)[0][0].float()   # [L, D]
+                    self._prompt_cache[p] = self._encode_prompt(p)
         return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+        """One prompt's conditioning, float32 ``[L, D]``: CLIP's last hidden state."""
+        ids = _token_ids(self.tokenizer, prompt, self._device)
+        return self.text_encoder(ids)[0][0].float()                             # [L, D]
 
     def embed_unconditional(self, batch_size: int) -> torch.Tensor:
         return self.embed_prompts([""] * batch_size)
@@ -297,8 +360,10 @@ class DiffusersGenerator:
         store.reset()
         store.enabled = capture_attention
         try:
-            out = self.unet(latents.to(self._device, self._dtype), t,
-                            encoder_hidden_states=embeddings.to(self._device, self._dtype)).sample.float()
+            # The timestep as a tensor, which the UNet makes of an int anyway: a compiled UNet
+            # (generator.compile) then reads it as data instead of recompiling for each new value.
+            timestep = torch.tensor(int(t), dtype=torch.int64, device=self._device)
+            out = self._unet_output(latents.to(self._device, self._dtype), timestep, embeddings).float()
         finally:
             store.enabled = False
         if self.prediction_type == "v_prediction":
@@ -306,6 +371,16 @@ class DiffusersGenerator:
             a = self.scheduler.alphas_cumprod[int(t)].to(out.device, torch.float32)
             out = a.sqrt() * out + (1 - a).sqrt() * latents.float()
         return out
+
+    def _unet_output(self, latents: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output for latents already in the model dtype, at timestep ``t`` (0-d)."""
+        return self.unet(latents, t, encoder_hidden_states=embeddings.to(self._device, self._dtype)).sample
+
+
+def _token_ids(tokenizer, prompt: str, device: torch.device) -> torch.Tensor:
+    """``[1, max_length]`` ids of one prompt, padded with the tokenizer's pad token, truncated."""
+    return tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
 
 
 def find_token_indices(tokenizer, prompt: str, class_name: str) -> list[int]:

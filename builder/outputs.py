@@ -40,8 +40,9 @@ BUILD_FILE = "build.json"
 BUILD_FORMAT = "actgen.build-state"
 # Config keys that do not change what is rendered: a resumed build may change them freely.
 _NOT_SETTINGS = ("checkpoint", "manifest", "dataset", "data_roots", "batch_size", "ray", "check_checkpoint",
-                 "generator.device", "generator.local_files_only", "output.path", "output.overwrite",
-                 "output.contact_sheet", "output.name", "output.publish")
+                 "generator.device", "generator.local_files_only", "generator.compile", "generator.compile_backend",
+                 "generator.channels_last",
+                 "output.path", "output.overwrite", "output.contact_sheet", "output.name", "output.publish")
 
 
 def build_settings(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, bank: StartBank) -> dict:

@@ -154,14 +154,19 @@ def resize_image(image, size: Optional[tuple[int, int]], resample: str):
 
 
 def load_generator(cfg: GeneratorConfig, device: str):
-    """The generator of ``generator.path`` on ``device`` (``cpu`` or ``cuda``)."""
-    from .generator import DiffusersGenerator, build_tiny_generator
+    """The generator of ``generator.path`` on ``device`` (``cpu`` or ``cuda``): SD 1.x/2.x or SDXL
+    as the folder's UNet config says, with ``generator.compile`` and ``channels_last`` applied."""
+    from .generator import build_tiny_generator
+    from .loading import load_pretrained
 
     if cfg.path == TINY:
-        return build_tiny_generator(seed=cfg.tiny_seed, image_size=cfg.tiny_image_size, device=device)
-    return DiffusersGenerator.from_pretrained(cfg.path, device=device, dtype=None if cfg.dtype == "auto" else cfg.dtype,
-                                              attention_resolution=cfg.attention_resolution,
-                                              local_files_only=cfg.local_files_only)
+        generator = build_tiny_generator(seed=cfg.tiny_seed, image_size=cfg.tiny_image_size, device=device)
+    else:
+        generator = load_pretrained(cfg.path, device=device, dtype=None if cfg.dtype == "auto" else cfg.dtype,
+                                    attention_resolution=cfg.attention_resolution,
+                                    local_files_only=cfg.local_files_only)
+    generator.speed_up(compile=cfg.compile, channels_last=cfg.channels_last, backend=cfg.compile_backend)
+    return generator
 
 
 def load_guidance_classifier(checkpoint: str, device: str) -> GuidanceClassifier:
@@ -213,7 +218,8 @@ def _load_with_record(cfg: GeneratorConfig, device: str) -> tuple[object, dict]:
     generator = load_generator(cfg, device)
     # The id is portable (a folder's name, a hub id): provenance travels with the data set.
     record = {"id": portable_path(getattr(generator, "name", None) or cfg.path), "weights_sha256": generator.weights_hash(),
-              "dtype": str(generator.dtype).removeprefix("torch."), "image_size": generator.image_size}
+              "dtype": str(generator.dtype).removeprefix("torch."), "image_size": generator.image_size,
+              "family": generator.family, "compile": generator.compiled, "channels_last": generator.channels_last}
     return generator, record
 
 

@@ -11,7 +11,8 @@ One code path renders three modes, chosen per sample:
 Everything that makes a sample is per sample: its seed drives its own ``torch.Generator`` (on the
 CPU, so a seed means the same noise on any device), its mask, its memory-bank draw and the
 normalisation of its embedding gradient. The loss of a batch is a sum of per-sample losses and
-each sample has its own ``[77, D]`` embeddings, so batching changes nothing but speed.
+each sample has its own ``[L, D]`` embeddings (77 token rows for SD; SDXL adds its pooled
+embedding as one more row), so batching changes nothing but speed.
 """
 from __future__ import annotations
 
