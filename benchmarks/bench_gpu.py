@@ -10,6 +10,8 @@ one JSON file (``--json``) as soon as it has them, so that whatever ran before a
                components: images/s and peak GPU memory at one batch size (out-of-memory recorded)
     solvers    DDPM-40 against DDIM and DPM-Solver++ at 20 steps, and the adversarial term's cost
                (every image, half of them as in the §1.3 schedule's last round, decode at 256)
+    sdxl       SDXL base's architecture at 1024²: txt2img, img2img, actgen (DDPM-40) and txt2img
+               with DPM-Solver++ at 20 steps: images/s and peak memory
     nan        one actgen batch per dtype (float16, bfloat16): non-finite pixels and latents
     round      a full ``actgen-build`` round through Ray: saves the SD 2.1-base-architecture
                generator (random weights) in the Stable Diffusion layout, writes a round folder
@@ -202,6 +204,71 @@ def cmd_solvers(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ sdxl
+def cmd_sdxl(args) -> int:
+    """SDXL base's architecture (random weights) at --size: txt2img, img2img and actgen (every row
+    adversarial) with DDPM at --steps, and txt2img with DPM-Solver++ at half of them; images/s and
+    peak memory, one batch size; an out-of-memory is recorded per mode."""
+    torch = _torch()
+    _setup(args)
+    bb = _bench_builder(args.arch_dir)
+    from actgen.builder.config import GuidanceConfig
+    from actgen.builder.sampler import GuidedSampler
+
+    key = ["sdxl", f"batch{args.batch}"]
+    dtype = getattr(torch, args.dtype)
+    start = time.perf_counter()
+    try:
+        gen = bb.build_sdxl(args.device, dtype, args.size, init_device=args.device)
+    except Exception as e:
+        traceback.print_exc()
+        update_json(args.json, key, {"status": "OOM" if _is_oom(e) else "error", "error": _first_line(e)})
+        return 1
+    result = {"arch": "sdxl-base (random weights)", "dtype": args.dtype, "image_size": gen.image_size,
+              "steps": args.steps, "batch": args.batch, "repeats": args.repeats,
+              "build_s": time.perf_counter() - start, "resident_weights_gib": _mem(args.device).get("allocated_gib"),
+              "attention_layers": len(gen.attention.layers), "modes": {}}
+    update_json(args.json, key, result)
+    classifier = bb.build_classifier("sd21", args.device)
+    names = [bb.NAMES[i % len(bb.NAMES)] for i in range(args.batch)]
+    labels = [bb.NAMES.index(n) for n in names]
+    prompts = [f"a photo of {n}" for n in names]
+    guides = torch.rand(args.batch, 3, gen.image_size, gen.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cfg = GuidanceConfig(num_steps=args.steps, adversarial_chunk=1)
+    fast = GuidanceConfig(num_steps=max(2, args.steps // 2), sampler="dpmpp_2m", adversarial_chunk=1)
+    runs = {"txt2img": (cfg, "txt2img"), "img2img": (cfg, "img2img"), "actgen": (cfg, "actgen"),
+            f"txt2img dpmpp_2m-{fast.num_steps}": (fast, "txt2img")}
+    for name, (c, mode) in runs.items():
+        sampler = GuidedSampler(gen, c, classifier if mode == "actgen" else None)
+        times = []
+        _reset_peak(args.device)
+        try:
+            for _ in range(1 + args.repeats):           # the first call is the warm-up
+                _sync(args.device)
+                t0 = time.perf_counter()
+                out = sampler.sample(prompts, names, labels, list(range(args.batch)), [mode] * args.batch,
+                                     adversarial=[True] * args.batch, guides=None if mode == "txt2img" else guides)
+                _sync(args.device)
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times[1:] or times)   # no repeats: the first call
+            row = {"status": "ok", "all_s": times, "median_s": med, "images_per_s": args.batch / med,
+                   "nonfinite_pixels": int((~torch.isfinite(out.images)).sum()), **_mem(args.device)}
+            del out
+        except Exception as e:
+            traceback.print_exc()
+            row = {"status": "OOM" if _is_oom(e) else "error", "error": _first_line(e), **_mem(args.device)}
+            del e
+        _free(args.device)
+        result["modes"][name] = row
+        log(f"sdxl {name}: {row}")
+        update_json(args.json, key, result)
+    m = result["modes"]
+    if "median_s" in m.get("actgen", {}) and "median_s" in m.get("img2img", {}):
+        result["actgen_vs_img2img"] = m["actgen"]["median_s"] / m["img2img"]["median_s"]
+        update_json(args.json, key, result)
+    return 0 if all(r["status"] in ("ok", "OOM") for r in m.values()) else 1
+
+
 # ------------------------------------------------------------------------------ nan
 def cmd_nan(args) -> int:
     torch = _torch()
@@ -378,6 +445,22 @@ def cmd_report(args) -> int:
             print(f"   (timed at {res.get('steps')} steps; s/img@40 scales the time per image to the paper's 40)")
         print(f"   img2img/diffusers time {_f(res.get('img2img_vs_diffusers'))} (target <= 1.05); "
               f"actgen/img2img time {_f(res.get('actgen_vs_img2img'))} (target <= 1.6)")
+    for bkey, res in data.get("solvers", {}).items():
+        print(f"-- solvers, {res.get('image_size')}² {res.get('dtype')}, batch {res.get('batch')}: {res.get('status')}"
+              + (f" ({res['error']})" if res.get("error") else ""))
+        for r in res.get("samplers", []):
+            print(f"   {r['sampler']:<10}{r['steps']:>4} {r['mode']:<8}{_f(r.get('images_per_s')):>8} images/s "
+                  f"x{_f(r.get('speedup_vs_ddpm'), '{:.2f}')} DDPM")
+        for r in res.get("adversarial_cost", []):
+            print(f"   {r['variant']:<52}{_f(r.get('images_per_s')):>8} images/s "
+                  f"{_f(r.get('time_vs_img2img'), '{:.2f}')}x img2img's time")
+    for bkey, res in data.get("sdxl", {}).items():
+        print(f"-- SDXL architecture, {res.get('image_size')}² {res.get('dtype')}, {res.get('steps')} steps, batch "
+              f"{res.get('batch')}: {res.get('status', '')} built in {_f(res.get('build_s'), '{:.0f}')} s, "
+              f"weights {_f(res.get('resident_weights_gib'), '{:.1f}')} GiB" + (f" ({res['error']})" if res.get("error") else ""))
+        for name, r in res.get("modes", {}).items():
+            print(f"   {name:<22}{r.get('status', '?'):>8}{_f(r.get('images_per_s')):>10} images/s "
+                  f"peak {_f(r.get('peak_gpu_mem_gib'), '{:.1f}')} GiB" + (f" ({r['error']})" if r.get("error") else ""))
     if data.get("nan"):
         print("-- NaN check (actgen batch, every row adversarial)")
         for dt, r in data["nan"].items():
@@ -416,6 +499,9 @@ def main(argv=None) -> int:
     _common(s)
     s.add_argument("--dtype", default="float16")
     s.add_argument("--no-warmup", action="store_true", help="time the first calls (the CPU tryout: code path only)")
+    s = sub.add_parser("sdxl")
+    _common(s)
+    s.add_argument("--dtype", default="float16")
     s = sub.add_parser("nan")
     _common(s)
     s.add_argument("--dtypes", default="float16,bfloat16")
@@ -444,7 +530,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("report")
     s.add_argument("--json", type=Path, required=True)
     args = p.parse_args(argv)
-    return {"env": cmd_env, "samplers": cmd_samplers, "solvers": cmd_solvers, "nan": cmd_nan, "compile": cmd_compile, "round": cmd_round,
+    return {"env": cmd_env, "samplers": cmd_samplers, "solvers": cmd_solvers, "sdxl": cmd_sdxl, "nan": cmd_nan, "compile": cmd_compile, "round": cmd_round,
             "mark": cmd_mark, "report": cmd_report}[args.cmd](args)
 
 

@@ -12,7 +12,9 @@
 #   3. a full actgen-build round of 32 images (configs/build-sd21-base.yaml, actgen mode, batch 8)
 #      through Ray Data with one GPU worker; if Ray fails, the same round again with
 #      ray.executor=local, labelled as such;
-#   4. torch.compile of the UNet on and off, txt2img batch 8 (compile time reported apart).
+#   4. torch.compile of the UNet on and off, txt2img batch 8 (compile time reported apart);
+#   5. (after the samplers) SDXL base's architecture at 1024², float16, batch 2: txt2img, img2img,
+#      actgen (DDPM-40) and txt2img with DPM-Solver++ at 20 steps, images/s and peak memory.
 # Most valuable first; every part has a hard timeout and writes its figures as soon as it has them.
 #
 # Results: $OUT/gpu_check.json, the log $OUT/gpu_check.log (and the round's contact_sheet.png);
@@ -28,7 +30,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 TINY=${GPU_CHECK_TINY:-0}
-PARTS=" ${GPU_CHECK_PARTS:-samplers solvers nan round compile} "
+PARTS=" ${GPU_CHECK_PARTS:-solvers samplers sdxl nan round compile} "
 want() { [[ $PARTS == *" $1 "* ]]; }
 for a in "$@"; do
     case $a in
@@ -64,7 +66,8 @@ if [[ $TINY == 1 ]]; then
     ROUND=(--budget 4 --batch 2 --dtype float32 --cpus-per-worker 1 --num-cpus 2)
     COMPILE=(--batch 2 --backend eager --steps 2)   # eager backend: Dynamo's tracing, no code generation
     SOLVERS_EXTRA=(--batch 1 --steps 2 --no-warmup)  # 15 samplers: each once, the code path only
-    CAP_ENV=120 CAP_SAMPLERS=600 CAP_SOLVERS=600 CAP_NAN=400 CAP_ROUND=600 CAP_COMPILE=600
+    SDXL=(--size 64 --steps 2 --batch 1 --repeats 0 --dtype bfloat16)
+    CAP_ENV=120 CAP_SAMPLERS=600 CAP_SOLVERS=600 CAP_SDXL=600 CAP_NAN=400 CAP_ROUND=600 CAP_COMPILE=600
     ARCH_DIR=$REPO/.gpu/sd21-base-arch
     [[ -d $ARCH_DIR ]] || ARCH_DIR=$REPO/../shared/configs/sd21-base-arch
 else
@@ -78,7 +81,8 @@ else
     ROUND=(--budget 32 --batch 8 --dtype float16 --cpus-per-worker 4)
     COMPILE=(--batch 8 --backend inductor)
     SOLVERS_EXTRA=()
-    CAP_ENV=90 CAP_SAMPLERS=150 CAP_SOLVERS=150 CAP_NAN=100 CAP_ROUND=200 CAP_COMPILE=300
+    SDXL=(--size 1024 --steps 40 --batch 2 --repeats 1 --dtype float16)
+    CAP_ENV=90 CAP_SAMPLERS=150 CAP_SOLVERS=150 CAP_SDXL=150 CAP_NAN=100 CAP_ROUND=200 CAP_COMPILE=300
     ARCH_DIR=$REPO/.gpu/sd21-base-arch
 fi
 say "mode: $([[ $TINY == 1 ]] && echo 'tiny (CPU tryout)' || echo GPU), budget ${BUDGET}s, results in $OUT"
@@ -173,6 +177,9 @@ want samplers && for b in "${BATCHES[@]}"; do
     part "samplers_b$b" "$CAP_SAMPLERS" 40 -- "${BENCH[@]}" samplers --json "$JSON" --arch-dir "$ARCH_DIR" "${COMMON[@]}" \
         --batch "$b" --dtype "$DTYPE" --modes "$modes" "${extra[@]}"
 done
+# SDXL base's architecture at 1024² (512² on the CPU tryout is too slow: 64², 2 steps, batch 1).
+want sdxl && part sdxl "$CAP_SDXL" 60 -- "${BENCH[@]}" sdxl --json "$JSON" --arch-dir "$ARCH_DIR" "${COMMON[@]}" \
+    "${SDXL[@]}"
 want nan && part nan "$CAP_NAN" 40 -- "${BENCH[@]}" nan --json "$JSON" --arch-dir "$ARCH_DIR" "${COMMON[@]}" \
     --batch "$NAN_BATCH" --dtypes "$NAN_DTYPES"
 round_part() {   # round_part EXECUTOR: bench_gpu ends actgen-build itself 15 s before the hard timeout
