@@ -32,12 +32,13 @@ part3() {   # confirmation: splits 1 and 2, seeds 0-19, each with its own genera
       --records "docs/study/r1-confirm-split$s" --title "digits R1 (split $s): confirmation"
   done
 }
-part4() {   # the earlier 10-per-class regime (3 held out, 2 rounds), its records and settings
+part4() {   # the earlier 10-per-class regime (3 held out, 2 rounds) with split 0's generator refitted
+  # (PLAN.md, note of 2026-12-04): random and the best variant run again beside the new policy.
   local b; b=$(best)
-  local conds="actgen-balanced"; [ "$b" != actgen-balanced ] && conds="$conds,$b"
+  local conds="random,actgen-balanced"; [ "$b" != actgen-balanced ] && conds="$conds,$b"
   study --data builtin:digits --labeled-per-class 10 --split-seed 0 --out "$DIR/digits10-split0" \
     --generator "$(gen 0)" --fit --conditions "$conds" --budgets 0.5,2 --sweep "$conds" --seeds 0-9 \
-    --jobs "$JOBS" --threads 1 --records docs/study/digits
+    --jobs "$JOBS" --threads 1 --records docs/study/digits-refit
 }
 part5() {   # issue 20's checks (PLAN.md, note of 2026-12-04): split 0, seeds 0-9, paired with part 1's actgen
   study "${R1[@]}" --split-seed 0 --out "$DIR/r1-split0" --generator "$(gen 0)" --fit \

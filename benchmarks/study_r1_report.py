@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     part1 = summarize_records(study / "r1")
     conf = {s: summarize_records(study / f"r1-confirm-split{s}") for s in (1, 2)
             if (study / f"r1-confirm-split{s}").is_dir()}
-    ten = summarize_records(study / "digits")
+    ten = summarize_records(study / "digits-refit" if (study / "digits-refit").is_dir() else study / "digits")
     lines = ["# R1 study: the analysis fixed in PLAN.md", "",
              "Written by `python benchmarks/study_r1_report.py` from the records in `docs/study/`. Accuracies are "
              "final test accuracy, mean ± 95% CI over seeds; Δ is paired by seed (and split), with its 95% CI, the "
@@ -236,8 +236,8 @@ def main(argv=None) -> int:
     rows10 = contrast_table(ten, [(c, m) for c in dict.fromkeys(["actgen-balanced", best]) for m in (0.5, 2.0)])
     lines += ["", "## The 10-per-class regime (3 held out, 2 rounds, split 0, 10 seeds)", "",
               "The new policy and the best variant minus random at equal images, Holm-corrected over this table. "
-              "`actgen` and `random` are the earlier study's records (`docs/study/digits`), paired by seed with "
-              "the new runs (same generator, configs and seeds).", ""] + _rows_md(rows10)
+              "All three conditions run with split 0's generator refitted (`docs/study/digits-refit`; PLAN.md's note "
+              "of 2026-12-04), paired by seed within those records.", ""] + _rows_md(rows10)
     report["ten_per_class"] = _strip(rows10)
 
     # ---- default
