@@ -56,7 +56,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from study_stats import summarize_records, write_report  # noqa: E402  (the analysis)
 
 # condition -> (train overrides, build overrides); build None = no synthetic data.
-ACTGEN = ["mode=actgen", "schedule.enabled=true"]
+# The paper's rule, named: the builder's default allocation became `balanced` after part 4.
+ACTGEN = ["mode=actgen", "schedule.enabled=true", "allocation.policy=paper"]
 CONDITIONS: dict[str, tuple[list[str], list[str] | None]] = {
     "real": ([], None),
     "real-steps": (["synthetic.placebo_per_round={budget}"], None),

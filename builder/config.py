@@ -305,9 +305,13 @@ class AllocationConfig:
             training images of the class, drawn at random from the manifest's
             ``header.guide_pool`` (a manifest without one falls back to ``txt2img``, logged).
         random_fraction: ``mixed`` only: the class-uniform text-to-image share of the budget.
+
+    The default is ``balanced``, by the accuracy study's rule (docs/study.md): ``paper`` fell
+    significantly below random generation when a round finds few mistakes, ``balanced`` did not
+    in any regime measured.
     """
 
-    policy: Literal["paper", "balanced", "mixed"] = "paper"
+    policy: Literal["paper", "balanced", "mixed"] = "balanced"
     fill: Literal["txt2img", "train"] = "txt2img"
     random_fraction: float = 0.5
 

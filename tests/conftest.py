@@ -219,6 +219,9 @@ BUILD_FAST = (
     "generator.path=tiny", "guidance.num_steps=3", "guidance.reference_steps=3", "guidance.guidance_steps=1",
     "guidance.guidance_strength=1.5", "batch_size=2", "output.samples_per_shard=2", "output.contact_sheet=4",
     "ray.executor=local", "bank_scope=run",
+    # Build mechanics (shards, bank, provenance, resume) are checked on the paper's rule, where every
+    # image has a guide; the default `balanced` policy is tested in test_build_allocation.py.
+    "allocation.policy=paper",
 )
 
 

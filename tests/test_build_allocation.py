@@ -93,6 +93,6 @@ def test_plan_stats_describe_the_spread():
 
 
 def test_allocation_config_checks_values():
-    assert AllocationConfig().policy == "paper"
+    assert AllocationConfig().policy == "balanced"          # the study's rule chose it (docs/study.md)
     with pytest.raises(ValueError, match="allocation.random_fraction"):
         AllocationConfig(policy="mixed", random_fraction=1.5)
