@@ -45,5 +45,12 @@ part5() {   # issue 20's checks (PLAN.md, note of 2026-12-04): split 0, seeds 0-
     --conditions "actgen,actgen-dpmpp,actgen-decode-half" --budgets 1 --sweep none --seeds 0-9 \
     --records docs/study/r1-part5 --title "digits R1 (split 0): solver and decode size"
 }
+part6() {   # the main contrast's conditions on split 0 (refitted generator), seeds 0-19 (PLAN.md, 2026-12-04);
+  # PLAN.md runs it from 02f2d97's code (its random baseline): this function's study_active.py call there
+  local b; b=$(best)
+  study "${R1[@]}" --split-seed 0 --out "$DIR/r1-split0-part6" --generator "$(gen 0)" --fit \
+    --conditions "real,random,$b" --budgets 1,3 --sweep random --seeds 0-19 \
+    --records docs/study/r1-confirm-split0 --title "digits R1 (split 0, refitted generator): the main contrast"
+}
 parts=("$@"); [ ${#parts[@]} -eq 0 ] && parts=(1 2 3 4)
 for part in "${parts[@]}"; do "part$part"; done
