@@ -2,8 +2,9 @@
 architecture (random weights, saved as safetensors, a locally built tokenizer of CLIP's vocabulary
 size) at 64x64, all three modes, contrastive and adversarial on, then ``verify``.
 
-The architecture's configs are ``../shared/configs/sd21-base-arch``; without that folder the tests
-skip. Slow: building and saving 1.3B random parameters, then rendering 3 images on the CPU.
+The architecture's configs ship beside this file (``configs/sd21-base-arch``, SD 2.1-base's public
+component configs). Slow: building and saving 1.3B random parameters, then rendering 3 images on
+the CPU.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-SD21_ARCH = Path(__file__).resolve().parents[2] / "shared" / "configs" / "sd21-base-arch"
+SD21_ARCH = Path(__file__).resolve().parent / "configs" / "sd21-base-arch"
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +24,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def sd21_arch_dir(tmp_path_factory):
     """A Stable Diffusion directory of the SD 2.1-base architecture, random weights, 64x64 images."""
-    if not SD21_ARCH.is_dir():
-        pytest.skip(f"{SD21_ARCH} absent (the shared SD 2.1-base architecture configs)")
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -57,7 +56,7 @@ def _build(round_dir: Path, generator: Path, output: Path, *overrides: str):
     for o in (f"generator.path={generator}", "generator.device=cpu", "guidance.num_steps=2",
               "guidance.reference_steps=2", "guidance.guidance_steps=1", "guidance.bank_sample_size=4",
               "budget=3", "batch_size=1", "output.samples_per_shard=3", "output.contact_sheet=0",
-              "ray.executor=local", "bank_scope=worker", "mode=actgen", *overrides):
+              "ray.executor=local", "bank_scope=worker", "mode=actgen", "allocation.policy=paper", *overrides):
         args += ["--set", o]
     return CliRunner().invoke(main, args, catch_exceptions=False)
 

@@ -66,7 +66,8 @@ def _build(round_dir: Path, generator: Path, output: Path, *overrides: str):
     for o in (f"generator.path={generator}", "generator.device=cpu", "generator.dtype=bfloat16",
               "guidance.num_steps=2", "guidance.reference_steps=2", "guidance.guidance_steps=1",
               "guidance.bank_sample_size=4", "budget=2", "batch_size=1", "output.samples_per_shard=2",
-              "output.contact_sheet=0", "ray.executor=local", "bank_scope=worker", *overrides):
+              "output.contact_sheet=0", "ray.executor=local", "bank_scope=worker", "allocation.policy=paper",
+              *overrides):
         args += ["--set", o]
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
