@@ -310,6 +310,22 @@ def sampler_callers(gen, classifier, steps: int, batch: int) -> dict:
     return table, cost
 
 
+def time_samplers(table: dict, cost: dict, device: str, steps: int, batch: int, repeats: int,
+                  warmup: bool = True) -> tuple[list[dict], list[dict]]:
+    """Time :func:`sampler_callers`' two tables together (interleaved) -> (solver rows with the
+    speed-up over DDPM at ``steps`` in the same mode, cost rows with the time over img2img's)."""
+    stats = time_modes({f"{s}/{n}/{m}": table[(s, n, m)] for s, n, m in table} | cost, device, repeats, warmup=warmup)
+    rows = []
+    for s, n, m in table:
+        t = stats[f"{s}/{n}/{m}"]["median_s"]
+        rows.append({"sampler": s, "steps": n, "mode": m, "images_per_s": batch / t, "s_per_image": t / batch,
+                     "speedup_vs_ddpm": stats[f"ddpm/{steps}/{m}"]["median_s"] / t, **stats[f"{s}/{n}/{m}"]})
+    img2img = stats["img2img"]["median_s"]
+    cost_rows = [{"variant": k, "images_per_s": batch / stats[k]["median_s"],
+                  "time_vs_img2img": stats[k]["median_s"] / img2img, **stats[k]} for k in cost]
+    return rows, cost_rows
+
+
 def bench_samplers(arch: str, device: str, steps: int, batch: int, repeats: int, size: int = 512) -> dict:
     """Images/s of each solver at its step count (txt2img, img2img, actgen), as a ratio to DDPM at
     ``steps`` in the same mode; and the adversarial term's cost as a ratio to img2img."""
@@ -317,17 +333,7 @@ def bench_samplers(arch: str, device: str, steps: int, batch: int, repeats: int,
     gen, _ = build_components(arch, device, dtype, size)
     classifier = build_classifier(arch, device)
     table, cost = sampler_callers(gen, classifier, steps, batch)
-    keys = list(table)
-    stats = time_modes({f"{s}/{n}/{m}": table[(s, n, m)] for s, n, m in keys} | cost, device, repeats)
-    rows = []
-    for s, n, m in keys:
-        t = stats[f"{s}/{n}/{m}"]["median_s"]
-        ddpm = stats[f"ddpm/{steps}/{m}"]["median_s"]
-        rows.append({"sampler": s, "steps": n, "mode": m, "images_per_s": batch / t, "s_per_image": t / batch,
-                     "speedup_vs_ddpm": ddpm / t, **stats[f"{s}/{n}/{m}"]})
-    img2img = stats["img2img"]["median_s"]
-    cost_rows = [{"variant": k, "images_per_s": batch / stats[k]["median_s"],
-                  "time_vs_img2img": stats[k]["median_s"] / img2img, **stats[k]} for k in cost]
+    rows, cost_rows = time_samplers(table, cost, device, steps, batch, repeats)
     return {"arch": arch, "device": device, "dtype": str(dtype).removeprefix("torch."), "image_size": gen.image_size,
             "steps": steps, "batch": batch, "repeats": repeats, "samplers": rows, "adversarial_cost": cost_rows}
 

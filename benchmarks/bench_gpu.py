@@ -179,20 +179,12 @@ def cmd_solvers(args) -> int:
     key = ["solvers", f"batch{args.batch}"]
     try:
         table, cost = bb.sampler_callers(gen, classifier, args.steps, args.batch)
-        stats = bb.time_modes({f"{s}/{n}/{m}": table[(s, n, m)] for s, n, m in table} | cost, args.device, args.repeats,
-                              warmup=not args.no_warmup)
+        rows, cost_rows = bb.time_samplers(table, cost, args.device, args.steps, args.batch, args.repeats,
+                                           warmup=not args.no_warmup)
     except Exception as e:
         traceback.print_exc()
         update_json(args.json, key, {"status": "OOM" if _is_oom(e) else "error", "error": _first_line(e)})
         return 1
-    rows = []
-    for s, n, m in table:
-        t = stats[f"{s}/{n}/{m}"]["median_s"]
-        rows.append({"sampler": s, "steps": n, "mode": m, "images_per_s": args.batch / t,
-                     "speedup_vs_ddpm": stats[f"ddpm/{args.steps}/{m}"]["median_s"] / t, **stats[f"{s}/{n}/{m}"]})
-    img2img = stats["img2img"]["median_s"]
-    cost_rows = [{"variant": k, "images_per_s": args.batch / stats[k]["median_s"],
-                  "time_vs_img2img": stats[k]["median_s"] / img2img, **stats[k]} for k in cost]
     update_json(args.json, key, {"status": "ok", "dtype": args.dtype, "image_size": gen.image_size, "steps": args.steps,
                                  "batch": args.batch, "repeats": args.repeats, "samplers": rows,
                                  "adversarial_cost": cost_rows})
