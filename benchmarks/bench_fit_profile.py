@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "forward", "backward", "optimizer", "ema")
@@ -35,7 +34,7 @@ def profile(config: str, overrides: list[str], steps: int, warmup: int, threads:
     from actgen.fitting.config import load_fit_config
     from actgen.fitting.fit import _Fit, _load_inputs
     from actgen.fitting.models import EMA, ema_decay, encode_all
-    from actgen.fitting.train_step import DiffusionData, draw_batch
+    from actgen.fitting.train_step import DiffusionData, diffusion_loss, draw_batch
 
     torch.set_num_threads(threads)
     cfg = load_fit_config(config, ["train.progress=false", *overrides])
@@ -52,11 +51,11 @@ def profile(config: str, overrides: list[str], steps: int, warmup: int, threads:
     times = {p: [] for p in PHASES}
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        batch = draw_batch(data, tc.batch_size, tc.prompt_dropout, fit.rng, hflip=tc.hflip)
+        batch = draw_batch(data, tc.batch_size, tc.prompt_dropout, fit.rng, hflip=tc.hflip, snr_gamma=tc.snr_gamma)
         t1 = time.perf_counter()
         with torch.autocast("cpu", dtype=fit.amp_dtype or torch.float32, enabled=fit.amp_dtype is not None):
             pred = fit.unet(batch["x_t"], batch["t"], encoder_hidden_states=encode(batch["cond"])).sample
-        loss = F.mse_loss(pred.float(), batch["target"])
+        loss = diffusion_loss(pred, batch)
         t2 = time.perf_counter()
         fit.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -40,7 +40,7 @@ def fit(fit_config: Path, output: Path, overrides: list[str]) -> dict:
     from actgen.fitting.config import can_resume, load_fit_config
     from actgen.fitting.fit import run
 
-    cfg = load_fit_config(fit_config, [f"output='{output}'", "train.progress=false", *overrides])
+    cfg = load_fit_config(fit_config, ["train.progress=false", *overrides], literal={"output": str(output)})
     t0 = time.time()
     result = run(cfg, resume=can_resume(output))
     return {"seconds": round(time.time() - t0, 1), "steps": result.step, "final_loss": result.losses[-1],
@@ -54,8 +54,8 @@ def train_classifier(train_config: Path, run_dir: Path, epochs: int | None,
 
     base = load_config(train_config, list(overrides))
     e = epochs or base.train.epochs
-    cfg = load_config(train_config, [*overrides, f"run_dir='{run_dir}'", "synthetic.source=none", f"train.epochs={e}",
-                                     f"rounds.horizon={e}", f"rounds.merge_epoch={e}", "train.progress=false"])
+    cfg = load_config(train_config, [*overrides, "synthetic.source=none", f"train.epochs={e}", f"rounds.horizon={e}",
+                                     f"rounds.merge_epoch={e}", "train.progress=false"], literal={"run_dir": str(run_dir)})
     bundle = run_dir / "rounds" / str(e - 1) / "checkpoint"
     summary_path = run_dir / "summary.json"
     if not (bundle.is_dir() and summary_path.exists()):

@@ -137,7 +137,8 @@ class _Fit:
     def train_one(self, data: DiffusionData) -> float:
         """One optimizer step of the UNet and the text encoder, then the EMA."""
         tc = self.cfg.train
-        batch = draw_batch(data, tc.batch_size, tc.prompt_dropout, self.rng, hflip=tc.hflip)
+        batch = draw_batch(data, tc.batch_size, tc.prompt_dropout, self.rng, hflip=tc.hflip,
+                           snr_gamma=tc.snr_gamma)
         loss = train_step(self.unet, batch, self.opt, self.lr_sched, tc.grad_clip, self.device,
                           encode=lambda ids: self.text_encoder(ids)[0], amp_dtype=self.amp_dtype)
         self.ema.update(self.trainable, ema_decay(self.step, tc.ema_decay))

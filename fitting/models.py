@@ -28,12 +28,15 @@ def build_models(cfg: FitModelConfig, vocabulary: list[str], seed: int):
 
     tokenizer = tiny_tokenizer(vocabulary, max_length=cfg.text_max_length)
     levels = len(cfg.block_out_channels)
+    down = tuple("CrossAttnDownBlock2D" if cfg.attends(i) else "DownBlock2D" for i in range(levels))
+    up = tuple("CrossAttnUpBlock2D" if cfg.attends(i) else "UpBlock2D" for i in reversed(range(levels)))
+    mid = "UNetMidBlock2DCrossAttn" if cfg.attends(levels - 1) else "UNetMidBlock2D"
     torch.manual_seed(seed)   # diffusers/transformers initialise from the global RNG
     unet = UNet2DConditionModel(
         sample_size=cfg.image_size, in_channels=3, out_channels=3, layers_per_block=cfg.layers_per_block,
         block_out_channels=tuple(cfg.block_out_channels), norm_num_groups=8,
         cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
-        down_block_types=("CrossAttnDownBlock2D",) * levels, up_block_types=("CrossAttnUpBlock2D",) * levels)
+        down_block_types=down, up_block_types=up, mid_block_type=mid)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(cfg.autoencoder_channels,),
         layers_per_block=1, norm_num_groups=8, sample_size=cfg.image_size, scaling_factor=1.0,

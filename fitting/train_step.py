@@ -50,8 +50,10 @@ class DiffusionData:
 
 def draw_batch(data: DiffusionData, batch_size: int, prompt_dropout: float, rng: torch.Generator,
                hflip: Optional[float] = None,
-               prediction_type: Literal["epsilon", "v_prediction"] = "epsilon") -> dict[str, torch.Tensor]:
-    """One training batch: ``x_t``, ``t``, ``cond`` and the prediction ``target``.
+               prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+               snr_gamma: Optional[float] = None) -> dict[str, torch.Tensor]:
+    """One training batch: ``x_t``, ``t``, ``cond`` and the prediction ``target``; with
+    ``snr_gamma``, also each sample's loss ``weight`` (:func:`min_snr_weight`).
 
     Every draw comes from ``rng``, in this order: indices, flips (only when ``hflip`` is not
     None; a probability of 0 still draws, so the stream does not depend on the value), prompt
@@ -68,7 +70,24 @@ def draw_batch(data: DiffusionData, batch_size: int, prompt_dropout: float, rng:
     cond = _dropped(data.conditions[data.labels[idx]], data.unconditional, drop)   # [B, L] or [B, L, D]
     t = torch.randint(len(abar), (b,), generator=rng)
     noise = torch.randn(x0.shape, generator=rng)
-    return _noised(x0, noise, t, cond, abar, prediction_type)
+    batch = _noised(x0, noise, t, cond, abar, prediction_type)
+    if snr_gamma is not None:
+        batch["weight"] = min_snr_weight(abar[t], snr_gamma, prediction_type)
+    return batch
+
+
+def min_snr_weight(abar_t: torch.Tensor, gamma: float,
+                   prediction_type: Literal["epsilon", "v_prediction"] = "epsilon") -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al., 2023) for timesteps with ᾱ ``abar_t`` ``[B]``.
+
+    SNR = ᾱ / (1 - ᾱ). The weight makes each sample's loss that of x0-prediction clamped at γ:
+    min(SNR, γ) / SNR for an ε target, min(SNR, γ) / (SNR + 1) for a v target; so noisy
+    timesteps keep weight 1 (ε) and the nearly clean ones, whose ε is hard to predict and worth
+    little to the samples, are down-weighted.
+    """
+    snr = abar_t / (1 - abar_t)
+    clamped = torch.clamp(snr, max=gamma)
+    return clamped / snr if prediction_type == "epsilon" else clamped / (snr + 1)
 
 
 def draw_sample_batch(x0: torch.Tensor, labels: torch.Tensor, generators: Sequence[torch.Generator],
@@ -113,6 +132,16 @@ def _noised(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.
     a = abar[t].view(len(t), 1, 1, 1)
     target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
     return {"x_t": a.sqrt() * x0 + (1 - a).sqrt() * noise, "t": t, "cond": cond, "target": target}
+
+
+def diffusion_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The MSE of ``pred`` against ``batch["target"]``, each sample weighted by ``batch["weight"]``
+    when the batch has weights (min-SNR: the weighted mean of per-sample MSEs)."""
+    target = batch["target"].to(pred.device)
+    if "weight" not in batch:
+        return F.mse_loss(pred.float(), target)
+    per_sample = F.mse_loss(pred.float(), target, reduction="none").flatten(1).mean(1)      # [B]
+    return (per_sample * batch["weight"].to(pred.device)).mean()
 
 
 def train_step(unet: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -161,7 +190,7 @@ def accumulated_step(unet: torch.nn.Module, batches: Iterable[dict[str, torch.Te
             cond = batch["cond"].to(device)
             emb = encode(cond) if encode is not None else cond                  # [B, L, D]
             pred = unet(batch["x_t"].to(device), batch["t"].to(device), encoder_hidden_states=emb).sample
-        loss = F.mse_loss(pred.float(), batch["target"].to(device)) / accumulation
+        loss = diffusion_loss(pred, batch) / accumulation
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
         seen += 1

@@ -14,7 +14,7 @@ from actgen.builder.sampler import GuidedSampler
 from actgen.fitting.config import checkpoint_path, load_fit_config
 from actgen.fitting.data import prompt_vocabulary
 from actgen.fitting.fit import run
-from actgen.fitting.train_step import lr_factor
+from actgen.fitting.train_step import diffusion_loss, lr_factor, min_snr_weight
 from actgen.shards.fit_record import FIT_RECORD_FILE
 from actgen.shards.sources import DIGIT_NAMES
 
@@ -108,6 +108,62 @@ def test_config_rejects_bad_values():
         load_fit_config(None, [])
     with pytest.raises(ValueError, match="model.image_size"):
         load_fit_config(None, ["output=x", "model.image_size=6", "model.block_out_channels=[8,16,32]"])
+
+
+def test_attention_only_at_the_capture_side_keeps_the_builder_working(tiny_fit_config, tmp_path):
+    # model.attention_sides=[4]: the 8x8 blocks are plain resnet blocks (the costliest attention
+    # of a small UNet gone), the 4x4 ones still attend to the class tokens, and the builder loads
+    # the generator, captures its attention there and renders.
+    out = tmp_path / "gen"
+    result = run(tiny_fit_config(out, "model.attention_sides=[4]"))
+    assert result.finished and all(torch.isfinite(torch.tensor(result.losses)))
+    unet_cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert unet_cfg["down_block_types"] == ["DownBlock2D", "CrossAttnDownBlock2D"]
+    assert unet_cfg["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D"]
+    assert unet_cfg["mid_block_type"] == "UNetMidBlock2DCrossAttn"
+    gen = DiffusersGenerator.from_pretrained(str(out), device="cpu", attention_resolution=4)
+    attn_blocks = {name.split(".attentions")[0] for name, _ in gen.unet.named_modules() if ".attentions." in name}
+    assert attn_blocks == {"down_blocks.1", "mid_block", "up_blocks.0"}
+    assert len(gen.attention.layers) == 3
+    gen.predict_noise(torch.zeros(1, 3, 8, 8), 50, gen.embed_prompts(["a photo of one"]), capture_attention=True)
+    mask = gen.attention.mask([[4]], cfg_halves=1)
+    assert mask.shape == (1, 4, 4) and torch.isfinite(mask).all() and mask.sum() > 0
+    sampler = GuidedSampler(gen, GuidanceConfig(num_steps=2, reference_steps=2, cfg_scale=3.0))
+    guide = torch.rand(1, 3, 8, 8) * 2 - 1
+    rendered = sampler.sample(["a photo of one"], ["one"], [1], [0], ["actgen"], guides=guide, record_masks=True)
+    assert rendered.images.shape == (1, 3, 8, 8) and torch.isfinite(rendered.images).all()
+    # The builder needs attention where it captures: a list without that side is refused.
+    with pytest.raises(ValueError, match="model.attention_sides.*capture side 4"):
+        tiny_fit_config(tmp_path / "bad", "model.attention_sides=[8]")
+    with pytest.raises(ValueError, match="model.attention_sides"):
+        tiny_fit_config(tmp_path / "bad", "model.attention_sides=[2,4]")
+
+
+def test_min_snr_weighting_down_weights_only_the_nearly_clean_timesteps():
+    abar = torch.tensor([0.999, 0.9, 5 / 6, 0.5, 0.01], dtype=torch.float64)    # SNR 999, 9, 5, 1, 0.0101
+    w = min_snr_weight(abar, 5.0)
+    assert w.tolist() == pytest.approx([5 / 999, 5 / 9, 1.0, 1.0, 1.0], rel=1e-5)
+    v = min_snr_weight(abar, 5.0, "v_prediction")                  # min(SNR, 5) / (SNR + 1)
+    assert v.tolist() == pytest.approx([5 / 1000, 0.5, 5 / 6, 0.5, 0.0101 / 1.0101], rel=1e-4)
+    # The same error on a nearly clean and a noisy sample: the weighted loss's gradient on the
+    # clean one shrinks by its weight, the noisy one's is that of the plain mean.
+    pred = torch.ones(2, 3, 2, 2, requires_grad=True)
+    batch = {"target": torch.zeros(2, 3, 2, 2), "weight": min_snr_weight(abar[[0, 4]], 5.0).float()}
+    diffusion_loss(pred, batch).backward()
+    plain = torch.ones(2, 3, 2, 2, requires_grad=True)
+    diffusion_loss(plain, {"target": batch["target"]}).backward()
+    assert torch.allclose(pred.grad[1], plain.grad[1])
+    assert torch.allclose(pred.grad[0], plain.grad[0] * 5 / 999)
+
+
+def test_fit_with_min_snr_trains_on_the_same_draws_with_another_loss(fitted, tiny_fit_config, tmp_path):
+    full, _ = fitted
+    snr = run(tiny_fit_config(tmp_path / "snr", "train.snr_gamma=5"), stop_after=2)
+    # Same init and draws; the first step's loss is the weighted one, so lower than the plain
+    # MSE (every weight is at most 1) and not equal to it.
+    assert snr.losses[0] < full.losses[0]
+    with pytest.raises(ValueError, match="train.snr_gamma"):
+        tiny_fit_config(tmp_path / "bad", "train.snr_gamma=0")
 
 
 def test_pure_pieces():
