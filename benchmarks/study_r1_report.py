@@ -13,6 +13,10 @@
 * **Default**: the allocation policy never significantly below random (Holm p < 0.05 with a
   negative mean) in any regime where it was measured, with the best mean difference over the
   regimes; measured in fewer than two regimes, a policy cannot show it is never below.
+* **Part 6** (when its records exist, ``docs/study/r1-confirm-split0``): the main contrast's
+  conditions on split 0 with its refitted generator, 20 seeds: the same difference and images to
+  match on that split alone, beside the main contrast and never pooled into it (split 0 chose the
+  best variant), and whether the three splits agree in sign.
 * **Part 5** (when its records exist): DPM-Solver++ at about half the steps and the adversarial
   decode at half the side against actgen rerun at the same commit, Holm over the two; and
   whether that rerun reproduces part 1's actgen accuracies.
@@ -150,7 +154,7 @@ def plot(conf: dict[int, dict], best: str, ten: dict, path: Path) -> None:
         if b:
             m, h = mean_ci([r["final_test_acc"] for r in b.values()])
             ax.errorbar([64], [100 * m], yerr=[100 * h], fmt="s", capsize=4, label=f"{best}, split {split}")
-    ax.set_title("R1 confirmation (20 seeds per split, 95% CI)", fontsize=10)
+    ax.set_title("R1, 20 seeds per split (split 0: part 6), 95% CI", fontsize=10)
     ax = axes[1]
     for c in ("random", "actgen", "actgen-balanced", "txt2img"):
         pts = curve(ten, c)
@@ -274,6 +278,30 @@ def main(argv=None) -> int:
                      + " |")
     report["class_counts"] = counts
 
+    # ---- part 6: split 0 beside the main contrast, never pooled into it
+    p6dir = study / "r1-confirm-split0"
+    p6 = summarize_records(p6dir) if p6dir.is_dir() else {}
+    if p6.get((best, 1.0)) and p6.get(("random", 1.0)):
+        d6 = paired(p6[(best, 1.0)], p6[("random", 1.0)])
+        pts6 = [(x, y, 0.0, n) for x, y, _, n in curve(p6, "random")]
+        acc6 = sum(r["final_test_acc"] for r in p6[(best, 1.0)].values()) / len(p6[(best, 1.0)])
+        need6 = images_to_match(pts6, acc6) if pts6 else None
+        signs = {s: d["mean"] for s, d in {0: d6, **per_split}.items() if d}
+        lines += ["", "## Part 6: the same contrast on split 0 (refitted generator, 20 seeds)", "",
+                  "Reported beside the main contrast, never pooled into it: split 0 chose the best variant. Its "
+                  "generator is split 0's refitted one (PLAN.md's notes of 2026-12-04).", "",
+                  "| split | pairs | best variant | random | Δ best − random |", "|---|---|---|---|---|",
+                  f"| 0 | {d6['n']} | {_acc(p6[(best, 1.0)])} | {_acc(p6[('random', 1.0)])} | {_fmt(d6)} |", "",
+                  "Random generation's curve on split 0: "
+                  + ", ".join(f"{x:.0f} images {100 * y:.2f}%" for x, y, *_ in pts6)
+                  + f"; it matches the best variant's {100 * acc6:.2f}% with "
+                  + ("more images than measured" if need6 is None else f"{need6:.0f} images ({need6 / 64:.2f}× its 64)")
+                  + ". Per-split Δ over the three splits: "
+                  + ", ".join(f"split {s} {100 * m:+.2f}" for s, m in sorted(signs.items())) + "."]
+        report["part6"] = {"split0": d6, "random_curve": [(x, y) for x, y, *_ in pts6],
+                           "random_images_to_match": need6, "ratio": None if need6 is None else need6 / 64,
+                           "per_split_mean": signs, "seeds": sorted(p6[(best, 1.0)])}
+
     # ---- part 5
     p5dir = study / "r1-part5"
     if p5dir.is_dir():
@@ -291,7 +319,7 @@ def main(argv=None) -> int:
             lines.append(f"| {r['condition']} | {r['images']:.0f} | {_acc(r['acc'])} | {_fmt(r)} | {r['p_holm']:.3f} |")
         report["part5"] = {"rows": _strip(rows5), "rerun_equal_to_part1": len(same), "rerun_seeds": len(rerun)}
 
-    plot(conf, best, ten, out.with_suffix(".png"))
+    plot({0: p6, **conf} if p6 else conf, best, ten, out.with_suffix(".png"))
     lines += ["", f"![accuracy against images]({out.with_suffix('.png').name})"]
     text = "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(text)
