@@ -281,6 +281,7 @@ def main(argv=None) -> int:
     # ---- part 6: split 0 beside the main contrast, never pooled into it
     p6dir = study / "r1-confirm-split0"
     p6 = summarize_records(p6dir) if p6dir.is_dir() else {}
+    p6_gen = json.loads((p6dir / "settings.json").read_text()).get("generator") if p6 else None
     if p6.get((best, 1.0)) and p6.get(("random", 1.0)):
         d6 = paired(p6[(best, 1.0)], p6[("random", 1.0)])
         pts6 = [(x, y, 0.0, n) for x, y, _, n in curve(p6, "random")]
@@ -310,9 +311,18 @@ def main(argv=None) -> int:
         same = [s for s, r in p5.get(("actgen", 1.0), {}).items()
                 if s in part1.get(("actgen", 1.0), {}) and r["final_test_acc"] == part1[("actgen", 1.0)][s]["final_test_acc"]]
         rerun = p5.get(("actgen", 1.0), {})
+        p5_gen, p1_gen = (json.loads((d / "settings.json").read_text()).get("generator", "?")
+                          for d in (p5dir, study / "r1"))
+        p6_actgen = p6.get(("actgen", 1.0), {}) if p6 and p6_gen == p5_gen else {}
+        both6 = [s for s in rerun if s in p6_actgen]
+        same6 = [s for s in both6 if rerun[s]["final_test_acc"] == p6_actgen[s]["final_test_acc"]]
         lines += ["", "## Part 5: a faster solver and a smaller adversarial decode (split 0)", "",
                   "Each minus `actgen` rerun in the same part, paired by seed, Holm over the two rows. "
-                  f"The rerun equals part 1's `actgen` accuracy on {len(same)} of its {len(rerun)} seeds.", "",
+                  f"The rerun equals part 1's `actgen` accuracy on {len(same)} of its {len(rerun)} seeds"
+                  + (f" (rerun {_acc(rerun)}, part 1 {_acc(part1[('actgen', 1.0)])}; the generators differ: "
+                     f"`{p5_gen[:19]}…` here, `{p1_gen[:19]}…` in part 1)" if p5_gen != p1_gen else "") + "."
+                  + (f" With the same generator, part 6 (run from another commit) gave the same accuracy on "
+                     f"{len(same6)} of the {len(both6)} seeds both ran." if both6 else ""), "",
                   "| condition | images | final test acc | Δ vs actgen [95% CI], p (higher seeds) | Holm p |",
                   "|---|---|---|---|---|"]
         for r in rows5:
