@@ -84,42 +84,12 @@ SDXL_ARCH = REPO / "tests" / "configs" / "sdxl-base-arch"
 
 def build_sdxl(device: str, dtype: torch.dtype, size: int = 1024, init_device: str = "cpu"):
     """SDXL base's full architecture from ``tests/configs/sdxl-base-arch`` with random weights drawn
-    directly in ``dtype`` on ``init_device`` (a float32 UNet alone is 10.3 GB), a tiny tokenizer of
-    CLIP's vocabulary size, images of ``size``² (the UNet's ``sample_size``)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    directly in ``dtype`` on ``init_device`` (a float32 UNet alone is 10.3 GB), the VAE in float32
+    (SDXL's overflows in float16; the generator keeps it there, force_upcast), images of ``size``²."""
+    from actgen.builder.generator_sdxl import build_sdxl_from_configs
 
-    from actgen.builder.generator import tiny_tokenizer
-    from actgen.builder.generator_sdxl import SDXLGenerator
-
-    tokenizers = []
-    for folder in ("tokenizer", "tokenizer_2"):
-        settings = json.loads((SDXL_ARCH / folder / "tokenizer_config.json").read_text())
-        tok = tiny_tokenizer(vocab_size=49408, max_length=settings["model_max_length"])
-        tok.pad_token = settings["pad_token"]
-        tokenizers.append(tok)
-    torch.manual_seed(0)
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(init_device):
-            unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(SDXL_ARCH / "unet")),
-                                                     "sample_size": size // 8})
-            # SDXL's VAE overflows in float16: the generator keeps it in float32 (force_upcast).
-            torch.set_default_dtype(torch.float32)
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(SDXL_ARCH / "vae")))
-            torch.set_default_dtype(dtype)
-            encoders = []
-            for folder, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-                config = CLIPTextConfig.from_pretrained(str(SDXL_ARCH / folder))
-                config.eos_token_id = tokenizers[0].eos_token_id
-                encoders.append(cls(config))
-    finally:
-        torch.set_default_dtype(before)
-    index = json.loads((SDXL_ARCH / "model_index.json").read_text())
-    return SDXLGenerator(unet, vae, *encoders, *tokenizers, DDPMScheduler.load_config(str(SDXL_ARCH / "scheduler")),
-                         force_zeros_for_empty_prompt=index["force_zeros_for_empty_prompt"], device=device,
-                         dtype=dtype, name="sdxl-base-arch")
+    return build_sdxl_from_configs(SDXL_ARCH, image_size=size, dtype=dtype, vae_dtype=torch.float32,
+                                   init_device=init_device, device=device, name="sdxl-base-arch")
 
 
 def _plain_copy(unet):

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from .generator import DiffusersGenerator, _place, _token_ids, tiny_tokenizer
+from .generator import TINY_WORDS, DiffusersGenerator, _place, _token_ids, tiny_tokenizer
 from .loading import PretrainedSource
 
 _logger = logging.getLogger(__name__)
@@ -281,3 +282,52 @@ def build_tiny_sdxl_generator(seed: int = 0, *, image_size: int = 32, device: st
     return SDXLGenerator(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler_config,
                          attention_resolution=latent // 2, device=device, dtype=torch.float32,
                          name=f"tiny-random-sdxl(seed={seed})", **conditioning)
+
+
+def build_sdxl_from_configs(config_dir: str | Path, *, image_size: int, dtype: torch.dtype = torch.float32,
+                            vae_dtype: torch.dtype | None = None, words: Sequence[str] = TINY_WORDS,
+                            init_device: str | torch.device = "cpu", device: str | torch.device = "cpu",
+                            seed: int = 0, name: str = "sdxl-arch") -> SDXLGenerator:
+    """An SDXL generator of a real architecture with random weights, from the component configs
+    of an SDXL folder (``unet/ vae/ text_encoder/ text_encoder_2/ tokenizer*/tokenizer_config.json
+    scheduler/ model_index.json``, no weights): it costs what the real model costs, so speed and
+    memory are measured without the weights.
+
+    Weights are drawn directly in ``dtype`` on ``init_device`` (SDXL's UNet is 10.3 GB in float32;
+    a float32 copy on the way would not fit beside a bfloat16 one on a small machine); the VAE in
+    ``vae_dtype`` (default ``dtype``; SDXL's overflows in float16, so keep it float32 there). Both
+    tokenizers are the tiny BPE tokenizer over ``words``, padded to CLIP's 49,408 ids, with the
+    folder's max length and pad token; the text encoders read the pooled output at its
+    end-of-text id, as the real ones do at theirs. ``image_size`` sets the UNet's sample size.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    root = Path(config_dir)
+    tokenizers = []
+    for folder in ("tokenizer", "tokenizer_2"):
+        settings = json.loads((root / folder / "tokenizer_config.json").read_text())
+        tokenizer = tiny_tokenizer(words=words, vocab_size=49408, max_length=settings["model_max_length"])
+        tokenizer.pad_token = settings["pad_token"]           # "!" for tokenizer_2, as SDXL's
+        tokenizers.append(tokenizer)
+    torch.manual_seed(seed)   # diffusers/transformers initialise from the global RNG
+    before = torch.get_default_dtype()
+    try:
+        with torch.device(init_device):
+            torch.set_default_dtype(dtype)
+            unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(root / "unet")),
+                                                     "sample_size": image_size // 8})
+            torch.set_default_dtype(vae_dtype or dtype)
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(root / "vae")))
+            torch.set_default_dtype(dtype)
+            encoders = []
+            for folder, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+                config = CLIPTextConfig.from_pretrained(str(root / folder))
+                config.eos_token_id = tokenizers[0].eos_token_id
+                encoders.append(cls(config))
+    finally:
+        torch.set_default_dtype(before)
+    index = json.loads((root / "model_index.json").read_text())
+    return SDXLGenerator(unet, vae, *encoders, *tokenizers, DDPMScheduler.load_config(str(root / "scheduler")),
+                         force_zeros_for_empty_prompt=index["force_zeros_for_empty_prompt"], device=device,
+                         dtype=dtype, name=name)

@@ -263,6 +263,31 @@ def build_fast():
     return BUILD_FAST
 
 
+def _arch_build(round_dir, generator, output, *overrides: str):
+    from click.testing import CliRunner
+
+    from actgen.builder.cli import main
+
+    args = ["--checkpoint", str(round_dir / "checkpoint"), "--manifest", str(round_dir / "hard_samples.json"),
+            "--output", str(output)]
+    for o in (f"generator.path={generator}", "generator.device=cpu", "guidance.num_steps=2",
+              "guidance.reference_steps=2", "guidance.guidance_steps=1", "guidance.bank_sample_size=4",
+              "batch_size=1", "output.contact_sheet=0", "ray.executor=local", "bank_scope=worker",
+              "allocation.policy=paper", *overrides):
+        args += ["--set", o]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def arch_build():
+    """``arch_build(round_dir, generator_dir, output, *overrides) -> click Result``: ``actgen-build``
+    in-process on a real architecture's generator folder, as cheaply as the mechanics allow (2 steps,
+    1 guided, batch 1, local executor, the bank per worker so a second render of a guide meets the
+    first); the paper's allocation, since these tests check guided renders. ``overrides`` add the
+    budget, the mode, the dtype."""
+    return _arch_build
+
+
 @pytest.fixture(scope="session")
 def write_round():
     """``write_round(directory, class_names=None, num_hard=5, round=1, input_size=16, weights_seed=0)``:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 SD21_ARCH = Path(__file__).resolve().parent / "configs" / "sd21-base-arch"
 
@@ -48,20 +47,11 @@ def sd21_arch_dir(tmp_path_factory):
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _build(round_dir: Path, generator: Path, output: Path, *overrides: str):
-    from actgen.builder.cli import main
-
-    args = ["--checkpoint", str(round_dir / "checkpoint"), "--manifest", str(round_dir / "hard_samples.json"),
-            "--output", str(output)]
-    for o in (f"generator.path={generator}", "generator.device=cpu", "guidance.num_steps=2",
-              "guidance.reference_steps=2", "guidance.guidance_steps=1", "guidance.bank_sample_size=4",
-              "budget=3", "batch_size=1", "output.samples_per_shard=3", "output.contact_sheet=0",
-              "ray.executor=local", "bank_scope=worker", "mode=actgen", "allocation.policy=paper", *overrides):
-        args += ["--set", o]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
+SETS = ("budget=3", "output.samples_per_shard=3", "mode=actgen")
 
 
-def test_actgen_build_on_the_sd21_base_architecture(sd21_arch_dir, write_round, tmp_path, torch_one_thread):
+def test_actgen_build_on_the_sd21_base_architecture(sd21_arch_dir, write_round, arch_build, tmp_path,
+                                                    torch_one_thread):
     from actgen.shards.reader import ShardRandomAccess
     from actgen.shards.sources import DIGIT_NAMES
     from actgen.shards.verify import verify
@@ -72,7 +62,7 @@ def test_actgen_build_on_the_sd21_base_architecture(sd21_arch_dir, write_round, 
     out = tmp_path / "shards"
     modes = {}
     for mode in ("txt2img", "img2img", "actgen"):
-        result = _build(round_dir, sd21_arch_dir, out / mode, f"mode={mode}", "output.overwrite=true")
+        result = arch_build(round_dir, sd21_arch_dir, out / mode, *SETS, f"mode={mode}", "output.overwrite=true")
         assert result.exit_code == 0, result.output
         verify(out / mode, class_names=list(DIGIT_NAMES))
         shards = ShardRandomAccess(out / mode)
@@ -84,8 +74,8 @@ def test_actgen_build_on_the_sd21_base_architecture(sd21_arch_dir, write_round, 
     assert modes["actgen"][0].provenance["generator"]["image_size"] == 64
 
 
-def test_actgen_build_on_the_sd21_base_architecture_in_bfloat16(sd21_arch_dir, write_round, tmp_path,
-                                                             torch_one_thread):
+def test_actgen_build_on_the_sd21_base_architecture_in_bfloat16(sd21_arch_dir, write_round, arch_build, tmp_path,
+                                                                 torch_one_thread):
     # bfloat16 weights and activations through every mode's path (guidance gradients included),
     # on the GPU when there is one, else on the CPU (which runs bfloat16 too, slowly without AMX).
     from actgen.shards.reader import ShardRandomAccess
@@ -94,8 +84,8 @@ def test_actgen_build_on_the_sd21_base_architecture_in_bfloat16(sd21_arch_dir, w
 
     round_dir, _ = write_round(tmp_path / "rounds" / "1", num_hard=1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = _build(round_dir, sd21_arch_dir, tmp_path / "shards", f"generator.device={device}",
-                    "generator.dtype=bfloat16")
+    result = arch_build(round_dir, sd21_arch_dir, tmp_path / "shards", *SETS, f"generator.device={device}",
+                        "generator.dtype=bfloat16")
     assert result.exit_code == 0, result.output
     verify(tmp_path / "shards", class_names=list(DIGIT_NAMES))
     info = json.loads((tmp_path / "shards" / "build.json").read_text())

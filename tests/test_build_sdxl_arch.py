@@ -12,84 +12,33 @@ minutes), 10 GB of memory at the peak.
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 SDXL_ARCH = Path(__file__).resolve().parent / "configs" / "sdxl-base-arch"
 
 pytestmark = pytest.mark.slow
 
 
-def _components(tokenizer_words):
-    """SDXL base's seven components from the shipped configs, random bfloat16 weights, 64x64 images."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from actgen.builder.generator import tiny_tokenizer
-
-    tokenizers = []
-    for folder in ("tokenizer", "tokenizer_2"):
-        settings = json.loads((SDXL_ARCH / folder / "tokenizer_config.json").read_text())
-        tokenizer = tiny_tokenizer(words=tokenizer_words, vocab_size=49408, max_length=settings["model_max_length"])
-        tokenizer.pad_token = settings["pad_token"]           # "!" for tokenizer_2, as SDXL's
-        tokenizers.append(tokenizer)
-    torch.manual_seed(0)
-    # Built directly in bfloat16: a float32 UNet would take 10.3 GB on the way.
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(SDXL_ARCH / "unet")),
-                                                 "sample_size": 8})
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(SDXL_ARCH / "vae")))
-        encoders = []
-        for folder, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            config = CLIPTextConfig.from_pretrained(str(SDXL_ARCH / folder))
-            # The locally built tokenizer's end-of-text id is 1, not CLIP's 49407: with it the
-            # pooled output is read at the end-of-text token, as the real model's is.
-            config.eos_token_id = tokenizers[0].eos_token_id
-            encoders.append(cls(config))
-    finally:
-        torch.set_default_dtype(before)
-    return unet, vae, *encoders, *tokenizers
-
-
-def _build(round_dir: Path, generator: Path, output: Path, *overrides: str):
-    from actgen.builder.cli import main
-
-    args = ["--checkpoint", str(round_dir / "checkpoint"), "--manifest", str(round_dir / "hard_samples.json"),
-            "--output", str(output)]
-    for o in (f"generator.path={generator}", "generator.device=cpu", "generator.dtype=bfloat16",
-              "guidance.num_steps=2", "guidance.reference_steps=2", "guidance.guidance_steps=1",
-              "guidance.bank_sample_size=4", "budget=2", "batch_size=1", "output.samples_per_shard=2",
-              "output.contact_sheet=0", "ray.executor=local", "bank_scope=worker", "allocation.policy=paper",
-              *overrides):
-        args += ["--set", o]
-    return CliRunner().invoke(main, args, catch_exceptions=False)
-
-
-def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round, tmp_path, torch_one_thread):
-    from diffusers import DDPMScheduler
-
+def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round, arch_build, tmp_path,
+                                                                   torch_one_thread):
     from actgen.builder import render
     from actgen.builder.attention import block_resolutions
     from actgen.builder.config import GuidanceConfig
-    from actgen.builder.generator_sdxl import SDXLGenerator
+    from actgen.builder.generator_sdxl import SDXLGenerator, build_sdxl_from_configs
     from actgen.builder.sampler import GuidedSampler
     from actgen.shards.reader import ShardRandomAccess
     from actgen.shards.sources import DIGIT_NAMES
     from actgen.shards.verify import verify
 
-    # 1. The generator in this process, from the shipped configs.
-    unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2 = _components(("a", "photo", "of", *DIGIT_NAMES))
-    index = json.loads((SDXL_ARCH / "model_index.json").read_text())
-    g = SDXLGenerator(unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
-                      DDPMScheduler.load_config(str(SDXL_ARCH / "scheduler")),
-                      force_zeros_for_empty_prompt=index["force_zeros_for_empty_prompt"], dtype=torch.bfloat16)
+    # 1. The generator in this process, from the shipped configs: random weights drawn directly in
+    #    bfloat16 (a float32 UNet would take 10.3 GB on the way), 64x64 images.
+    g = build_sdxl_from_configs(SDXL_ARCH, image_size=64, dtype=torch.bfloat16, words=("a", "photo", "of", *DIGIT_NAMES))
+    assert isinstance(g, SDXLGenerator) and g.force_zeros_for_empty_prompt
+    tokenizer, tokenizer_2 = g.tokenizer, g.tokenizer_2
     assert round(sum(p.numel() for p in g.unet.parameters()) / 1e6) == 2567           # the full UNet
     assert g.image_size == 64 and g.latent_shape == (4, 8, 8) and g.vae_scale_factor == 8
     assert g.vae.config.scaling_factor == 0.13025 and g.time_ids.tolist() == [64, 64, 0, 0, 64, 64]
@@ -132,7 +81,7 @@ def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round,
         getattr(g, name).save_pretrained(sdxl / name)
     shutil.copytree(SDXL_ARCH / "scheduler", sdxl / "scheduler")
     shutil.copy(SDXL_ARCH / "model_index.json", sdxl / "model_index.json")
-    del g, sampler, unet, vae, text_encoder, text_encoder_2
+    del g, sampler
     gc.collect()
 
     # 6. actgen-build loads it (picking SDXLGenerator from unet/config.json) and renders every mode.
@@ -141,7 +90,8 @@ def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round,
     try:
         for mode in ("txt2img", "img2img", "actgen"):
             out = tmp_path / "shards" / mode
-            result = _build(round_dir, sdxl, out, f"mode={mode}")
+            result = arch_build(round_dir, sdxl, out, "generator.dtype=bfloat16", "budget=2",
+                                "output.samples_per_shard=2", f"mode={mode}")
             assert result.exit_code == 0, result.output
             verify(out, class_names=list(DIGIT_NAMES))
             shards = ShardRandomAccess(out)
