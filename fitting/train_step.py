@@ -80,10 +80,10 @@ def min_snr_weight(abar_t: torch.Tensor, gamma: float,
                    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon") -> torch.Tensor:
     """Min-SNR-γ loss weights (Hang et al., 2023) for timesteps with ᾱ ``abar_t`` ``[B]``.
 
-    SNR = ᾱ / (1 - ᾱ). The weight makes each sample's loss that of x0-prediction clamped at γ:
-    min(SNR, γ) / SNR for an ε target, min(SNR, γ) / (SNR + 1) for a v target; so noisy
-    timesteps keep weight 1 (ε) and the nearly clean ones, whose ε is hard to predict and worth
-    little to the samples, are down-weighted.
+    SNR = ᾱ / (1 - ᾱ). The weight turns each sample's loss into its x0 error weighted by
+    min(SNR, γ): min(SNR, γ) / SNR for an ε target (whose error is SNR times the x0 error),
+    min(SNR, γ) / (SNR + 1) for a v target; so noisy timesteps keep weight 1 (ε) and the nearly
+    clean ones, whose ε is hard to predict and worth little to the samples, are down-weighted.
     """
     snr = abar_t / (1 - abar_t)
     clamped = torch.clamp(snr, max=gamma)
