@@ -94,6 +94,38 @@ def pooled(tables: dict[int, dict], key: tuple[str, float]) -> dict:
     return {(s, seed): r for s, t in tables.items() for seed, r in t.get(key, {}).items()}
 
 
+def match_random(table: dict, best: str) -> dict | None:
+    """The images random generation needs to match ``best``'s accuracy at 1x, linearly
+    interpolated on random's mean curve (real-only at 0 images, then its budgets); None without
+    runs of both."""
+    runs = table.get((best, 1.0))
+    pts = curve(table, "random")
+    if not runs or not pts:
+        return None
+    best_acc = sum(r["final_test_acc"] for r in runs.values()) / len(runs)
+    need = images_to_match(pts, best_acc)
+    return {"best_acc": best_acc, "best_images": 64, "random_images_to_match": need,
+            "ratio": None if need is None else need / 64, "random_curve": [(x, y) for x, y, *_ in pts]}
+
+
+def _match_text(match: dict) -> str:
+    need = match["random_images_to_match"]
+    return (", ".join(f"{x:.0f} images {100 * y:.2f}%" for x, y in match["random_curve"])
+            + f"; it matches the best variant's {100 * match['best_acc']:.2f}% with "
+            + ("more images than measured" if need is None else f"{need:.0f} images ({need / 64:.2f}× its 64)"))
+
+
+def equal_seeds(a: dict, b: dict) -> tuple[list, list]:
+    """The seeds both record sets ran, and those where their final accuracies are equal."""
+    both = [s for s in a if s in b]
+    return both, [s for s in both if a[s]["final_test_acc"] == b[s]["final_test_acc"]]
+
+
+def _generator(records: Path) -> str:
+    """The generator a record folder's runs used (its ``settings.json``)."""
+    return json.loads((records / "settings.json").read_text()).get("generator", "?")
+
+
 def class_counts(table: dict, key: tuple[str, float]) -> dict | None:
     """Mean over seeds of the synthetic images per class summed over the rounds, and the guides."""
     runs = table.get(key)
@@ -206,24 +238,10 @@ def main(argv=None) -> int:
     if main:
         lines.append(f"| {' + '.join(map(str, conf))} | {main['n']} | {_acc(b_runs)} | {_acc(r_runs)} | **{_fmt(main)}** |")
     # images-to-match on the pooled random curve: real (0), 1x, 3x
-    pts = []
-    for key, images in ((("real", 1.0), 0.0), (("random", 1.0), None), (("random", 3.0), None)):
-        runs = pooled(conf, key)
-        if runs:
-            acc = sum(r["final_test_acc"] for r in runs.values()) / len(runs)
-            n = images if images is not None else sum(r["images_generated"] for r in runs.values()) / len(runs)
-            pts.append((n, acc, 0.0, len(runs)))
-    match = None
-    if b_runs and pts:
-        best_acc = sum(r["final_test_acc"] for r in b_runs.values()) / len(b_runs)
-        need = images_to_match(pts, best_acc)
-        match = {"best_acc": best_acc, "best_images": 64, "random_images_to_match": need,
-                 "ratio": None if need is None else need / 64, "random_curve": [(x, y) for x, y, *_ in pts]}
-        lines += ["", f"Random generation's mean curve on the confirmation splits: "
-                  + ", ".join(f"{x:.0f} images {100 * y:.2f}%" for x, y, *_ in pts)
-                  + f". It matches the best variant's {100 * best_acc:.2f}% with "
-                  + ("more images than measured" if need is None else f"{need:.0f} images ({need / 64:.2f}× its 64)")
-                  + "."]
+    match = match_random({k: pooled(conf, k) for k in ((best, 1.0), ("real", 1.0), ("random", 1.0), ("random", 3.0))},
+                         best)
+    if match:
+        lines += ["", "Random generation's mean curve on the confirmation splits: " + _match_text(match) + "."]
     target = bool(main and main["mean"] >= 0 and main["p"] < 0.05 and match and match["ratio"] and match["ratio"] >= 2)
     lines += ["", f"Target (Δ ≥ 0 with p < 0.05, and random needing ≥ 2× the images): **{'met' if target else 'not met'}**."]
     report["main_contrast"] = {"pooled": main, "per_split": per_split, "images_to_match": match, "target_met": target}
@@ -281,26 +299,19 @@ def main(argv=None) -> int:
     # ---- part 6: split 0 beside the main contrast, never pooled into it
     p6dir = study / "r1-confirm-split0"
     p6 = summarize_records(p6dir) if p6dir.is_dir() else {}
-    p6_gen = json.loads((p6dir / "settings.json").read_text()).get("generator") if p6 else None
     if p6.get((best, 1.0)) and p6.get(("random", 1.0)):
         d6 = paired(p6[(best, 1.0)], p6[("random", 1.0)])
-        pts6 = [(x, y, 0.0, n) for x, y, _, n in curve(p6, "random")]
-        acc6 = sum(r["final_test_acc"] for r in p6[(best, 1.0)].values()) / len(p6[(best, 1.0)])
-        need6 = images_to_match(pts6, acc6) if pts6 else None
+        m6 = match_random(p6, best)
         signs = {s: d["mean"] for s, d in {0: d6, **per_split}.items() if d}
         lines += ["", "## Part 6: the same contrast on split 0 (refitted generator, 20 seeds)", "",
                   "Reported beside the main contrast, never pooled into it: split 0 chose the best variant. Its "
                   "generator is split 0's refitted one (PLAN.md's notes of 2026-12-04).", "",
                   "| split | pairs | best variant | random | Δ best − random |", "|---|---|---|---|---|",
                   f"| 0 | {d6['n']} | {_acc(p6[(best, 1.0)])} | {_acc(p6[('random', 1.0)])} | {_fmt(d6)} |", "",
-                  "Random generation's curve on split 0: "
-                  + ", ".join(f"{x:.0f} images {100 * y:.2f}%" for x, y, *_ in pts6)
-                  + f"; it matches the best variant's {100 * acc6:.2f}% with "
-                  + ("more images than measured" if need6 is None else f"{need6:.0f} images ({need6 / 64:.2f}× its 64)")
-                  + ". Per-split Δ over the three splits: "
+                  "Random generation's curve on split 0: " + _match_text(m6) + ". Per-split Δ over the three splits: "
                   + ", ".join(f"split {s} {100 * m:+.2f}" for s, m in sorted(signs.items())) + "."]
-        report["part6"] = {"split0": d6, "random_curve": [(x, y) for x, y, *_ in pts6],
-                           "random_images_to_match": need6, "ratio": None if need6 is None else need6 / 64,
+        report["part6"] = {"split0": d6, "random_curve": m6["random_curve"],
+                           "random_images_to_match": m6["random_images_to_match"], "ratio": m6["ratio"],
                            "per_split_mean": signs, "seeds": sorted(p6[(best, 1.0)])}
 
     # ---- part 5
@@ -308,14 +319,10 @@ def main(argv=None) -> int:
     if p5dir.is_dir():
         p5 = summarize_records(p5dir)
         rows5 = contrast_table(p5, [("actgen-dpmpp", 1.0), ("actgen-decode-half", 1.0)], against="actgen")
-        same = [s for s, r in p5.get(("actgen", 1.0), {}).items()
-                if s in part1.get(("actgen", 1.0), {}) and r["final_test_acc"] == part1[("actgen", 1.0)][s]["final_test_acc"]]
         rerun = p5.get(("actgen", 1.0), {})
-        p5_gen, p1_gen = (json.loads((d / "settings.json").read_text()).get("generator", "?")
-                          for d in (p5dir, study / "r1"))
-        p6_actgen = p6.get(("actgen", 1.0), {}) if p6 and p6_gen == p5_gen else {}
-        both6 = [s for s in rerun if s in p6_actgen]
-        same6 = [s for s in both6 if rerun[s]["final_test_acc"] == p6_actgen[s]["final_test_acc"]]
+        _, same = equal_seeds(rerun, part1.get(("actgen", 1.0), {}))
+        p5_gen, p1_gen = _generator(p5dir), _generator(study / "r1")
+        both6, same6 = equal_seeds(rerun, p6.get(("actgen", 1.0), {}) if p6 and _generator(p6dir) == p5_gen else {})
         lines += ["", "## Part 5: a faster solver and a smaller adversarial decode (split 0)", "",
                   "Each minus `actgen` rerun in the same part, paired by seed, Holm over the two rows. "
                   f"The rerun equals part 1's `actgen` accuracy on {len(same)} of its {len(rerun)} seeds"
