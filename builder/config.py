@@ -17,7 +17,7 @@ from actgen.shards.config import check_value as _check, load_structured, to_dict
 from actgen.shards.sources import DataSource
 from actgen.shards.writer import LICENSE_ID
 
-from .schedules import Mode
+from .schedules import BuildMode
 
 TINY = "tiny"
 """``generator.path`` value for the in-process random tiny generator (tests, smoke runs)."""
@@ -437,7 +437,13 @@ class BuildConfig:
             is null (symbolic links resolved); relative ones are taken from the working directory.
         generator: the diffusion model.
         guidance: sampler and guidance settings (defaults: the paper code's).
-        mode: ``txt2img`` (text-to-image), ``img2img`` (image guidance only) or ``actgen``.
+        mode: ``txt2img`` (text-to-image), ``img2img`` (image guidance only) or ``actgen``; or
+            ``copy``: no generation, every planned image is its guide image itself, through the
+            same allocation, shards and provenance (a control: what training on the hard samples
+            early gives without generation). ``copy`` needs every target guided (``targets: hard``,
+            ``schedule.enabled: false``, allocation ``paper``, or ``balanced`` with ``fill: train``);
+            a round that did not fire copies training images of the manifest's guide pool, classes
+            drawn evenly. No generator is loaded; the set's index is written at version 2.
         targets: ``hard``: every image is rendered for a hard sample (its class; its image as the
             guide), the budget cycled over them; ``uniform``: text-to-image of classes drawn
             uniformly, independent of the hard samples (the paper's random-generation baseline;
@@ -479,7 +485,7 @@ class BuildConfig:
     data_roots: list[str] = field(default_factory=list)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    mode: Mode = "actgen"
+    mode: BuildMode = "actgen"
     targets: Literal["hard", "uniform"] = "hard"
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     max_renders_per_sample: Optional[int] = None
@@ -503,6 +509,13 @@ class BuildConfig:
         _check(self.budget >= 1, "budget", self.budget, "an int >= 1 (images to render this round)")
         _check(self.targets == "hard" or self.mode == "txt2img", "targets", self.targets,
                f"'hard' with mode {self.mode!r} ('uniform' renders text-to-image only: set mode=txt2img)")
+        if self.mode == "copy":
+            _check(not self.schedule.enabled, "schedule.enabled", self.schedule.enabled,
+                   "false with mode 'copy' (the §1.3 schedule renders a share text-to-image; copy renders nothing)")
+            _check(self.allocation.policy == "paper" or (self.allocation.policy == "balanced"
+                                                          and self.allocation.fill == "train"),
+                   "allocation.policy", self.allocation.policy, "'paper', or 'balanced' with allocation.fill "
+                   "'train', with mode 'copy' (every image needs a guide image to copy)")
         _check(self.max_renders_per_sample is None or self.max_renders_per_sample >= 1, "max_renders_per_sample",
                self.max_renders_per_sample, "null or an int >= 1")
         _check(self.seed >= 0, "seed", self.seed, "an int >= 0")

@@ -89,8 +89,9 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
                                            f"{manifest_path} was made by checkpoint {header.checkpoint_sha256[:12]} "
                                            "(header.checkpoint_sha256); pass check_checkpoint=false to guide "
                                            "with another classifier on purpose")
-    # 3. The generator location, and the classes' prompt names.
-    check_generator(cfg.generator)
+    # 3. The generator location (none is loaded to copy), and the classes' prompt names.
+    if cfg.mode != "copy":
+        check_generator(cfg.generator)
     prompt_names = None
     if cfg.generator.prompt_names is not None:
         from .prompts import load_prompt_names

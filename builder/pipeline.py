@@ -37,7 +37,7 @@ from actgen.shards.errors import one_line, writing
 from actgen.shards.locks import hold_lock, sibling_lock_path
 from actgen.shards.portable import portable, portable_path
 from actgen.shards.rounds import MANIFEST_FILE, SHARDS_DIR, STATUS_FILE, BuildStatus, read_status, write_status
-from actgen.shards.writer import DatasetIndex, ShardInfo, write_index
+from actgen.shards.writer import COPIES_KEY, DatasetIndex, ShardInfo, write_index
 
 from .config import BuildConfig
 from .bank_store import BANK_FILE, StartBank, merge_parts, remove_parts, start_bank
@@ -197,6 +197,7 @@ def _finish(cfg: BuildConfig, inputs: BuildInputs, plan: BuildPlan, settings: di
                  "checkpoint_sha256": inputs.checkpoint_sha256, "manifest_sha256": inputs.manifest_sha256,
                  "memory_bank": portable(bank_record, inputs.output),
                  "allocation": settings["settings"]["allocation"],
+                 **({COPIES_KEY: True} if cfg.mode == "copy" else {}),
                  "config": portable(settings["config"], inputs.output)})
     with writing(f"{inputs.output} (its index.json, _info.json or README.md)"):
         write_index(inputs.output, index)
@@ -269,6 +270,11 @@ def not_fired_fallback(cfg: BuildConfig, inputs: BuildInputs) -> BuildConfig:
     or skipped (``targets: uniform``, ``mode: txt2img``, recorded in ``build.json``)."""
     if not round_not_fired(inputs.manifest):
         return cfg
+    if cfg.mode == "copy":     # nothing rendered: copies of guide-pool images, classes drawn evenly
+        _logger.info("round %d did not fire in the trainer (%s): copying %d guide-pool images, classes drawn "
+                     "evenly", inputs.round, inputs.manifest.header.selection.get("reason"), cfg.budget)
+        return dataclasses.replace(cfg, allocation=dataclasses.replace(cfg.allocation, policy="balanced",
+                                                                       fill="train"))
     _logger.info("round %d did not fire in the trainer (%s): rendering %d images text-to-image for classes "
                  "drawn uniformly", inputs.round, inputs.manifest.header.selection.get("reason"), cfg.budget)
     return dataclasses.replace(cfg, targets="uniform", mode="txt2img")

@@ -28,7 +28,7 @@ from actgen.shards.manifest import HardSample
 from actgen.shards.samples import make_key
 from actgen.shards.writer import shard_name, shard_sizes
 
-from .schedules import Mode, draw_modes
+from .schedules import BuildMode, draw_modes
 
 # Salt of the selection RNG, so that it never shares a stream with draw_modes' RNG([seed, round]).
 _SELECT_SALT = 0x706C616E   # "plan"
@@ -45,7 +45,7 @@ class PlannedSample:
             uniform targets (no hard sample, no guide).
         label, class_name: the hard sample's true label (the image's label), or the drawn class.
         seed: its own seed (noise, VAE posterior sample, bank draw).
-        mode: ``txt2img``, ``img2img`` or ``actgen``.
+        mode: ``txt2img``, ``img2img``, ``actgen`` or ``copy`` (the guide image itself).
         adversarial: whether the adversarial term was drawn for it (used by ``actgen`` only).
         key: the sample key in the shards.
         role: ``hard`` (rendered for a hard sample), ``fill`` (a balanced class share beyond its
@@ -228,7 +228,7 @@ def _shuffled(targets: list[Target], seed: int, round: int) -> list[Target]:
 
 
 def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round: int, shards: int,
-              mode: Mode = "actgen", horizon: Optional[int] = None, prefix: str = "synth",
+              mode: BuildMode = "actgen", horizon: Optional[int] = None, prefix: str = "synth",
               targets: str = "hard", class_names: Sequence[str] = (), allocation: str = "paper",
               max_per_sample: Optional[int] = None, fill: str = "txt2img", random_fraction: float = 0.5,
               guide_pool: Sequence[tuple[str, int]] = ()) -> BuildPlan:
@@ -240,7 +240,7 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         seed: run seed.
         round: the round (keys, schedules).
         shards: number of shards; samples are dealt to them in order, sizes differing by at most 1.
-        mode: ``txt2img``, ``img2img`` or ``actgen``.
+        mode: ``txt2img``, ``img2img``, ``actgen`` or ``copy`` (every image its guide, unrendered).
         horizon: with a horizon, modes follow the §1.3 schedules (``draw_modes``); without, every
             image uses ``mode`` and every ``actgen`` image gets the adversarial term.
         prefix: shard file prefix.
@@ -258,8 +258,15 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         return _uniform_plan(budget, seed, round, shards, prefix, class_names)
     chosen = allocate(hard_samples, budget, seed, round, allocation, class_names, max_per_sample, fill,
                       random_fraction, guide_pool)
-    # 1. Modes: txt2img everywhere, the §1.3 draw, or the guided mode everywhere.
-    if mode == "txt2img":
+    # 1. Modes: txt2img everywhere, the §1.3 draw, or the guided mode (or copy) everywhere.
+    if mode == "copy":
+        unguided = next((t for t in chosen if not t.source_id), None)
+        if unguided is not None:
+            raise ValueError(f"mode 'copy': an image of class {unguided.class_name!r} ({unguided.role}) has no guide "
+                             "image to copy (allocation.fill 'txt2img', or no guide-pool image of the class)")
+        modes = np.full(budget, "copy")
+        adversarial = np.zeros(budget, dtype=bool)
+    elif mode == "txt2img":
         modes = np.full(budget, "txt2img")
         adversarial = np.zeros(budget, dtype=bool)
     elif horizon is not None:

@@ -97,6 +97,11 @@ class RenderSpec:
     guide_crop: Optional[tuple[tuple[int, int], float]] = None
 
     @property
+    def copies(self) -> bool:
+        """Whether this build copies its guide images (``mode: copy``) instead of rendering."""
+        return any(s.mode == "copy" for s in self.plan.samples)
+
+    @property
     def needs_classifier(self) -> bool:
         return self.guidance.use_adversarial and any(
             s.adversarial and s.mode == "actgen" for s in self.plan.samples)
@@ -214,6 +219,12 @@ def generator_key(cfg: GeneratorConfig, device: str) -> tuple:
     return (cfg, device, files_identity(local) if cfg.path != TINY and local.is_dir() else None)
 
 
+def copy_record() -> dict:
+    """The ``generator`` provenance of a copied image: none rendered it."""
+    return {"id": "none (mode copy)", "weights_sha256": "", "dtype": "uint8", "image_size": None,
+            "family": "copy", "compile": None, "channels_last": False}
+
+
 def _load_with_record(cfg: GeneratorConfig, device: str) -> tuple[object, dict]:
     generator = load_generator(cfg, device)
     # The id is portable (a folder's name, a hub id): provenance travels with the data set.
@@ -249,7 +260,15 @@ class ShardWriter:
         if self.images.fingerprint != spec.dataset_fingerprint:
             raise ValueError(f"worker: data set {spec.dataset.path!r} has fingerprint {self.images.fingerprint[:12]}, "
                              f"the plan was made for {spec.dataset_fingerprint[:12]} (is it the same on every node?)")
-        # 2. Generator and, only when some image gets the adversarial term, the classifier.
+        # 2. Generator and, only when some image gets the adversarial term, the classifier; a copy
+        #    build renders nothing and loads neither.
+        self.copy = spec.copies
+        if self.copy:
+            self.generator_record = copy_record()
+            self.renderer = None
+            self.start_bank = None
+            _logger.info("worker ready: copying guide images (mode copy), no generator")
+            return
         generator, self.generator_record = resident("generator", generator_key(spec.generator, spec.device),
                                                     lambda: _load_with_record(spec.generator, spec.device))
         classifier = (resident("classifier", (spec.checkpoint, spec.checkpoint_sha256, spec.device),
@@ -286,22 +305,23 @@ class ShardWriter:
         spec = self.spec
         shard = spec.plan.shards[number]
         start = time.perf_counter()
-        if spec.bank_scope in ("shard", "run"):
-            self.renderer.reset_bank()
-        if self.start_bank is not None and len(self.start_bank):
-            self.renderer.bank.add(self.start_bank.labels.tolist(), torch.from_numpy(self.start_bank.latents))
-        self.renderer.bank.start_recording()
+        if not self.copy:
+            if spec.bank_scope in ("shard", "run"):
+                self.renderer.reset_bank()
+            if self.start_bank is not None and len(self.start_bank):
+                self.renderer.bank.add(self.start_bank.labels.tolist(), torch.from_numpy(self.start_bank.latents))
+            self.renderer.bank.start_recording()
         sizes: list[tuple[int, int]] = []
 
         def samples() -> Iterator[SyntheticSample]:
             for first in range(0, len(shard.samples), spec.batch_size):
                 chunk = shard.samples[first:first + spec.batch_size]
-                for sample in self._render(chunk):
+                for sample in (self._copy(chunk) if self.copy else self._render(chunk)):
                     sizes.append((sample.image.height, sample.image.width))
                     yield sample
             # The shard's bank additions, before the shard itself is renamed into place: a kept
             # shard always has its part (the round's bank is merged from the parts).
-            labels, latents = self.renderer.bank.recorded()
+            labels, latents = self.renderer.bank.recorded() if not self.copy else ([], None)
             entries = EMPTY if latents is None else BankEntries(np.asarray(labels, np.int64), latents.numpy())
             with writing(part_path(spec.output_dir, shard.filename)):
                 save_entries(part_path(spec.output_dir, shard.filename), entries, spec.round)
@@ -328,6 +348,19 @@ class ShardWriter:
             return pixels
         input_size, crop_pct = self.spec.guide_crop
         return np.ascontiguousarray(classifier_crop(pixels, input_size, crop_pct))
+
+    def _copy(self, chunk: Sequence[PlannedSample]) -> list[SyntheticSample]:
+        """``mode: copy``: each planned image is its guide image (as the guide is prepared for a
+        render), resized for storage, with provenance that says so."""
+        from PIL import Image
+
+        result = []
+        for s in chunk:
+            pixels = self.guide(s.source_id)
+            image = resize_image(Image.fromarray(pixels, "RGB"), self.spec.resize_to, self.spec.resample)
+            result.append(SyntheticSample(key=s.key, image=image, label=s.label, provenance=provenance(
+                s, "", self.generator_record, self.spec, max(pixels.shape[:2]), (image.height, image.width))))
+        return result
 
     def _render(self, chunk: Sequence[PlannedSample]) -> list[SyntheticSample]:
         from PIL import Image

@@ -17,6 +17,9 @@ Mode = Literal["txt2img", "img2img", "actgen"]
 """txt2img: plain text-to-image (the random baseline); img2img: image guidance without mask or
 losses; actgen: image guidance with attention mask and embedding-gradient guidance."""
 MODES: tuple[str, ...] = ("txt2img", "img2img", "actgen")
+BuildMode = Literal["txt2img", "img2img", "actgen", "copy"]
+"""A build's mode: a rendering mode, or ``copy``: no generation, each planned image is its guide
+image itself (a control that separates generation from early use of the hard samples)."""
 
 
 def _progress(round: int, horizon: int) -> float:

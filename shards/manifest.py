@@ -5,6 +5,7 @@ One JSON file (``hard_samples.json``), written atomically.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,11 @@ from .atomic import atomic_write_text
 from .errors import FormatError
 
 MANIFEST_FORMAT = "actgen.hard-samples"
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2
+"""The newest version this code reads and writes. Version 2 added ``header.searched``; a
+manifest that searched the hold-out (the paper) is still written as version 1, so that readers
+from before version 2 take it."""
+SEARCHED = ("holdout", "train")
 MANIFEST_FILE = "hard_samples.json"
 
 
@@ -52,6 +57,10 @@ class ManifestHeader:
     # allocation has more images for a class than hard samples (``allocation.fill: train``): a
     # bounded random draw per class, never hold-out images. Empty in older manifests.
     guide_pool: list[str] = field(default_factory=list)
+    # Which split the round searched (version 2): ``holdout`` (the paper; images kept out of
+    # training) or ``train`` (the training images themselves: nothing withheld, holdout_fraction
+    # may be 0).
+    searched: str = "holdout"
     format: str = MANIFEST_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -72,8 +81,15 @@ def _check(manifest: HardSampleManifest, where: str) -> None:
     names = header.class_names
     if not names or len(set(names)) != len(names):
         raise FormatError(where, f"field 'header.class_names' must be non-empty and unique, got {names}")
-    if not 0.0 < header.holdout_fraction < 1.0:
-        raise FormatError(where, f"field 'header.holdout_fraction' must be in (0, 1), got {header.holdout_fraction}")
+    if header.searched not in SEARCHED:
+        raise FormatError(where, f"field 'header.searched' must be one of {list(SEARCHED)}, got {header.searched!r}")
+    if header.searched != "holdout" and header.format_version < 2:
+        raise FormatError(where, f"field 'header.searched' is {header.searched!r}, which needs format_version 2, "
+                                 f"got {header.format_version}")
+    low_ok = header.searched == "train" and header.holdout_fraction == 0.0
+    if not (0.0 < header.holdout_fraction < 1.0 or low_ok):
+        raise FormatError(where, f"field 'header.holdout_fraction' must be in (0, 1) (or 0 when 'header.searched' "
+                                 f"is 'train'), got {header.holdout_fraction}")
     if header.num_evaluated < len(manifest.samples):
         raise FormatError(where, f"field 'header.num_evaluated' ({header.num_evaluated}) is smaller than the "
                                  f"number of hard samples ({len(manifest.samples)})")
@@ -132,14 +148,22 @@ def write_manifest(path: str | Path, manifest: HardSampleManifest) -> None:
     """
     header = manifest.header
     header = dataclasses.replace(header, created=header.created or utc_now(),
-                                 tool_version=header.tool_version or __version__)
+                                 tool_version=header.tool_version or __version__,
+                                 format_version=manifest_version(header.searched))
     manifest = dataclasses.replace(manifest, header=header)
-    if header.format != MANIFEST_FORMAT or header.format_version != MANIFEST_FORMAT_VERSION:
-        raise ValueError(f"write_manifest: format must be {MANIFEST_FORMAT!r} v{MANIFEST_FORMAT_VERSION}, "
-                         f"got {header.format!r} v{header.format_version}")
+    if header.format != MANIFEST_FORMAT:
+        raise ValueError(f"write_manifest: format must be {MANIFEST_FORMAT!r}, got {header.format!r}")
     _check(manifest, str(path))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, dumps(manifest))
+    data = json.loads(dumps(manifest))
+    if header.format_version == 1:
+        del data["header"]["searched"]    # not in version 1: older readers take the file
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def manifest_version(searched: str) -> int:
+    """The version a manifest is written at: 1 unless it needs a field of version 2."""
+    return 1 if searched == "holdout" else 2
 
 
 def read_manifest(path: str | Path) -> HardSampleManifest:

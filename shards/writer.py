@@ -2,6 +2,7 @@
 dataset card, last, so a reader never takes a half-written data set as whole."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,11 @@ from .samples import IMAGE_FORMATS, SyntheticSample, encode_sample
 _logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = "actgen.synthetic-shards"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2
+"""The newest version this code reads. Version 2: ``created.holds_copies`` is true, the set holds
+real images copied through the builder's ``mode: copy`` (a control, not renders), and readers
+from before it must not take it for a rendered set. Sets without copies are written as version 1."""
+COPIES_KEY = "holds_copies"
 INDEX_FILE = "index.json"
 TIMM_INFO_FILE = "_info.json"
 CARD_FILE = "README.md"
@@ -48,6 +53,11 @@ class DatasetIndex:
     name: str = "actgen-synthetic"
     format: str = INDEX_FORMAT
     format_version: int = 1
+
+
+def index_version(created: dict) -> int:
+    """The version an index is written at: 2 when its set holds copies of real images, else 1."""
+    return 2 if created.get(COPIES_KEY) is True else 1
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -275,9 +285,9 @@ def write_index(directory: str | Path, index: DatasetIndex) -> None:
     """Write ``index.json``, timm's ``_info.json`` (split "train") and ``README.md`` (dataset card
     with YAML front matter), each atomically; ``index.json`` last."""
     directory = Path(directory)
-    if index.format != INDEX_FORMAT or index.format_version != INDEX_FORMAT_VERSION:
-        raise ValueError(f"write_index: format must be {INDEX_FORMAT!r} v{INDEX_FORMAT_VERSION}, "
-                         f"got {index.format!r} v{index.format_version}")
+    if index.format != INDEX_FORMAT:
+        raise ValueError(f"write_index: format must be {INDEX_FORMAT!r}, got {index.format!r}")
+    index = dataclasses.replace(index, format_version=index_version(index.created))
     check_index(index, str(directory / INDEX_FILE))
     atomic_write_text(directory / TIMM_INFO_FILE, json.dumps(timm_info(index), indent=2) + "\n")
     atomic_write_text(directory / CARD_FILE, dataset_card(index))

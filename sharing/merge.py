@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import INDEX_FILE, DatasetIndex, ShardSetWriter, card_license, file_sha256
+from actgen.shards.writer import COPIES_KEY, INDEX_FILE, DatasetIndex, ShardSetWriter, card_license, file_sha256
 
 from .outputs import check_output, replacing
 
@@ -70,7 +70,9 @@ def merge(sources: Sequence[str | Path], output: str | Path, samples_per_shard: 
     with replacing(out) as staging, ShardSetWriter(
             staging, first.class_names, total, max(1, -(-total // samples_per_shard)), prefix="merged",
             image_format=fmt, created={"merged_by": "actgen-data merge", "sources": listed,
-                                       "license": merged_license([d.index.created for d in sets])}) as writer:
+                                       "license": merged_license([d.index.created for d in sets]),
+                                       **({COPIES_KEY: True} if any(d.index.created.get(COPIES_KEY) is True
+                                                                    for d in sets) else {})}) as writer:
         for data in sets:
             for i in range(len(data)):
                 writer.write(data.sample(i))

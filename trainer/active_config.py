@@ -10,6 +10,7 @@ from typing import Literal, Optional
 from actgen.shards.config import check_value as _check
 
 SelectionRule = Literal["misclassified", "loss", "entropy", "margin"]
+SearchSplit = Literal["holdout", "train"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,12 @@ class RoundsConfig:
             the hold-out) listed in the manifest's ``header.guide_pool``, which a builder with a
             class-balanced allocation may use as guides where a class has fewer hard samples than
             its share (``allocation.fill: train``); 0 lists none.
+        search: where a round looks for hard samples: ``holdout`` (the paper: images kept out of
+            training until ``merge_epoch``) or ``train`` (the training images themselves, scored
+            by the round's classifier without augmentation, so that nothing is withheld from
+            training; ``data.holdout_fraction`` may then be 0). Training images are mostly
+            classified right, so ``train`` is meant with a ranking rule (``selection.rule: loss``
+            and ``k``). It costs one evaluation pass over the training images per round.
     """
 
     enabled: bool = True
@@ -86,6 +93,7 @@ class RoundsConfig:
     merge_epoch: Optional[int] = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     guide_pool_per_class: int = 16
+    search: SearchSplit = "holdout"
 
     def resolve(self, epochs: int) -> tuple[int, int]:
         """``(horizon, merge_epoch)`` for a run of ``epochs``, nulls at the paper's ``int(0.5 * epochs)``."""

@@ -333,12 +333,14 @@ class Config:
         epochs = self.train.epochs
         horizon, merge = self.rounds.resolve(epochs)
         if self.rounds.enabled:
-            _check(self.data.holdout_fraction > 0, "data.holdout_fraction", self.data.holdout_fraction,
-                   "> 0 when rounds.enabled (rounds search the hold-out for hard samples)")
+            holdout_search = self.rounds.search == "holdout"
+            _check(self.data.holdout_fraction > 0 or not holdout_search, "data.holdout_fraction",
+                   self.data.holdout_fraction, "> 0 when rounds.enabled and rounds.search is 'holdout' (rounds "
+                                               "search the hold-out for hard samples)")
             _check(horizon <= epochs, "rounds.horizon", horizon, f"at most train.epochs = {epochs}")
             _check(horizon >= self.rounds.every, "rounds.horizon", horizon,
                    f"at least rounds.every = {self.rounds.every} (otherwise no round ever ends)")
-            _check(merge >= horizon, "rounds.merge_epoch", merge,
+            _check(merge >= horizon or not holdout_search, "rounds.merge_epoch", merge,
                    f"at least the horizon {horizon} (rounds evaluate the hold-out, so it cannot be merged before)")
         _check(merge <= epochs, "rounds.merge_epoch", merge, f"at most train.epochs = {epochs} (= never)")
         if self.synthetic.mixing == "fraction":

@@ -38,8 +38,9 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         state_dict: the classifier's weights (the trained model, not the EMA: the paper guides
             generation with the current model).
         images: the training ``LabeledImages`` (class names, fingerprint, source).
-        hard_samples: the selected hold-out samples, hardest first (by default the misclassified ones).
-        num_evaluated: hold-out size.
+        hard_samples: the selected samples, hardest first (by default the hold-out's misclassified
+            ones; with ``rounds.search: train``, training images).
+        num_evaluated: size of the split searched.
         metrics: recorded in the bundle (finite floats only).
         num_rounds: rounds in the run's schedule (the builder's §1.3 schedules need it).
         selection: how ``hard_samples`` were selected and whether the round fired
@@ -56,7 +57,7 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         class_names=list(images.class_names), split_seed=cfg.data.split_seed,
         holdout_fraction=cfg.data.holdout_fraction, num_evaluated=num_evaluated, checkpoint_sha256=sha256,
         round=round, epoch=epoch, num_rounds=num_rounds, selection=dict(selection or {}),
-        guide_pool=list(guide_pool))
+        guide_pool=list(guide_pool), searched=cfg.rounds.search)
     path = directory / MANIFEST_FILE
     manifest = HardSampleManifest(header=header, samples=list(hard_samples))
     if _same_as_written(path, manifest):
@@ -70,8 +71,9 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
         _logger.info("round %d (after epoch %d) does not fire (%s): no hard samples; the builder renders "
                      "classes drawn uniformly -> %s", round, epoch, selection.get("reason"), path)
     else:
-        _logger.info("round %d (after epoch %d): %d hard samples (rule %s) of %d hold-out images -> %s", round,
-                     epoch, len(hard_samples), (selection or {}).get("rule", "misclassified"), num_evaluated, path)
+        _logger.info("round %d (after epoch %d): %d hard samples (rule %s) of %d %s images -> %s", round,
+                     epoch, len(hard_samples), (selection or {}).get("rule", "misclassified"), num_evaluated,
+                     "training" if cfg.rounds.search == "train" else "hold-out", path)
     return path
 
 

@@ -177,7 +177,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             round_info = None
             r = schedule.round_ending_at(epoch)
             if r is not None:
-                round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images, holdout, test_acc,
+                round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images,
+                                        evaluator.searched(eval_model, holdout), test_acc,
                                         schedule.num_rounds, guide_pool(cfg, images, split.train, r))
                 progress.rounds_done.append(round_info)
             # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
@@ -257,6 +258,8 @@ class _Evaluator:
     holdout_loader: Any
     test_idx: np.ndarray
     test_loader: Any
+    search_idx: Optional[np.ndarray] = None
+    search_loader: Any = None
 
     @classmethod
     def build(cls, cfg: Config, rt: Runtime, inputs: _Inputs) -> "_Evaluator":
@@ -270,8 +273,21 @@ class _Evaluator:
         # Up to 1,024 training images, the same on every rank (each recomputes the same statistics).
         bn_idx = np.asarray(split.train)[:1024]
         bn_loader = _eval_loader(images, bn_idx, eval_tf, cfg, pin) if cfg.train.precise_bn_steps else None
+        search_idx = search_loader = None
+        if cfg.rounds.enabled and cfg.rounds.search == "train":   # rounds score the training images
+            search_idx = shard_for_rank(split.train, rt.rank, rt.world_size)
+            search_loader = _eval_loader(images, search_idx, eval_tf, cfg, pin)
         return cls(cfg, rt, bn_loader, len(split.holdout), holdout_idx, _eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
-                   _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None)
+                   _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None,
+                   search_idx, search_loader)
+
+    def searched(self, model, holdout: Optional[Predictions]) -> Optional[Predictions]:
+        """What a round selects from: the hold-out's predictions, or (``rounds.search: train``)
+        the training images' under the evaluation transform."""
+        if self.search_loader is None:
+            return holdout
+        return predict(model, self.search_loader, self.search_idx, self.rt, self.cfg.train.amp,
+                       self.cfg.train.channels_last)
 
     def evaluate(self, model, ema, with_holdout: bool, steps: int) -> tuple[Optional[Predictions], float, float]:
         """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured.
@@ -422,15 +438,22 @@ def guide_pool(cfg: Config, images: LabeledImages, train: np.ndarray, r: int) ->
 
 
 def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
-               images: LabeledImages, holdout: Optional[Predictions], test_acc: float, num_rounds: int,
+               images: LabeledImages, searched: Optional[Predictions], test_acc: float, num_rounds: int,
                pool: list[str] = ()) -> dict:
-    assert holdout is not None, "rounds end only while the hold-out is held out"  # schedule invariant
-    hard, selection = holdout.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
-    info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "holdout_acc": holdout.accuracy,
+    """Select the round's hard samples from ``searched`` (the hold-out's or the training images'
+    predictions, ``rounds.search``) and write its bundle and manifest."""
+    assert searched is not None, "rounds end only while the hold-out is held out"  # schedule invariant
+    hard, selection = searched.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
+    on_train = cfg.rounds.search == "train"
+    chosen = {h.id for h in hard}
+    pool = [sid for sid in pool if sid not in chosen]     # searching the training images: no id twice
+    acc_key = "search_train_acc" if on_train else "holdout_acc"
+    info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "searched": cfg.rounds.search,
+            "holdout_acc": None if on_train else searched.accuracy, acc_key: searched.accuracy,
             "manifest": str(round_dir(run_dir, r) / MANIFEST_FILE)}
     if rt.is_main:
-        write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(holdout.indices),
-                    {"holdout_acc": holdout.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
+        write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(searched.indices),
+                    {acc_key: searched.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
                     selection=selection, guide_pool=list(pool))
     dist_utils.barrier(rt)
     if cfg.synthetic.source == "inline":
