@@ -7,16 +7,16 @@
 #      under the 16 MiB a returned file may weigh (generator.tar.part-*; reassemble with cat);
 #   2. beside the study, score it with benchmarks/bench_generator.py (a ResNet-18 trained on the
 #      pool classifies 20 renders per class);
-#   3. benchmarks/study_active.py on the split made here (real, random, txt2img, actgen at 1x and
+#   3. actgen.study.r1_runs on the split made here (real, random, txt2img, actgen at 1x and
 #      2x a 50-image round budget, seeds 0-9 in seed-major order, 8 runs at a time) until the
 #      budget runs out; the finished runs' records come back in records.tar.
 #
 # To continue a study, the prepare script also carries the generator and the records made so far
 # (.gpustudy/generator, .gpustudy/records): the fit is skipped and finished runs are not rerun.
 #
-# Prepare HERE first: `bash benchmarks/gpu_study_prepare.sh` (wheels without Ray and the split
-# into the ignored .gpustudy/), then call the device with command `bash benchmarks/gpu_study.sh`,
-# carry [".gpustudy"]. `bash benchmarks/gpu_study.sh --tiny` tries the whole script on this CPU
+# Prepare HERE first: `bash study/gpu_study_prepare.sh` (wheels without Ray and the split
+# into the ignored .gpustudy/), then call the device with command `bash study/gpu_study.sh`,
+# carry [".gpustudy"]. `bash study/gpu_study.sh --tiny` tries the whole script on this CPU
 # machine with tiny sizes (a 20-step fit, one seed, 12 epochs, 4-image rounds).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -38,7 +38,7 @@ exec > >(tee -a "$OUT/gpu_study.log") 2>&1
 SCRATCH=$(mktemp -d /tmp/gpu_study.XXXXXX)
 say() { echo "[gpu_study $(date +%H:%M:%S) +${SECONDS}s] $*"; }
 STUDY_DIR=$REPO/.gpustudy/study
-[[ -f $STUDY_DIR/data/split.json ]] || { say "FATAL: no split in $STUDY_DIR (run benchmarks/gpu_study_prepare.sh, carry .gpustudy)"; exit 2; }
+[[ -f $STUDY_DIR/data/split.json ]] || { say "FATAL: no split in $STUDY_DIR (run study/gpu_study_prepare.sh, carry .gpustudy)"; exit 2; }
 
 if [[ $TINY == 1 ]]; then
     PY=$REPO/.venv/bin/python
@@ -116,7 +116,7 @@ fi
 
 # -------------------------------------------------------------------------------- 3. study
 say "BEGIN study (timeout $(( $(left) - 20 ))s)"
-timeout -k 10 $(( $(left) - 20 )) "$PY" benchmarks/study_active.py --data ../shared/data/cifar10-5k/train.parquet \
+timeout -k 10 $(( $(left) - 20 )) "$PY" -m actgen.study.r1_runs --data ../shared/data/cifar10-5k/train.parquet \
     --labeled-per-class 50 --out "$STUDY_DIR" --generator "$GEN" --records "$SCRATCH/records" \
     --train-config configs/train-study-cifar10-5k.yaml --build-config configs/build-study-cifar10-5k.yaml \
     "${STUDY_SETS[@]}"

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Prepare benchmarks/gpu_study.sh HERE, before the device call. What the GPU machine lacks travels
+# Prepare study/gpu_study.sh HERE, before the device call. What the GPU machine lacks travels
 # inside the repository in one folder git ignores, .gpustudy/:
 #
 #   .gpustudy/whl/                the wheels of benchmarks/gpu_prepare.sh without Ray (a study's
 #                                 builds run ray.executor=local; Ray's wheel would not fit the
 #                                 64 MiB the working tree may weigh beside the data)
 #   .gpustudy/study/data/         the study's split of the CIFAR-10-5k subset (pool, labeled, test),
-#                                 made here by benchmarks/study_active.py's own make_split
+#                                 made here by actgen.study.r1_runs's own make_split
 #   .gpustudy/generator/          to continue a study: the generator fitted by an earlier call
 #   .gpustudy/records/            (STUDY_GENERATOR, default runs/generators/cifar10-5k-pool) and the
 #                                 records so far (STUDY_RECORDS, default docs/study/cifar10-5k-gpu-pilot)
 #
-# Then call the device with: command `bash benchmarks/gpu_study.sh`, carry [".gpustudy"].
+# Then call the device with: command `bash study/gpu_study.sh`, carry [".gpustudy"].
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DATA=${STUDY_DATA:-../shared/data/cifar10-5k/train.parquet}
@@ -25,9 +25,8 @@ for w in .whl/*.whl; do
 done
 .venv/bin/python - "$DATA" <<'PY'
 import sys
-sys.path.insert(0, "benchmarks")
 from pathlib import Path
-from study_active import make_split, parse_args
+from actgen.study.r1_runs import make_split, parse_args
 args = parse_args(["--data", sys.argv[1], "--labeled-per-class", "50", "--generator", "-",
                    "--out", ".gpustudy/study", "--records", "-"])
 make_split(args, Path(".gpustudy/study"))

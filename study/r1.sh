@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The R1 study (docs/study/PLAN.md), part by part; every part continues from its records, so the
 # script can be stopped and started again at any time (a run's record is written only when the
-# run is complete). Usage: bash benchmarks/study_r1.sh [PART ...] (default: 1 2 3 4)
+# run is complete). Usage: bash study/r1.sh [PART ...] (default: 1 2 3 4)
 #   STUDY_DIR   where splits, generators and run folders go (default runs/study); not committed
 #   JOBS        runs at a time (default 2), each with one torch thread
 set -euo pipefail
@@ -14,7 +14,7 @@ R1=(--data builtin:digits --labeled-per-class 10 --train-config configs/train-st
     --build-config configs/build-study-digits.yaml --budget 16 --jobs "$JOBS" --threads 1)
 export OMP_NUM_THREADS=1
 
-study() { "$PY" benchmarks/study_active.py "$@"; }
+study() { "$PY" -m actgen.study.r1_runs "$@"; }
 gen() { echo "$DIR/generators/digits-pool-split$1"; }
 
 part1() {   # selection: split 0, seeds 0-9
@@ -22,7 +22,7 @@ part1() {   # selection: split 0, seeds 0-9
     --conditions "$ALL" --budgets 1,3 --sweep random,actgen,actgen-balanced --seeds 0-9 \
     --records docs/study/r1 --title "digits R1 (split 0): accuracy against generated images"
 }
-part2() { "$PY" benchmarks/study_choice.py docs/study/r1 --seeds 0-9; }
+part2() { "$PY" -m actgen.study.r1_choice docs/study/r1 --seeds 0-9; }
 best() { "$PY" -c "import json; print(json.load(open('docs/study/r1/choice.json'))['best'])"; }
 part3() {   # confirmation: splits 1 and 2, seeds 0-19, each with its own generator
   local b; b=$(best)
@@ -46,7 +46,7 @@ part5() {   # issue 20's checks (PLAN.md, note of 2026-12-04): split 0, seeds 0-
     --records docs/study/r1-part5 --title "digits R1 (split 0): solver and decode size"
 }
 part6() {   # the main contrast's conditions on split 0 (refitted generator), seeds 0-19 (PLAN.md, 2026-12-04);
-  # PLAN.md runs it from 02f2d97's code (its random baseline): this function's study_active.py call there
+  # PLAN.md runs it from 02f2d97's code (its random baseline), where this script was benchmarks/study_r1.sh
   local b; b=$(best)
   study "${R1[@]}" --split-seed 0 --out "$DIR/r1-split0-part6" --generator "$(gen 0)" --fit \
     --conditions "real,random,$b" --budgets 1,3 --sweep random --seeds 0-19 \

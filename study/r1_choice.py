@@ -2,21 +2,19 @@
 
 The actgen condition (name starting with ``actgen``) with the highest mean final test accuracy at
 budget multiple 1 over the seeds of the selection records; ties go to the condition listed first
-in ``study_active.CONDITIONS``. Writes ``<records>/choice.json`` and prints it.
+in ``actgen.study.conditions.CONDITIONS``. Writes ``<records>/choice.json`` and prints it.
 
-    python benchmarks/study_choice.py docs/study/r1 --seeds 0-9
+    python -m actgen.study.r1_choice docs/study/r1 --seeds 0-9
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from study_active import CONDITIONS, seeds_of  # noqa: E402
-from study_stats import summarize_records  # noqa: E402
+from .r1_runs import CONDITIONS, seeds_of
+from .r1_stats import summarize_records
 
 
 def choose(records: Path, seeds: list[int]) -> dict:

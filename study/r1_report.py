@@ -1,6 +1,6 @@
 """The R1 study's analysis as docs/study/PLAN.md fixes it, from the committed records alone.
 
-    python benchmarks/study_r1_report.py            # writes docs/study/r1-report.md, .json, .png
+    python -m actgen.study.r1_report            # writes docs/study/r1-report.md, .json, .png
 
 * **Main contrast**: the best variant (``docs/study/r1/choice.json``) minus random generation at
   1x (equal images), paired by (split, seed) over the confirmation splits 1 and 2; each split
@@ -29,8 +29,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_stats import curve, images_to_match, mean_ci, paired, summarize_records  # noqa: E402
+from .r1_stats import curve, images_to_match, mean_ci, paired, summarize_records
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "study"
@@ -218,7 +217,7 @@ def main(argv=None) -> int:
             if (study / f"r1-confirm-split{s}").is_dir()}
     ten = summarize_records(study / "digits-refit" if (study / "digits-refit").is_dir() else study / "digits")
     lines = ["# R1 study: the analysis fixed in PLAN.md", "",
-             "Written by `python benchmarks/study_r1_report.py` from the records in `docs/study/`. Accuracies are "
+             "Written by `python -m actgen.study.r1_report` from the records in `docs/study/`. Accuracies are "
              "final test accuracy, mean ± 95% CI over seeds; Δ is paired by seed (and split), with its 95% CI, the "
              "two-sided paired t-test's p and the number of pairs where the first is higher.", ""]
     report: dict = {"best": best}

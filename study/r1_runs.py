@@ -32,10 +32,10 @@ record ``<records>/<condition>-b<budget>-s<seed>.json``; a finished run is read,
 Seeds pair the runs: seed s trains with ``train.seed = 42 + s`` and builds with ``seed = s`` in
 every condition, on the same split (``--split-seed``), so differences are taken within a seed.
 
-    python benchmarks/study_active.py --data builtin:digits --out runs/study-digits \\
+    python -m actgen.study.r1_runs --data builtin:digits --out runs/study-digits \\
         --generator runs/generators/digits-pool --fit --fit-config configs/fit-digits.yaml \\
         --records docs/study/digits --seeds 0-9
-    python benchmarks/study_active.py ... --report-only          # tables + plots from the records
+    python -m actgen.study.r1_runs ... --report-only          # tables + plots from the records
 
 Writes ``<records>/*.json`` (per run), ``<records>/summary.json``, ``<records>/study.md`` and
 ``<records>/accuracy_vs_images.png``.
@@ -46,54 +46,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from study_stats import summarize_records, write_report  # noqa: E402  (the analysis)
-
-# condition -> (train overrides, build overrides); build None = no synthetic data.
-# The paper's rule, named: the builder's default allocation became `balanced` after part 4.
-ACTGEN = ["mode=actgen", "schedule.enabled=true", "allocation.policy=paper"]
-CONDITIONS: dict[str, tuple[list[str], list[str] | None]] = {
-    "real": ([], None),
-    "real-steps": (["synthetic.placebo_per_round={budget}"], None),
-    "random": ([], ["mode=txt2img", "targets=uniform", "schedule.enabled=false"]),
-    "txt2img": ([], ["mode=txt2img", "schedule.enabled=false"]),
-    "img2img": ([], ["mode=img2img", "schedule.enabled=false"]),
-    "actgen": ([], ACTGEN),
-    "actgen-no-mask": ([], ACTGEN + ["guidance.use_mask=false"]),
-    "actgen-no-contrastive": ([], ACTGEN + ["guidance.use_contrastive=false"]),
-    "actgen-no-adversarial": ([], ACTGEN + ["guidance.use_adversarial=false"]),
-    "actgen-no-schedule": ([], ["mode=actgen", "schedule.enabled=false"]),
-    "actgen-bank-shard": ([], ACTGEN + ["bank_scope=shard"]),
-    "actgen-sel-loss": (["rounds.selection.rule=loss", "rounds.selection.k=16"], ACTGEN),
-    "actgen-sel-entropy": (["rounds.selection.rule=entropy", "rounds.selection.k=16"], ACTGEN),
-    "actgen-sel-margin": (["rounds.selection.rule=margin", "rounds.selection.k=16"], ACTGEN),
-    "actgen-sel-cap": (["rounds.selection.drop_hardest=0.25"], ACTGEN),
-    "actgen-sel-start": (["rounds.selection.min_holdout_acc=0.5"], ACTGEN),
-    "actgen-per-sample-4": ([], ACTGEN + ["max_renders_per_sample=4"]),
-    # Budget allocation (builder ``allocation``) and the trainer's class-balanced draws.
-    "actgen-balanced": ([], ACTGEN + ["allocation.policy=balanced"]),
-    "actgen-balanced-train": ([], ACTGEN + ["allocation.policy=balanced", "allocation.fill=train"]),
-    "actgen-mixed": ([], ACTGEN + ["allocation.policy=mixed", "allocation.random_fraction=0.5"]),
-    "actgen-class-balance": (["synthetic.class_balance=true"], ACTGEN),
-    # Fidelity options.
-    "actgen-margin-scaled": ([], ACTGEN + ["guidance.margin_scale=latent_dim"]),
-    "actgen-repel": ([], ACTGEN + ["guidance.repel_within_batch=true"]),
-    "actgen-small-rounds": (["rounds.every=1"], ACTGEN + ["budget={budget_small}"]),
-    # Issue 20's accuracy checks: a faster solver at about half the steps (the digits builder runs
-    # DDPM at 25), and the adversarial decode at half the side (the digits' VAE does not
-    # downsample: x̂0 is 3x8x8, decoded at 4x4 and resized to the classifier's 32x32).
-    "actgen-dpmpp": ([], ACTGEN + ["guidance.sampler=dpmpp_2m", "guidance.num_steps=13"]),
-    "actgen-decode-half": ([], ACTGEN + ["guidance.adversarial_decode_size=4"]),
-    "actgen-balanced-margin-repel": ([], ACTGEN + ["allocation.policy=balanced", "guidance.margin_scale=latent_dim",
-                                                   "guidance.repel_within_batch=true"]),
-}
-
+from .conditions import CONDITIONS  # noqa: F401  (the registry, shared with actgen-compare)
+from .r1_stats import summarize_records, write_report
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

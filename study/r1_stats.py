@@ -1,7 +1,7 @@
 """The study's analysis: per-run records -> paired differences with 95% CIs and p-values, the
 accuracy-against-images curves, and how many images of one mode match another's accuracy.
 
-Pure functions over the records ``study_active.py`` writes (one JSON per run), so the report can be
+Pure functions over the records ``r1_runs.py`` writes (one JSON per run), so the report can be
 redone from ``docs/study/<name>/`` alone.
 """
 from __future__ import annotations
