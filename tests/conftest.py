@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -338,3 +340,46 @@ TINY_FIT = ("model.image_size=8", "model.block_out_channels=[8,16]", "model.atte
 def tiny_fit():
     """Dotlist overrides for a 6-step fit of an 8x8 generator (seconds on the CPU)."""
     return TINY_FIT
+
+
+# --------------------------------------------------------------------------------------------
+# Ray: a head on loopback that a build or a comparison joins (it did not start it)
+
+_RAY_TOKEN = secrets.token_hex(16)
+
+
+def ray_env(**extra) -> dict:
+    """The environment of a loopback Ray cluster's nodes and drivers: Ray >= 2.59 authenticates
+    with a token they share (as on a real cluster)."""
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _RAY_TOKEN,
+            **extra}
+
+
+@pytest.fixture
+def ray_head():
+    """``ray start --head`` on 127.0.0.1 with 2 CPUs; ``ray stop --force`` afterwards, whatever happened.
+    Yields its address; the processes that join it need ``ray_env()``."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray = Path(sys.executable).parent / "ray"
+    if not ray.is_file():
+        pytest.skip(f"{ray} absent")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Ray's socket paths live under its temp dir and may not exceed 107 bytes: a short one.
+    temp = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
+    env = ray_env()
+    subprocess.run([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                   check=True, timeout=180, env=env, stdout=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], timeout=120, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -3,57 +3,17 @@
 afterwards (every CPU of the cluster free again) and the head itself is left running."""
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+from conftest import ray_env as _env
 
 from actgen.shards.sources import DIGIT_NAMES
 from actgen.shards.verify import verify
 
 pytestmark = pytest.mark.slow
-RAY = Path(sys.executable).parent / "ray"
-
-
-_TOKEN = secrets.token_hex(16)
-
-
-def _env(**extra) -> dict:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN, **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_head():
-    """``ray start --head`` on 127.0.0.1 with 2 CPUs; ``ray stop --force`` afterwards, whatever happened."""
-    if not RAY.is_file():
-        pytest.skip(f"{RAY} absent")
-    port = _free_port()
-    # Ray >= 2.59 authenticates with a token; a cluster's nodes and drivers share it (the
-    # environment, as on a real cluster). Ray's socket paths live under its temp dir and may not exceed 107 bytes: a short one.
-    temp = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
-    env = _env()
-    subprocess.run([str(RAY), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                   check=True, timeout=180, env=env, stdout=subprocess.DEVNULL)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([str(RAY), "stop", "--force"], timeout=120, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _cluster_cpus(address: str) -> tuple[float, float]:
