@@ -112,8 +112,10 @@ def merge_command(ctx: click.Context, output: str, sources: tuple[str, ...], sam
     one index and card listing the sources, keys and provenance kept."""
     with cli_errors("actgen-data merge", ctx.obj["verbose"]):
         from .merge import merge
+        from .outputs import check_locations
         from .remote import local_copies, local_output
 
+        check_locations(output, sources)      # before anything is fetched: a source is never replaced
         with local_copies(sources) as folders, local_output(output, overwrite) as out:
             index = merge(folders, out, samples_per_shard=samples_per_shard, overwrite=overwrite,
                           image_format=image_format)
@@ -139,8 +141,10 @@ def filter_command(ctx: click.Context, dataset: str, output: str, checkpoint: Pa
     (the filter's settings and the classifier's sha256 in its index and card)."""
     with cli_errors("actgen-data filter", ctx.obj["verbose"]):
         from .filter import ClassifierScorer, filter_dataset
+        from .outputs import check_locations
         from .remote import local_copies, local_output
 
+        check_locations(output, [dataset])
         with local_copies([dataset]) as (folder,), local_output(output, overwrite) as out:
             index = filter_dataset(folder, out, ClassifierScorer(checkpoint, device=device), min_prob=min_prob,
                                    max_rank=max_rank, overwrite=overwrite)

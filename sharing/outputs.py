@@ -18,6 +18,43 @@ from actgen.shards.atomic import atomic_directory
 MARKERS = {"data set": "index.json", "gallery": "index.html"}
 
 
+# Spellings of one store: a bucket read as s3a:// is the bucket written as s3://.
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "https": "http"}
+
+
+def location_key(location: str | Path) -> tuple[str, tuple[str, ...]]:
+    """``(store, path parts)`` of a location, the same for every spelling of it: a local path
+    resolved (links followed), a URL with its scheme's aliases folded, its host lower-cased, and
+    ``.``, ``..``, repeated and trailing slashes removed."""
+    import posixpath
+    from urllib.parse import urlsplit
+
+    from actgen.shards.transfer import is_url
+
+    text = str(location)
+    if not is_url(text):
+        return "file", Path(text).expanduser().resolve().parts
+    parts = urlsplit(text)
+    scheme = _SCHEME_ALIASES.get(parts.scheme.lower(), parts.scheme.lower())
+    path = posixpath.normpath("/" + parts.path.lstrip("/")).strip("/")
+    host = parts.netloc.lower() if scheme == "http" else parts.netloc
+    return f"{scheme}://{host}", tuple(p for p in path.split("/") if p)
+
+
+def check_locations(output: str | Path, sources: Sequence[str | Path]) -> None:
+    """ValueError when ``output`` is one of ``sources``, lies inside one or contains one, for every
+    kind of location (folders, ``s3://``, ``gs://``, ``hf://``, http(s)), however it is spelled."""
+    store, out = location_key(output)
+    for source in sources:
+        src_store, src = location_key(source)
+        if src_store != store:
+            continue
+        if out == src or out[:len(src)] == src or src[:len(out)] == out:
+            relation = "is" if out == src else "lies inside" if out[:len(src)] == src else "contains"
+            raise ValueError(f"output {output} {relation} the source {source}; write to a location outside every "
+                             "source (a source is never replaced)")
+
+
 def check_output(output: str | Path, sources: Sequence[str | Path], overwrite: bool, kind: str) -> Path:
     """``output`` as an absolute path, after the checks that keep sources and user files safe.
 
@@ -29,13 +66,7 @@ def check_output(output: str | Path, sources: Sequence[str | Path], overwrite: b
         ValueError: it holds files that are not a ``kind`` (never replaced, even with overwrite).
     """
     out = Path(output).absolute()
-    real = out.resolve()
-    for source in sources:
-        src = Path(source).resolve()
-        if real == src or real.is_relative_to(src) or src.is_relative_to(real):
-            relation = "is" if real == src else "lies inside" if real.is_relative_to(src) else "contains"
-            raise ValueError(f"output {output} {relation} the source {source}; write to a folder outside every "
-                             "source (a source is never replaced)")
+    check_locations(output, sources)
     if out.is_symlink():
         raise ValueError(f"output {output} is a symbolic link; give the real folder (nothing is written through "
                          "a link)")

@@ -86,3 +86,25 @@ def test_browse_overwrite_writes_nothing_through_a_symlinked_thumbs_folder(two_s
     link.symlink_to(elsewhere, target_is_directory=True)
     result = _invoke("browse", a, link)
     assert result.exit_code == 2 and "symbolic link" in result.output and list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("output, source", [
+    ("s3://b/a", "s3://b/a"), ("s3://b/a/", "s3a://b/a"), ("s3://b//a/./x/..", "s3://b/a"),
+    ("s3://b/a/merged", "s3://b/a"), ("s3://b", "s3://b/a"), ("gcs://b/a", "gs://b/a"),
+    ("hf://datasets/me/set", "hf://datasets/me/set/"), ("HTTPS://Host/a", "http://host/a/b"),
+])
+def test_one_location_however_spelled_is_never_an_output_over_a_source(output, source):
+    from actgen.sharing.outputs import check_locations
+
+    with pytest.raises(ValueError, match="the source"):
+        check_locations(output, [source])
+
+
+@pytest.mark.parametrize("output, source", [
+    ("s3://b/ab", "s3://b/a"), ("s3://c/a", "s3://b/a"), ("gs://b/a", "s3://b/a"), ("runs/b/a", "s3://b/a"),
+])
+def test_locations_that_only_look_alike_are_not_refused(output, source, tmp_path, monkeypatch):
+    from actgen.sharing.outputs import check_locations
+
+    monkeypatch.chdir(tmp_path)
+    check_locations(output, [source])

@@ -243,3 +243,22 @@ def test_publishing_to_a_bucket_that_does_not_exist_names_it(s3, shard_dataset):
         publish(directory, "s3://no-such-bucket-here/set")
     with pytest.raises(ValueError, match="not an object-store URL"):
         publish(directory, "https://host/set")
+
+
+def test_merge_and_filter_never_replace_their_own_source_in_a_bucket(s3, write_digit_shards, tmp_path):
+    from actgen.sharing.cli import main
+
+    fs, bucket = s3
+    write_digit_shards(tmp_path / "a", n=6)
+    _upload(fs, tmp_path / "a", f"{bucket}/a")
+    before = {p: fs.info(p)["ETag"] for p in fs.ls(f"{bucket}/a")}
+    invoke = CliRunner().invoke
+    for argv in (["merge", f"{bucket}/a", f"{bucket}/a", "--overwrite"],
+                 ["merge", f"{bucket}/a/", str(tmp_path / "a"), bucket.replace("s3://", "s3a://") + "/a",
+                  "--overwrite"],
+                 ["filter", f"{bucket}/a", f"{bucket}//a/.", "--checkpoint", str(tmp_path), "--overwrite"]):
+        result = invoke(main, argv)
+        assert result.exit_code == 2 and "is the source" in result.output, (argv, result.output)
+    fs.invalidate_cache()
+    assert {p: fs.info(p)["ETag"] for p in fs.ls(f"{bucket}/a")} == before
+    assert verify(f"{bucket}/a").num_samples == 6
