@@ -28,10 +28,10 @@ import numpy as np
 from actgen.shards.atomic import atomic_write_bytes
 from actgen.shards.errors import FormatError
 from actgen.shards.writer import INDEX_FILE, file_sha256
+from actgen.shards.writer import BANK_FILE
 
 _logger = logging.getLogger(__name__)
 
-BANK_FILE = "memory_bank.safetensors"
 BANK_FORMAT = "actgen.memory-bank"
 BANK_FORMAT_VERSION = 1
 _PART_SUFFIX = ".bank.safetensors"

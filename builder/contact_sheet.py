@@ -14,13 +14,13 @@ from pathlib import Path
 from actgen.shards.atomic import atomic_write_bytes
 from actgen.shards.reader import read_member, scan_tar
 from actgen.shards.samples import decode_image
+from actgen.shards.writer import CONTACT_SHEET_FILE
 
 from .inputs import BuildInputs
 from .plan import BuildPlan
 
 _logger = logging.getLogger(__name__)
 
-CONTACT_SHEET_FILE = "contact_sheet.png"
 
 
 def contact_sheet(pairs: Sequence[tuple[object, object, str]], columns: int = 4, cell: int | None = None):

@@ -30,6 +30,8 @@ COPIES_KEY = "holds_copies"
 INDEX_FILE = "index.json"
 TIMM_INFO_FILE = "_info.json"
 CARD_FILE = "README.md"
+CONTACT_SHEET_FILE = "contact_sheet.png"      # actgen-build's grid of renders beside their guides
+BANK_FILE = "memory_bank.safetensors"          # actgen-build's memory bank of the round
 TIMM_SPLIT = "train"
 # Fixed member mtime (2000-01-01 UTC) so that a shard's bytes depend only on its samples.
 SHARD_MTIME = 946684800

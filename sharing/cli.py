@@ -84,16 +84,21 @@ def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str],
 @main.command("publish")
 @click.argument("dataset", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("url")
-@click.option("--overwrite", is_flag=True, help="Replace a data set already at URL (its index goes first).")
+@click.option("--overwrite", is_flag=True, help="Replace a data set already at URL (what the old set had and the "
+                                               "new one does not is removed once the new index is in place).")
+@click.option("--create-repo", is_flag=True, help="hf:// only: create the data-set repository if it does not exist.")
 @click.pass_context
-def publish_command(ctx: click.Context, dataset: Path, url: str, overwrite: bool) -> None:
-    """Verify DATASET and upload it to URL (s3://bucket/set, gs://..., hf://datasets/...): the
-    files first, index.json last, so a reader there never sees it half-written. Credentials and
-    endpoints come from the store's own settings (for S3: AWS_* variables, ~/.aws)."""
+def publish_command(ctx: click.Context, dataset: Path, url: str, overwrite: bool, create_repo: bool) -> None:
+    """Verify DATASET and upload it to URL (s3://bucket/set, gs://..., hf://datasets/owner/name):
+    exactly the shards its index lists and its card, _info.json, contact sheet and memory bank,
+    each checked first (a link or a missing file uploads nothing). On a bucket the files go first
+    and index.json last, so a reader there never sees it half-written; on the Hub the set is one
+    commit. Credentials and endpoints come from the store's own settings (for S3: AWS_* variables,
+    ~/.aws; for the Hub: HF_TOKEN or `hf auth login`)."""
     with cli_errors("actgen-data publish", ctx.obj["verbose"]):
         from actgen.shards.publish import publish
 
-        n = publish(dataset, url, overwrite=overwrite)
+        n = publish(dataset, url, overwrite=overwrite, create_repo=create_repo)
         click.echo(f"{printable(url)}: published {n} files")
 
 

@@ -4,6 +4,7 @@ licence comes from the build's config."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,46 @@ def test_a_merge_of_sets_with_other_licences_says_other(tmp_path, make_synthetic
     meta = _front_matter(tmp_path / "m")
     assert meta["license"] == "other" and meta["generator_license"] == "openrail++"
     assert json.loads((tmp_path / "m" / "index.json").read_text())["created"]["license"]["dataset"] is None
+
+
+class _FakeHub:
+    """HfApi's publishing calls, recorded (no network): what a commit would hold."""
+
+    def __init__(self, existing=()):
+        self.calls, self.existing = [], set(existing)
+
+    def create_repo(self, repo_id, repo_type=None, exist_ok=False, **kw):
+        self.calls.append(("create_repo", repo_id, repo_type))
+
+    def file_exists(self, repo_id, filename, repo_type=None, revision=None, **kw):
+        return filename in self.existing
+
+    def upload_folder(self, repo_id, folder_path, repo_type=None, path_in_repo=None, revision=None,
+                      commit_message=None, delete_patterns=None, **kw):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        self.calls.append(("upload_folder", repo_id, repo_type, path_in_repo, revision, files, delete_patterns))
+
+
+def test_publish_to_the_hub_is_one_commit_of_exactly_the_set(write_digit_shards, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from actgen.shards.publish import publish
+
+    write_digit_shards(tmp_path / "set", n=6)
+    (tmp_path / "set" / "scratch.txt").write_text("not part of the set")
+    hub = _FakeHub()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
+    n = publish(tmp_path / "set", "hf://datasets/team/digits@main/round-3", create_repo=True)
+    expected = sorted(p.name for p in (tmp_path / "set").iterdir() if p.name not in ("build.json", "scratch.txt"))
+    assert hub.calls[0] == ("create_repo", "team/digits", "dataset")
+    assert hub.calls[1] == ("upload_folder", "team/digits", "dataset", "round-3", "main", expected, None)
+    assert n == len(expected)
+    # A finished set there is refused without overwrite; with it, the commit replaces the folder.
+    hub = _FakeHub(existing={"round-3/index.json"})
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
+    with pytest.raises(ValueError, match="already holds"):
+        publish(tmp_path / "set", "hf://datasets/team/digits/round-3")
+    publish(tmp_path / "set", "hf://datasets/team/digits/round-3", overwrite=True)
+    assert hub.calls[-1][-1] == ["*"]
+    with pytest.raises(ValueError, match="hf://datasets/<owner>/<name>"):
+        publish(tmp_path / "set", "hf://team/digits")

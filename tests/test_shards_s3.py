@@ -202,7 +202,7 @@ def test_a_build_publishes_to_a_bucket_index_last_and_a_run_trains_from_it(s3, b
     url = f"{bucket}/sets/round-1"
     assert uploaded[-1] == "index.json" and "build.json" not in uploaded and len(uploaded) >= 4
     assert verify(url).num_samples == 4 == result.index.num_samples
-    assert not any(publish_module.NOT_PUBLISHED & set(uploaded))
+    assert not {"build.json", "build_status.json"} & set(uploaded)
 
     # The CLI refuses to replace a finished set unless asked, and then replaces it index first.
     result_cli = CliRunner().invoke(main, ["publish", str(result.output), url])
@@ -262,3 +262,37 @@ def test_merge_and_filter_never_replace_their_own_source_in_a_bucket(s3, write_d
     fs.invalidate_cache()
     assert {p: fs.info(p)["ETag"] for p in fs.ls(f"{bucket}/a")} == before
     assert verify(f"{bucket}/a").num_samples == 6
+
+
+def test_publish_uploads_nothing_when_a_listed_shard_is_a_link(s3, write_digit_shards, tmp_path):
+    from actgen.shards.publish import publish
+
+    fs, bucket = s3
+    write_digit_shards(tmp_path / "set", n=6)
+    shard = sorted((tmp_path / "set").glob("*.tar"))[0]
+    real = tmp_path / shard.name
+    shard.rename(real)
+    shard.symlink_to(real)
+    with pytest.raises(FormatError, match=rf"{shard.name}.*symbolic link.*nothing was uploaded"):
+        publish(tmp_path / "set", f"{bucket}/linked")
+    assert not fs.exists(f"{bucket}/linked")
+
+
+def test_publish_overwrite_leaves_exactly_the_new_set(s3, write_digit_shards, tmp_path):
+    from actgen.shards.publish import publish
+
+    fs, bucket = s3
+    write_digit_shards(tmp_path / "old", n=12, num_shards=4)
+    (tmp_path / "old" / "contact_sheet.png").write_bytes(b"\x89PNG old")
+    (tmp_path / "old" / "notes.txt").write_text("a user's file: never published")
+    publish(tmp_path / "old", f"{bucket}/set")
+    assert "notes.txt" not in {p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/set")}
+    write_digit_shards(tmp_path / "new", n=4, num_shards=2, seed=1)
+    with pytest.raises(ValueError, match="already holds"):
+        publish(tmp_path / "new", f"{bucket}/set")
+    publish(tmp_path / "new", f"{bucket}/set", overwrite=True)
+    fs.invalidate_cache()
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket}/set"))
+    expected = sorted(p.name for p in (tmp_path / "new").iterdir() if p.name != "build.json")
+    assert names == expected and "contact_sheet.png" not in names
+    assert verify(f"{bucket}/set").num_samples == 4
