@@ -27,6 +27,26 @@ class FormatError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
+def relocated(error: FormatError, copies: dict) -> FormatError:
+    """``error`` naming the location the user gave instead of a local copy of it: for each
+    ``{copy folder: location}``, a ``where`` (or a path in the message) inside the copy is
+    rewritten to the same member of the location. An error about anything else is returned as is.
+    """
+    where, problem = error.where, error.problem
+    for folder, location in copies.items():
+        folder = str(folder).rstrip("/")
+        target = str(location).rstrip("/")
+        if where == folder or where.startswith(folder + "/"):
+            where = target + where[len(folder):]
+        problem = problem.replace(folder + "/", target + "/").replace(folder, target)
+    if (where, problem) == (error.where, error.problem):
+        return error
+    out = type(error).__new__(type(error))
+    FormatError.__init__(out, where, problem)
+    out.__dict__.update({k: v for k, v in error.__dict__.items() if k not in ("where", "problem")})
+    return out
+
+
 WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS})
 """errnos of a write that failed for reasons of the machine (a full disk, a file-size limit, a
 read-only or failing device), not of the input: a runtime failure (exit 1)."""

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, relocated
 from actgen.shards.publish import publish
 from actgen.shards.reader import fetch, read_index
 from actgen.shards.transfer import is_url
@@ -20,15 +20,22 @@ def local_copies(locations: Sequence[str]) -> Iterator[list[Path]]:
     """Each location as a local folder: itself, or a verified temporary copy of a URL (named by the
     URL's last part, which is what a merged set's index records of its sources)."""
     with tempfile.TemporaryDirectory(prefix="actgen-data-") as tmp:
-        folders = []
+        folders, copies = [], {}
         for i, location in enumerate(locations):
             if is_url(location):
                 folder = Path(tmp) / f"{i:03d}" / (location.rstrip("/").rsplit("/", 1)[-1] or "set")
-                fetch(location, folder)
+                try:
+                    fetch(location, folder)
+                except FormatError as e:
+                    raise relocated(e, {folder: location}) from None
+                copies[folder] = location
                 folders.append(folder)
             else:
                 folders.append(Path(location))
-        yield folders
+        try:
+            yield folders
+        except FormatError as e:   # an error about a copy names the URL it came from
+            raise relocated(e, copies) from None
 
 
 @contextlib.contextmanager

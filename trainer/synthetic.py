@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from actgen.shards.atomic import replace_directory, temp_sibling
 from actgen.shards.composition import dataset_composition
-from actgen.shards.errors import FormatError
+from actgen.shards.errors import FormatError, relocated
 from actgen.shards.reader import ShardRandomAccess, fetch, is_url, join_location, read_index
 from actgen.shards.transfer import UNREADABLE_SCHEME
 from actgen.shards.rounds import MANIFEST_FILE
@@ -316,6 +316,10 @@ def _stage_into_pool(location: str, destination: Path, check: Callable, class_na
         verified = _shard_stats(staging, index)
         made_of = dataset_composition(ShardRandomAccess(staging))
         replace_directory(staging, destination)  # a rename: the shards keep their stat
+    except FormatError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        # Name what the user gave (and the member inside it), never the staging copy.
+        raise relocated(e, {staging: location}) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
