@@ -27,6 +27,11 @@ class FormatError(ValueError):
         super().__init__(f"{self.where}: {problem}")
 
 
+class Unreachable(ConnectionError):
+    """A location that cannot become readable by waiting: an unknown host, a bucket that does
+    not exist, access denied. Reported at once with its cause; never retried, never waited for."""
+
+
 def relocated(error: FormatError, copies: dict) -> FormatError:
     """``error`` naming the location the user gave instead of a local copy of it: for each
     ``{copy folder: location}``, a ``where`` (or a path in the message) inside the copy is

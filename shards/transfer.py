@@ -18,13 +18,14 @@ import io
 import logging
 import math
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-from .errors import FormatError
+from .errors import FormatError, Unreachable
 
 _logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ HTTP_TIMEOUT_S = 60.0                 # the longest wait for a connection or for
 HTTP_MIN_BYTES_PER_S = 256 * 1024     # slower than this on average, a download has failed
 HTTP_RETRY_FIRST_S = 0.25             # first pause after a refused or reset connection, doubled each time
 HTTP_RETRY_MAX_S = 10.0
+HTTP_REFUSED_RETRY_S = 5.0            # a refused connection is retried this long (a server restarting), no more
 INDEX_MAX_BYTES = 64 << 20            # an index.json larger than this is not read
 SHARD_MAX_BYTES = 64 << 30            # a download whose size no index gives stops here
 _RETRY_HTTP_STATUS = (502, 503, 504)  # a proxy or a busy server: retried like a refused connection
@@ -90,7 +92,12 @@ def deadline_after(timeout_s: Optional[float]) -> float:
 
 
 class _Retry(Exception):
-    """A connection-level failure worth another try (refused, reset, cut short, 502/503/504)."""
+    """A connection-level failure worth another try (refused, reset, cut short, 502/503/504).
+    ``refused``: the server refused the connection, retried for HTTP_REFUSED_RETRY_S only."""
+
+    def __init__(self, cause: str, refused: bool = False):
+        super().__init__(cause)
+        self.refused = refused
 
 
 class _Sink:
@@ -140,8 +147,12 @@ def _http_get_once(url: str, sink: _Sink, deadline: float, max_bytes: int, too_l
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError):
             raise _timed_out(url, wait, sink, False) from None
+        if isinstance(e.reason, ConnectionRefusedError):
+            raise _Retry("connection refused", refused=True) from None
         if isinstance(e.reason, ConnectionError):
             raise _Retry(str(e.reason)) from None
+        if isinstance(e.reason, socket.gaierror):
+            raise Unreachable(f"{url}: unknown host ({e.reason.strerror or e.reason})") from None
         raise ConnectionError(f"{url}: cannot connect ({e.reason})") from None
     except TimeoutError:
         raise _timed_out(url, wait, sink, False) from None
@@ -192,16 +203,24 @@ def _http_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_larg
     """
     sink, tries, pause, started = _Sink(out), 0, HTTP_RETRY_FIRST_S, time.monotonic()
     retry_until = min(deadline, started + HTTP_TIMEOUT_S)
+    last: Optional[_Retry] = None
     while True:
         tries += 1
         try:
             _http_get_once(url, sink, deadline, max_bytes, too_large)
             return sink
+        except TimeoutError:
+            if last is not None and sink.size == 0:   # the deadline came while retrying: say why
+                raise ConnectionError(f"{url}: cannot connect ({last}; {tries - 1} tries in "
+                                      f"{time.monotonic() - started:.1f} s)") from None
+            raise
         except _Retry as e:
-            if time.monotonic() + pause >= retry_until:
+            last = e
+            until = min(retry_until, started + HTTP_REFUSED_RETRY_S) if e.refused else retry_until
+            if time.monotonic() + pause >= until:
                 raise ConnectionError(f"{url}: cannot connect ({e}; {tries} tries in "
                                       f"{time.monotonic() - started:.1f} s)") from None
-            _logger.debug("%s: %s; trying again in %.2f s", url, e, pause)
+            _logger.info("%s: %s; trying again in %.2f s (try %d)", url, e, pause, tries + 1)
             time.sleep(pause)
             pause = min(2 * pause, HTTP_RETRY_MAX_S)
             sink.reset()
@@ -249,15 +268,23 @@ def _fs_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large:
                     raise FormatError(url, f"{too_large} (stopped reading at byte {sink.size})")
     except (FormatError, TimeoutError):
         raise
-    except FileNotFoundError:
-        raise FormatError(url, "file not found") from None
+    except FileNotFoundError as e:
+        if _no_such_bucket(e):
+            raise Unreachable(f"{url}: no such bucket ({' '.join(str(e).split())})") from None
+        raise FormatError(url, "file not found") from None     # may still appear: a reader can wait
     except PermissionError as e:
-        raise FormatError(url, f"access denied ({' '.join(str(e).split())})") from None
+        raise Unreachable(f"{url}: access denied ({' '.join(str(e).split())})") from None
     except Exception as e:   # the stores' clients raise their own types for network failures
         if "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower():
             raise TimeoutError(f"{url}: the store did not answer in time ({type(e).__name__}: {e})") from None
         raise ConnectionError(f"{url}: cannot read ({type(e).__name__}: {' '.join(str(e).split())})") from None
     return sink
+
+
+def _no_such_bucket(e: FileNotFoundError) -> bool:
+    """A store's "bucket does not exist" (s3fs, gcsfs), told apart from a missing object in it."""
+    text = str(e).lower()
+    return "nosuchbucket" in text or ("bucket" in text and ("not exist" in text or "not found" in text))
 
 
 def remote_get(url: str, out: BinaryIO, deadline: float, max_bytes: int, too_large: str) -> _Sink:

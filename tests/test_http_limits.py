@@ -279,3 +279,41 @@ def test_a_round_server_that_comes_back_is_fetched(tmp_path, write_digit_shards,
     assert entry.num_samples == 8 and s.requests[shard] == 2
     assert _leftovers(tmp_path / "run" / "synthetic") == ["round-0000"]
     assert os.path.isfile(tmp_path / "run" / entry.directory / "index.json")
+
+
+# ------------------------------------------------------------- failures classified before retries
+def test_a_refused_connection_gets_a_short_retry_each_logged_with_its_cause(caplog):
+    # The full connection timeout stays at its default: a refusal is retried for seconds only.
+    url = _refused_url()
+    started = time.monotonic()
+    with caplog.at_level("INFO", logger="actgen.shards.transfer"):
+        with pytest.raises(ConnectionError, match=rf"{url}/index.json: cannot connect \(connection refused; "):
+            read_index(url)
+    assert time.monotonic() - started < transfer.HTTP_REFUSED_RETRY_S + 2
+    retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert retries and all("connection refused" in m for m in retries)
+
+
+def test_an_unknown_host_is_reported_at_once_and_never_waited_for(monkeypatch):
+    from actgen.shards.errors import Unreachable
+
+    def no_such_host(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    url = "http://no-such-host.example/sets/round-0"
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match="unknown host"):
+        read_index(url)
+    cfg = SyntheticConfig(on_missing="wait", timeout_s=600, poll_s=0.1)
+    with pytest.raises(Unreachable, match=r"round 0's .* cannot be reached .*unknown host.*waiting cannot help"):
+        wait_until_finished(url, cfg, round=0)
+    assert time.monotonic() - started < 2
+
+
+def test_a_refusal_under_a_short_wait_is_named_a_refusal_not_a_slow_download():
+    url = _refused_url()
+    cfg = SyntheticConfig(on_missing="wait", timeout_s=1.5, poll_s=0.2)
+    with pytest.raises(TimeoutError) as e:
+        wait_until_finished(url, cfg, round=0)
+    assert "connection refused" in str(e.value) and "not finished in time" not in str(e.value)

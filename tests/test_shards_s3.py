@@ -296,3 +296,32 @@ def test_publish_overwrite_leaves_exactly_the_new_set(s3, write_digit_shards, tm
     expected = sorted(p.name for p in (tmp_path / "new").iterdir() if p.name != "build.json")
     assert names == expected and "contact_sheet.png" not in names
     assert verify(f"{bucket}/set").num_samples == 4
+
+
+def test_a_trainer_never_waits_for_a_bucket_that_does_not_exist(s3, write_digit_shards, tmp_path):
+    """A missing object in an existing bucket may still appear (waited for); a missing bucket
+    cannot (reported at once, by name), nor one deleted while the trainer waits."""
+    from actgen.shards.errors import Unreachable
+    from actgen.trainer.config import SyntheticConfig
+    from actgen.trainer.synthetic import wait_until_finished
+
+    fs, bucket = s3
+    cfg = SyntheticConfig(on_missing="wait", timeout_s=3600, poll_s=0.2)
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match=r"s3://no-such-bucket-x1/r0.*no such bucket.*waiting cannot help"):
+        wait_until_finished("s3://no-such-bucket-x1/r0", cfg, round=0)
+    assert time.monotonic() - started < 30
+
+    # An existing bucket without the set: waited for; the bucket deleted meanwhile ends the wait.
+    def delete_bucket():
+        time.sleep(1.0)
+        fs.rm(bucket, recursive=True)
+
+    thread = threading.Thread(target=delete_bucket)
+    thread.start()
+    try:
+        with pytest.raises(Unreachable, match="no such bucket"):
+            wait_until_finished(f"{bucket}/r0", cfg, round=0)
+    finally:
+        thread.join()
+    assert time.monotonic() - started < 60

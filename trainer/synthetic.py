@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from actgen.shards.atomic import replace_directory, temp_sibling
 from actgen.shards.composition import dataset_composition
-from actgen.shards.errors import FormatError, relocated
+from actgen.shards.errors import FormatError, Unreachable, relocated
 from actgen.shards.reader import ShardRandomAccess, fetch, is_url, join_location, read_index
 from actgen.shards.transfer import UNREADABLE_SCHEME
 from actgen.shards.rounds import MANIFEST_FILE
@@ -173,6 +173,8 @@ def look(location: str, manifest: Optional[Path] = None, timeout_s: Optional[flo
         if not is_url(location) or e.problem.startswith(UNREADABLE_SCHEME):
             raise
         return _Look(False, f"is not finished ({e.problem.split(':')[0]})")
+    except Unreachable as e:     # an unknown host, a missing bucket, access denied: waiting cannot help
+        return _Look(False, f"cannot be reached ({e})", Unreachable)
     except ConnectionError as e:
         return _Look(False, f"cannot be reached ({e})", ConnectionError)
     except TimeoutError as e:
@@ -217,9 +219,10 @@ def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
     if seen.finished:
         return True
     what = f"round {round}'s synthetic data set at {location} {seen.why}"
-    if cfg.on_missing == "error" or (seen.error is BuildFailed and cfg.on_missing == "wait"):
-        # A failed build will not finish by waiting: fail now, with the builder's own message.
-        raise seen.error(f"{what}; synthetic.on_missing is {cfg.on_missing!r}")
+    if cfg.on_missing == "error" or (seen.error in (BuildFailed, Unreachable) and cfg.on_missing == "wait"):
+        # A failed build, an unknown host, a missing bucket will not finish by waiting: fail now.
+        raise seen.error(f"{what}; synthetic.on_missing is {cfg.on_missing!r}"
+                         + (" (waiting cannot help)" if seen.error is Unreachable else ""))
     if cfg.on_missing == "skip":
         _logger.log(logging.WARNING if first_look else logging.DEBUG,
                     "%s; going on without it (looking again next epoch)", what)
@@ -227,11 +230,13 @@ def wait_until_finished(location: str, cfg: SyntheticConfig, round: int,
     _logger.info("%s; waiting up to %.0f s", what, max(deadline - clock(), 0.0))
     while clock() < deadline:
         sleep(min(cfg.poll_s, max(deadline - clock(), 0.0)))
+        if clock() >= deadline:        # a poll with no time left would only report "no time left"
+            break
         latest = poll()
         if latest.finished:
             return True
-        if latest.error is BuildFailed:
-            raise BuildFailed(f"round {round}'s synthetic data set at {location} {latest.why}")
+        if latest.error in (BuildFailed, Unreachable):    # e.g. the bucket was deleted meanwhile
+            raise latest.error(f"round {round}'s synthetic data set at {location} {latest.why}")
         if latest.why != seen.why:
             _logger.info("round %d's synthetic data set at %s %s; still waiting", round, location, latest.why)
             seen = latest
