@@ -431,13 +431,14 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_restarted(tiny_train_co
             with pytest.raises(KeyboardInterrupt):
                 run(cfg)
         assert (run_dir / "config.yaml").is_file() and not (run_dir / "last.pt").exists()
-        # Other settings are refused (naming them), never silently overwritten.
+        (run_dir / "notes.txt").write_text("a user's file")
+        # Corrected settings take the folder over (the changed keys logged), no manual deletion.
         other = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.5))
-        with pytest.raises(ValueError, match=r"stopped before its first checkpoint.*\['optim.lr'\]"):
-            run(other)
-        with caplog.at_level(logging.WARNING, logger="actgen.trainer.run"):
-            assert run(cfg, resume=resume)["complete"]
-        assert "starting it over" in caplog.text
+        with caplog.at_level(logging.WARNING, logger="actgen.trainer.rundir"):
+            assert run(other, resume=resume)["complete"]
+        assert "starting it over with other settings for ['optim.lr']" in caplog.text
+        assert "lr: 0.5" in (run_dir / "config.yaml").read_text()
+        assert (run_dir / "notes.txt").read_text() == "a user's file"      # only the run's own files go
         # A run with a checkpoint is only ever continued.
         with pytest.raises(ValueError, match="holds a checkpoint.*--resume"):
             run(cfg)

@@ -62,3 +62,16 @@ def test_static_locations_are_checked():
         load_config(None, ["synthetic.static=[a, a]"])
     with pytest.raises(ValueError, match="synthetic.static_epoch"):
         load_config(None, ["synthetic.static_epoch=-1"])
+
+
+def test_a_run_whose_received_set_fails_at_epoch_0_is_taken_over_by_the_corrected_rerun(tiny_train_config,
+                                                                                          write_digit_shards,
+                                                                                          tmp_path):
+    write_digit_shards(tmp_path / "good", n=12)
+    common = ("synthetic.source=none", "train.epochs=1", "rounds.horizon=1", "rounds.merge_epoch=1")
+    with pytest.raises(FormatError, match="not-there"):
+        run(tiny_train_config(*common, f"synthetic.static=[{tmp_path / 'not-there'}]"))
+    cfg = tiny_train_config(*common, f"synthetic.static=[{tmp_path / 'good'}]")
+    assert (cfg.resolved_run_dir() / "config.yaml").is_file()        # the failed run's folder is there
+    summary = run(cfg)                                                # no manual deletion needed
+    assert summary["complete"] and summary["pool"][0]["location"] == str(tmp_path / "good")

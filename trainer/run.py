@@ -51,7 +51,7 @@ from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, recompute_bn_statistics, unwrap
 from .rounds import round_dir, write_round
-from .rundir import check_fixed_images, labels_sha256, recording_bad_images, run_dir_state
+from .rundir import check_fixed_images, clear_stopped_run, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .tensorboard import TensorBoardLog
 from .synthetic import (PoolEntry, acquire_static, missing_rounds, missing_static, obtain, pool_from_state, pool_size,
@@ -212,9 +212,12 @@ def _open_run_dir(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, next_ep
     rows of epochs that will be run again."""
     metrics = MetricsLog(run_dir)
     if rt.is_main:
+        fresh = not resume or next_epoch == 0
+        if fresh:
+            clear_stopped_run(run_dir)     # a run that stopped before its first checkpoint: taken over
         run_dir.mkdir(parents=True, exist_ok=True)
         add_log_file(run_dir / LOG_FILE)       # the run keeps its own log (appended on resume)
-        if not resume:
+        if fresh:
             with writing(run_dir / CONFIG_FILE):
                 atomic_write_text(run_dir / CONFIG_FILE, config_to_yaml(dataclasses.replace(cfg, run_dir=str(run_dir))))
         metrics.truncate(next_epoch)

@@ -39,9 +39,12 @@ RESUMABLE_CHANGES = {"loader.num_workers", "loader.persistent_workers", "loader.
 def run_dir_state(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
     """The checkpoint to resume from, or None to start (a fresh or a restarted run).
 
-    A directory without ``last.pt`` but with the run's ``config.yaml`` holds a run that stopped
-    before its first checkpoint: with the same settings it is started over, with or without
-    ``--resume``. A directory with a checkpoint is only continued (``--resume``), never overwritten.
+    A directory without ``last.pt`` but with a run's ``config.yaml`` holds a run that stopped
+    before its first checkpoint (a bad received set, a typo found at epoch 0): it is taken over
+    and started over, with these settings or corrected ones (the changed keys are logged), with or
+    without ``--resume``; its files are replaced once the new run's inputs are validated
+    (:func:`clear_stopped_run`). A directory with a checkpoint is only continued (``--resume``),
+    never overwritten.
     """
     checkpoint = run_dir / CHECKPOINT_FILE
     if checkpoint.is_file():
@@ -57,23 +60,48 @@ def run_dir_state(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
                 raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
             raise ValueError(f"run directory {run_dir} already exists and is not empty; pass --resume to continue "
                              "it or choose another --run-dir")
-        _check_resume_config(cfg, run_dir, restart=True)
-        _logger.warning("%s holds a run that stopped before its first checkpoint (no %s); starting it over",
-                        run_dir, CHECKPOINT_FILE)
+        changed = _changed_keys(cfg, run_dir)
+        _logger.warning("%s holds a run that stopped before its first checkpoint (no %s); starting it over%s",
+                        run_dir, CHECKPOINT_FILE, f" with other settings for {changed}" if changed else "")
         return None
     if resume:
         raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from")
     return None
 
 
-def _check_resume_config(cfg: Config, run_dir: Path, restart: bool = False) -> None:
+def _changed_keys(cfg: Config, run_dir: Path) -> list[str]:
+    """The keys ``cfg`` sets otherwise than the run in ``run_dir`` (all of them when its config no
+    longer loads: it is replaced anyway)."""
+    try:
+        return diff_configs(load_config(run_dir / CONFIG_FILE), cfg)
+    except (ValueError, OSError):
+        return ["(its config.yaml does not load)"]
+
+
+# What a run writes into its folder; a stopped run's are removed when a new run takes it over.
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "summary.json", "data_errors.json", "train.log",
+             "build.log")
+RUN_FOLDERS = ("rounds", "synthetic", "final", "tensorboard")
+
+
+def clear_stopped_run(run_dir: Path) -> None:
+    """Remove what a run that stopped before its first checkpoint left in ``run_dir`` (only the
+    run's own files and folders; anything else there stays)."""
+    import shutil
+
+    if (run_dir / CHECKPOINT_FILE).exists() or not (run_dir / CONFIG_FILE).is_file():
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        if (run_dir / name).is_dir() and not (run_dir / name).is_symlink():
+            shutil.rmtree(run_dir / name)
+
+
+def _check_resume_config(cfg: Config, run_dir: Path) -> None:
     saved_path = run_dir / CONFIG_FILE
     saved = load_config(saved_path)
     changed = [k for k in diff_configs(saved, cfg) if k not in RESUMABLE_CHANGES]
-    if changed and restart:
-        raise ValueError(f"{saved_path}: {run_dir} holds a run that stopped before its first checkpoint, started "
-                         f"with other settings for {changed}; rerun it with its own config, or remove it, or choose "
-                         "another --run-dir")
     if changed:
         raise ValueError(f"{saved_path}: the run was started with other settings for {changed}; "
                          "resume with the run's own config (leave out --config)")
