@@ -20,6 +20,16 @@ from actgen.shards.writer import LICENSE_ID
 from .schedules import BuildMode
 
 TINY = "tiny"
+
+# Bounds on what makes a build unreasonably long or large, checked when the config loads (each
+# admits the shipped recipes with room: the ImageNet budget of 867 per round, SDXL at 1024²).
+MAX_STEPS = 1000            # guidance.num_steps, reference_steps (and at most the generator's training steps)
+MAX_BUDGET = 1_000_000      # budget: images in one round
+MAX_BATCH = 4096            # batch_size: images per sampler call
+MAX_IMAGE_SIDE = 4096       # output.size, generator.tiny_image_size
+MAX_BANK = 1_000_000        # guidance.bank_capacity, bank_sample_size
+MAX_PER_SHARD = 100_000     # output.samples_per_shard
+MAX_CONTACT_SHEET = 1024    # output.contact_sheet
 """``generator.path`` value for the in-process random tiny generator (tests, smoke runs)."""
 
 SD_LATENT_SIZE = 4 * 64 * 64
@@ -165,6 +175,9 @@ class GuidanceConfig:
         for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity", "adversarial_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")
+        for name, bound in (("num_steps", MAX_STEPS), ("reference_steps", MAX_STEPS), ("bank_capacity", MAX_BANK),
+                            ("bank_sample_size", MAX_BANK), ("adversarial_chunk", MAX_BATCH)):
+            _check(getattr(self, name) <= bound, f"guidance.{name}", getattr(self, name), f"at most {bound:,}")
         for name in ("guidance_steps", "step_size", "adversarial_weight", "margin", "cfg_scale"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
@@ -258,6 +271,8 @@ class GeneratorConfig:
         _check(bool(self.path), "generator.path", self.path, "a directory, a hub id or 'tiny'")
         _check(self.attention_resolution is None or self.attention_resolution >= 1,
                "generator.attention_resolution", self.attention_resolution, "null or an int >= 1")
+        _check(self.tiny_image_size <= MAX_IMAGE_SIDE, "generator.tiny_image_size", self.tiny_image_size,
+               f"at most {MAX_IMAGE_SIDE}")
         _check(self.tiny_image_size >= 8 and self.tiny_image_size % 4 == 0, "generator.tiny_image_size",
                self.tiny_image_size, "a multiple of 4, at least 8")
         _check(self.prompt_template.count("{}") == 1, "generator.prompt_template", self.prompt_template,
@@ -379,7 +394,11 @@ class OutputConfig:
                "output.publish", self.publish, "an object-store URL such as s3://bucket/sets/round-{round}")
         _check(self.license is None or re.fullmatch(LICENSE_ID, self.license) is not None, "output.license",
                self.license, "a Hub licence id (lower case letters, digits, '.', '+', '-'), e.g. cc-by-4.0")
-        _check(self.samples_per_shard >= 1, "output.samples_per_shard", self.samples_per_shard, "an int >= 1")
+        _check(1 <= self.samples_per_shard <= MAX_PER_SHARD, "output.samples_per_shard", self.samples_per_shard,
+               f"an int in 1..{MAX_PER_SHARD:,}")
+        _check(self.size is None or self.size <= MAX_IMAGE_SIDE, "output.size", self.size, f"at most {MAX_IMAGE_SIDE}")
+        _check(self.contact_sheet <= MAX_CONTACT_SHEET, "output.contact_sheet", self.contact_sheet,
+               f"at most {MAX_CONTACT_SHEET}")
         _check(self.min_shards >= 1, "output.min_shards", self.min_shards, "an int >= 1")
         _check(self.contact_sheet >= 0, "output.contact_sheet", self.contact_sheet, "an int >= 0")
         _check(bool(self.name), "output.name", self.name, "a non-empty name")
@@ -506,7 +525,8 @@ class BuildConfig:
         _check(bool(self.manifest), "manifest", self.manifest, "a hard_samples.json path")
         _check(bool(self.output.path), "output.path", self.output.path, "a directory for the shard data set")
         _check(all(bool(r) for r in self.data_roots), "data_roots", list(self.data_roots), "folder paths, none empty")
-        _check(self.budget >= 1, "budget", self.budget, "an int >= 1 (images to render this round)")
+        _check(1 <= self.budget <= MAX_BUDGET, "budget", self.budget,
+               f"an int in 1..{MAX_BUDGET:,} (images to render this round)")
         _check(self.targets == "hard" or self.mode == "txt2img", "targets", self.targets,
                f"'hard' with mode {self.mode!r} ('uniform' renders text-to-image only: set mode=txt2img)")
         if self.mode == "copy":
@@ -520,7 +540,7 @@ class BuildConfig:
                self.max_renders_per_sample, "null or an int >= 1")
         _check(self.seed >= 0, "seed", self.seed, "an int >= 0")
         _check(self.round is None or self.round >= 0, "round", self.round, "null or an int >= 0")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an int >= 1")
+        _check(1 <= self.batch_size <= MAX_BATCH, "batch_size", self.batch_size, f"an int in 1..{MAX_BATCH}")
         _check(self.output.min_shards <= self.budget, "output.min_shards", self.output.min_shards,
                f"at most budget = {self.budget} (every shard holds at least one image)")
 

@@ -89,9 +89,10 @@ def resolve_inputs(cfg: BuildConfig) -> BuildInputs:
                                            f"{manifest_path} was made by checkpoint {header.checkpoint_sha256[:12]} "
                                            "(header.checkpoint_sha256); pass check_checkpoint=false to guide "
                                            "with another classifier on purpose")
-    # 3. The generator location (none is loaded to copy), and the classes' prompt names.
+    # 3. The generator location (none is loaded to copy), its steps, and the classes' prompt names.
     if cfg.mode != "copy":
         check_generator(cfg.generator)
+        check_steps(cfg)
     prompt_names = None
     if cfg.generator.prompt_names is not None:
         from .prompts import load_prompt_names
@@ -223,6 +224,28 @@ def check_generator(cfg: GeneratorConfig) -> None:
         if not isinstance(try_to_load_from_cache(cfg.path, "unet/config.json"), str):
             raise FileNotFoundError(f"{cfg.path}: hub id not in the local Hugging Face cache and "
                                     "generator.local_files_only is true")
+
+
+def check_steps(cfg: BuildConfig) -> None:
+    """``guidance.num_steps`` within the generator's training steps, read from a local folder's
+    scheduler config before anything loads (workers check a hub id's when they load it)."""
+    local = Path(cfg.generator.path).expanduser()
+    config = local / "scheduler" / "scheduler_config.json"
+    if cfg.generator.path == TINY or not config.is_file():
+        return
+    from actgen.shards._schema import read_json_file
+
+    data = read_json_file(config)
+    trained = data.get("num_train_timesteps") if isinstance(data, dict) else None
+    if isinstance(trained, int) and not isinstance(trained, bool):
+        check_steps_against(cfg.guidance.num_steps, trained, str(local))
+
+
+def check_steps_against(num_steps: int, trained: int, generator: str) -> None:
+    """ValueError naming ``guidance.num_steps`` when it exceeds the generator's training steps."""
+    if num_steps > trained:
+        raise ValueError(f"config key 'guidance.num_steps' = {num_steps}: at most the {trained} steps generator "
+                         f"{generator} was trained with")
 
 
 def check_writable(output: Path) -> None:

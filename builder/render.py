@@ -271,6 +271,9 @@ class ShardWriter:
             return
         generator, self.generator_record = resident("generator", generator_key(spec.generator, spec.device),
                                                     lambda: _load_with_record(spec.generator, spec.device))
+        from .inputs import check_steps_against      # a hub id's scheduler is known only once loaded
+
+        check_steps_against(spec.guidance.num_steps, generator.num_train_timesteps, self.generator_record["id"])
         classifier = (resident("classifier", (spec.checkpoint, spec.checkpoint_sha256, spec.device),
                                lambda: load_guidance_classifier(spec.checkpoint, spec.device))
                       if spec.needs_classifier else None)

@@ -426,3 +426,36 @@ def test_a_symlink_planted_where_a_lock_goes_is_refused_not_followed(build_round
         with hold_lock(dangling, "a test"):
             pass
     assert not (tmp_path / "nowhere").exists()
+
+
+# ------------------------------------------------------------------ bounds checked before work
+@pytest.mark.parametrize("override, key", [
+    ("guidance.num_steps=100000", "guidance.num_steps"), ("budget=10000000", "budget"),
+    ("batch_size=100000", "batch_size"), ("output.samples_per_shard=10000000", "output.samples_per_shard"),
+    ("generator.tiny_image_size=65536", "generator.tiny_image_size"), ("guidance.bank_capacity=10000000",
+                                                                     "guidance.bank_capacity"),
+])
+def test_a_value_that_would_make_a_build_unreasonable_is_refused_at_load_naming_its_key(build_config, override, key):
+    with pytest.raises(ValueError, match=f"'{key}'.*at most|'{key}'.*an int in"):
+        build_config(override)
+
+
+def test_the_shipped_recipes_are_within_the_bounds():
+    from actgen.builder.config import load_config as load_build
+    from actgen.shards.config import packaged_configs
+
+    for name in packaged_configs():
+        if name.startswith("build"):
+            load_build(f"configs/{name}.yaml", ["checkpoint=c", "manifest=m", "output.path=o"])
+
+
+def test_steps_beyond_the_generators_training_steps_are_named_before_anything_loads(build_config, tmp_path):
+    import json as _json
+
+    from actgen.builder.inputs import check_steps
+
+    (tmp_path / "gen" / "scheduler").mkdir(parents=True)
+    (tmp_path / "gen" / "scheduler" / "scheduler_config.json").write_text(_json.dumps({"num_train_timesteps": 100}))
+    check_steps(build_config(f"generator.path={tmp_path / 'gen'}", "guidance.num_steps=100"))
+    with pytest.raises(ValueError, match=r"'guidance.num_steps' = 101: at most the 100 steps"):
+        check_steps(build_config(f"generator.path={tmp_path / 'gen'}", "guidance.num_steps=101"))

@@ -94,9 +94,13 @@ def test_pretrained_inputs_are_checked(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pretrained_file"):
         create_model(load_config(None, ["model.name=test_resnet", "model.pretrained=true",
                                         f"model.pretrained_file={tmp_path / 'nope.safetensors'}"]).model, 3)
-    (tmp_path / "junk.safetensors").write_bytes(b"not weights at all")
-    with pytest.raises(FormatError, match="junk.safetensors: timm cannot load it into test_resnet"):
-        create_model(load_config(None, ["model.name=test_resnet", "model.pretrained=true",
-                                        f"model.pretrained_file={tmp_path / 'junk.safetensors'}"]).model, 3)
+    # Junk bytes, as a .safetensors or a .pth: one line of the project's, never torch's advice to
+    # load the file with weights_only=False.
+    for name in ("junk.safetensors", "junk.pth"):
+        (tmp_path / name).write_bytes(b"not weights at all")
+        with pytest.raises(FormatError, match=f"{name}: not a weights file this trainer loads") as e:
+            create_model(load_config(None, ["model.name=test_resnet", "model.pretrained=true",
+                                            f"model.pretrained_file={tmp_path / name}"]).model, 3)
+        assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ValueError, match="model.pretrained_file"):
         load_config(None, [f"model.pretrained_file={tmp_path / 'w.safetensors'}"])

@@ -57,8 +57,7 @@ def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[
     except Exception as e:   # timm's loader: junk bytes, or other keys or shapes than the architecture's
         if not cfg.pretrained_file:
             raise
-        raise FormatError(cfg.pretrained_file, f"timm cannot load it into {cfg.name}: "
-                                               f"{' '.join(str(e).split())[:300]}") from None
+        raise FormatError(cfg.pretrained_file, weights_problem(e, cfg.name)) from None
     if cfg.pretrained:
         _logger.info("model %s started from pretrained weights (%s)", cfg.name, cfg.pretrained_file or "timm's default")
     if cfg.initial_weights:
@@ -170,3 +169,16 @@ def recompute_bn_statistics(model: nn.Module, batches, device: torch.device) -> 
         m.momentum = momentum
     model.train(was_training)
     return len(layers)
+
+
+def weights_problem(error: Exception, architecture: str) -> str:
+    """The project's one line for a weights file that does not load: what the file is and what
+    was expected. A file that is not weights at all (torch's unpickler refusing it, a broken
+    safetensors header) is said so, without the library's advice to load it unsafely."""
+    text = " ".join(str(error).split())
+    lowered = text.lower()
+    if any(k in lowered for k in ("weights_only", "unpickl", "pickle", "invalid load key", "header",
+                                  "safetensor", "zip archive", "magic number", "eof")):
+        return ("not a weights file this trainer loads: expected a .safetensors file or a PyTorch state dict "
+                "of tensors (anything that needs unpickling is never loaded)")
+    return f"timm cannot load it into {architecture}: {text[:300]}"
