@@ -160,9 +160,16 @@ def _open_lock_file(path: Path, what: str) -> int:
             raise OSError(errno.ELOOP, f"lock file {path} for {what} is a symbolic link; refusing to follow it "
                                        "(remove the link)") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, f"lock file {path} for {what} is not a regular file; remove it")
+    if info.st_nlink > 1:
+        # A hard link planted at the lock path would have the lock record written into the file it
+        # shares (where fs.protected_hardlinks is 0, anyone's file).
+        os.close(fd)
+        raise OSError(errno.EMLINK, f"lock file {path} for {what} has {info.st_nlink} links (a hard link to "
+                                    "another file); refusing to write it (remove it)")
     return fd
 
 

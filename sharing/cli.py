@@ -157,9 +157,22 @@ def filter_command(ctx: click.Context, dataset: str, output: str, checkpoint: Pa
         click.echo(f"{printable(output)}: kept {f['kept']} of {f['of']} images")
 
 
+def _folder_only(command: str):
+    """A click callback refusing a URL where ``command`` takes a local folder (saying so, instead
+    of a file-not-found for a mangled path)."""
+    def check(ctx, param, value):
+        from actgen.shards.transfer import is_url
+
+        if value is not None and is_url(str(value)):
+            raise click.BadParameter(f"{value} is a URL; {command} takes a local folder (fetch it first: "
+                                     f"actgen-data merge <folder> {value})", param_hint=param.name.upper())
+        return Path(value) if value is not None else None
+    return check
+
+
 @main.command("browse")
-@click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dataset", callback=_folder_only("browse"))
+@click.argument("output", callback=_folder_only("browse"))
 @click.option("--thumb", type=click.IntRange(16, 512), default=96, show_default=True, help="Thumbnail side (px).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many images, the data set's first (default: 2,000; see --all).")

@@ -428,6 +428,21 @@ def test_a_symlink_planted_where_a_lock_goes_is_refused_not_followed(build_round
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_hard_link_planted_where_a_lock_goes_is_refused_by_its_link_count(tmp_path):
+    import os
+
+    from actgen.shards.locks import hold_lock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = tmp_path / "set.lock"
+    os.link(victim, lock)                       # matters where fs.protected_hardlinks is 0
+    with pytest.raises(OSError, match="has 2 links .*refusing to write it"):
+        with hold_lock(lock, "a test"):
+            pass
+    assert victim.read_text() == "precious\n"
+
+
 # ------------------------------------------------------------------ bounds checked before work
 @pytest.mark.parametrize("override, key", [
     ("guidance.num_steps=100000", "guidance.num_steps"), ("budget=10000000", "budget"),

@@ -117,3 +117,13 @@ def test_the_gallery_pages_and_keeps_to_a_budget(tmp_path, write_digit_shards):
         assert requested() == 25
     finally:
         driver.quit()
+
+
+def test_browse_says_it_takes_a_folder_when_given_a_url(tmp_path):
+    from click.testing import CliRunner
+
+    from actgen.sharing.cli import main
+
+    result = CliRunner().invoke(main, ["browse", "s3://bucket/sets/round-1", str(tmp_path / "gallery")])
+    assert result.exit_code == 2 and "is a URL; browse takes a local folder" in result.output, result.output
+    assert "not found" not in result.output and not (tmp_path / "gallery").exists()
