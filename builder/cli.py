@@ -91,12 +91,19 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
                     interrupted="interrupted; rerun the same command to finish the missing shards"):
         from .config import config_to_yaml, load_config, round_overrides
 
+        if print_config:
+            # No inputs needed: paths not given are shown as what fills them in.
+            given = round_overrides(round_dir, checkpoint, manifest, output)
+            fill = "<each round's, from --watch/--serve>" if serve or watch_dir else "<not given>"
+            literal = {k: given.get(k, fill) for k in ("checkpoint", "manifest", "output.path")}
+            click.echo(config_to_yaml(load_config(config_path, overrides, literal=literal)), nl=False)
+            return
         if serve:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
                                           ("--manifest", manifest), ("--output", output), ("--watch", watch_dir))
                      if v is not None]
-            if clash or print_config:
-                raise click.UsageError(f"--serve takes each round's paths from stdin; drop {clash or ['--print-config']}")
+            if clash:
+                raise click.UsageError(f"--serve takes each round's paths from stdin; drop {clash}")
             import sys
 
             from .serve import serve as serve_rounds
@@ -106,8 +113,8 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
         if watch_dir is not None:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),
                                           ("--manifest", manifest), ("--output", output)) if v is not None]
-            if clash or print_config:
-                raise click.UsageError(f"--watch sets each round's paths itself; drop {clash or ['--print-config']}")
+            if clash:
+                raise click.UsageError(f"--watch sets each round's paths itself; drop {clash}")
             from .watch import WatchOptions, watch
 
             with run_log(watch_dir / "build.log"):       # the builder's log beside the trainer's
@@ -117,9 +124,6 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
             click.echo(f"{watch_dir}: every round built ({len(built)} by this run)")
             return
         cfg = load_config(config_path, overrides, literal=round_overrides(round_dir, checkpoint, manifest, output))
-        if print_config:
-            click.echo(config_to_yaml(cfg), nl=False)
-            return
         from .pipeline import build_and_mark
 
         # A trainer round folder keeps its build's log (never inside the data set, which travels).

@@ -34,9 +34,10 @@ The generator directory is reused on later runs; delete it to fit again.
               default="configs/demo.yaml", show_default=True, help="Demo config (see configs/demo.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a demo config value, e.g. --set output=runs/demo2 --set baseline=false.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
               help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
-def main(config_path: Path, overrides: tuple[str, ...], verbose: bool) -> None:
+def main(config_path: Path, overrides: tuple[str, ...], print_config: bool, verbose: bool) -> None:
     """Run the whole ActGen loop on this machine and write a report.
 
     Fits (or reuses) a small generator, trains a classifier in rounds while actgen-build renders
@@ -49,6 +50,11 @@ def main(config_path: Path, overrides: tuple[str, ...], verbose: bool) -> None:
         from .run import run
 
         cfg = load_demo_config(config_path, overrides)
+        if print_config:
+            from actgen.shards.config import to_yaml
+
+            click.echo(to_yaml(cfg), nl=False)
+            return
         log = Path(cfg.output) / "demo.log"         # the whole demo's log, beside its report
         log.parent.mkdir(parents=True, exist_ok=True)
         add_log_file(log)

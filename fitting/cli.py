@@ -8,6 +8,8 @@ from typing import Iterator, Optional
 
 import click
 
+from actgen.shards.config import to_yaml
+
 from actgen.shards import __version__
 from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.errors import cli_errors
@@ -43,10 +45,11 @@ Build with it: actgen-build ... --set generator.path=OUTPUT --set generator.atte
 @click.option("--resume", is_flag=True, help=f"Continue from OUTPUT/{CHECKPOINT} (--lora: OUTPUT/{LORA_CHECKPOINT}).")
 @click.option("--lora", is_flag=True, help="LoRA-fine-tune an existing SD 1.x/2.x generator instead "
               "(config keys: actgen.fitting.config.LoraFitConfig, e.g. --set base=/models/sd21-base).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
               help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], resume: bool,
-         lora: bool, verbose: bool) -> None:
+         lora: bool, print_config: bool, verbose: bool) -> None:
     """Fit a small text-conditional diffusion model on a labeled data set, from scratch.
 
     Trains a pixel-space UNet with cross-attention to a CLIP text encoder on prompts made from the
@@ -61,7 +64,10 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
             from .config import load_lora_config
             from .lora import run_lora
 
-            cfg = load_lora_config(config_path, overrides, literal=literal)
+            cfg = _load(load_lora_config, config_path, overrides, literal, print_config)
+            if print_config:
+                click.echo(to_yaml(cfg), nl=False)
+                return
             with _log_file(Path(cfg.output)):
                 result = run_lora(cfg, resume=resume)
             click.echo(f"{result.output}: LoRA fine-tuned in {result.step} steps "
@@ -70,11 +76,24 @@ def main(config_path: Optional[Path], output: Optional[Path], overrides: tuple[s
         from .config import load_fit_config
         from .fit import run
 
-        cfg = load_fit_config(config_path, overrides, literal=literal)
+        cfg = _load(load_fit_config, config_path, overrides, literal, print_config)
+        if print_config:
+            click.echo(to_yaml(cfg), nl=False)
+            return
         with _log_file(Path(cfg.output)):
             result = run(cfg, resume=resume)
         click.echo(f"{result.output}: generator fitted in {result.step} steps "
                    f"(final loss {result.losses[-1]:.4f}, {result.seconds:.0f} s)")
+
+
+def _load(loader, config_path, overrides, literal: dict, print_config: bool):
+    """The config; for ``--print-config`` an output folder not given is shown as such."""
+    try:
+        return loader(config_path, overrides, literal=literal)
+    except ValueError as e:
+        if not print_config or "'output'" not in str(e) or "output" in literal:
+            raise
+        return loader(config_path, overrides, literal={**literal, "output": "<--output not given>"})
 
 
 @contextlib.contextmanager
