@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.actgen-installed
+TEST_STAMP := $(VENV)/.actgen-test-installed
 
 .PHONY: demo test test-fast system-deps browser bench-trainer clean-demo
 
@@ -13,18 +14,23 @@ STAMP  := $(VENV)/.actgen-installed
 SYSTEM_COMMANDS := chromium chromedriver curl
 SYSTEM_PACKAGES := chromium chromium-driver curl
 
+# The demo needs the base install only; the tests add the test extras (pytest, moto, s3fs, peft...).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)          # needs nothing from the system beyond Python
 	$(BIN)/actgen-demo --config demo
 
-test: system-deps $(STAMP)
+test: system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
-test-fast: system-deps $(STAMP)
+test-fast: system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 system-deps:

@@ -108,6 +108,9 @@ class _LoraFit:
 
     def __init__(self, cfg: LoraFitConfig, gen: DiffusersGenerator, device: torch.device, dtype: torch.dtype,
                  conditions: torch.Tensor, unconditional: torch.Tensor):
+        from actgen.shards.runtime import require
+
+        require("peft", "actgen-fit-generator --lora")
         from peft import LoraConfig
 
         self.cfg, self.gen, self.device, self.dtype = cfg, gen, device, dtype

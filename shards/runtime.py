@@ -121,3 +121,27 @@ def resolve_device(preference: str, has_gpu: Optional[bool] = None, key: str = "
     if preference == "cuda" and not has_gpu:
         raise RuntimeError(f"config key {key!r} = 'cuda': no CUDA device is available")
     return "cuda" if has_gpu else "cpu"
+
+
+# Optional parts of the install: the package a feature needs, and the extra that brings it.
+EXTRAS = {"peft": "lora", "tensorboard": "tensorboard", "s3fs": "s3", "gcsfs": "gcs", "wandb": "wandb"}
+SCHEME_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+def require(package: str, key: str, value: object = True) -> None:
+    """ValueError naming the config key and the ``pip install`` line when the optional ``package``
+    that ``key`` needs is not installed (checked before any work, never half way through a run)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        extra = EXTRAS.get(package)
+        install = f"pip install 'actgen[{extra}]'" if extra else f"pip install {package}"
+        raise ValueError(f"config key '{key}' = {value!r} needs the {package} package, which is not installed: "
+                         f"{install}")
+
+
+def require_for_location(location: str, key: str) -> None:
+    """:func:`require` for the file-system package an object-store location's scheme needs."""
+    scheme = str(location).split("://", 1)[0].lower() if "://" in str(location) else ""
+    if scheme in SCHEME_PACKAGES:
+        require(SCHEME_PACKAGES[scheme], key, location)

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -443,3 +444,22 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_restarted(tiny_train_co
         with pytest.raises(ValueError, match="holds a checkpoint.*--resume"):
             run(cfg)
         shutil.rmtree(run_dir)
+
+
+def test_an_optional_package_the_config_needs_is_named_before_the_run_folder_exists(tiny_train_config,
+                                                                                    monkeypatch):
+    import importlib.util
+
+    from actgen.trainer.run import run
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorboard", "gcsfs") else real(name, *a))
+    for overrides, key, extra in ((["train.tensorboard=true"], "train.tensorboard", "tensorboard"),
+                                  (["synthetic.static=[gs://bucket/set]"], "synthetic.static[0]", "gcs"),
+                                  (["synthetic.source=shards", "synthetic.pattern=gs://b/r{round}"],
+                                   "synthetic.pattern", "gcs")):
+        cfg = tiny_train_config(*overrides)
+        with pytest.raises(ValueError, match=rf"'{re.escape(key)}'.*pip install 'actgen\[{extra}\]'"):
+            run(cfg)
+        assert not cfg.resolved_run_dir().exists()

@@ -361,6 +361,7 @@ def _join_static(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, e
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
+    _check_optional_packages(cfg)
     state = run_dir_state(cfg, run_dir, resume)
     images = load_source(cfg.data.source)
     test_images = None
@@ -377,6 +378,18 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
     split = split_indices(images.labels(), cfg.data.holdout_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     model = create_model(cfg.model, len(images.class_names), list(images.class_names))
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
+
+
+def _check_optional_packages(cfg: Config) -> None:
+    """The optional packages the config's loggers and locations need, before anything is written."""
+    from actgen.shards.runtime import require, require_for_location
+
+    if cfg.train.tensorboard:
+        require("tensorboard", "train.tensorboard")
+    if cfg.synthetic.source != "none":
+        require_for_location(cfg.synthetic.pattern, "synthetic.pattern")
+    for i, location in enumerate(cfg.synthetic.static):
+        require_for_location(location, f"synthetic.static[{i}]")
 
 
 def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
