@@ -72,12 +72,16 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
               help="Build the rounds named on stdin (one JSON line each), one reply line each on stdout, "
                    "with workers kept across rounds; for actgen-train's inline builds.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--check", is_flag=True,
+              help="Check the config and its generator (folder, components, steps) and the packages its "
+                   "locations need, without a round; exit 0, or 2 with one line (actgen-train runs this "
+                   "before an inline run starts).")
 @click.option("-v", "--verbose", "--debug", "verbose", is_flag=True,
               help="Debug logging; tracebacks on stderr (else a failure's goes to a log file).")
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
          manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
          poll: float, retries: int, retry_backoff: float, idle_timeout: Optional[float], serve: bool,
-         print_config: bool, verbose: bool) -> None:
+         print_config: bool, check: bool, verbose: bool) -> None:
     """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
 
     Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
@@ -91,12 +95,19 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
                     interrupted="interrupted; rerun the same command to finish the missing shards"):
         from .config import config_to_yaml, load_config, round_overrides
 
-        if print_config:
+        if print_config or check:
             # No inputs needed: paths not given are shown as what fills them in.
             given = round_overrides(round_dir, checkpoint, manifest, output)
             fill = "<each round's, from --watch/--serve>" if serve or watch_dir else "<not given>"
             literal = {k: given.get(k, fill) for k in ("checkpoint", "manifest", "output.path")}
-            click.echo(config_to_yaml(load_config(config_path, overrides, literal=literal)), nl=False)
+            cfg = load_config(config_path, overrides, literal=literal)
+            if print_config:
+                click.echo(config_to_yaml(cfg), nl=False)
+                return
+            from .inputs import check_config
+
+            check_config(cfg)
+            click.echo("actgen-build: config and generator ok")
             return
         if serve:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),

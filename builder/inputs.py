@@ -226,6 +226,19 @@ def check_generator(cfg: GeneratorConfig) -> None:
                                     "generator.local_files_only is true")
 
 
+def check_config(cfg: BuildConfig) -> None:
+    """What can be checked of a build without a round: the generator (folder or cached hub id,
+    its components, the steps it was trained with) and the packages the output's publish location
+    needs. ValueError/FileNotFoundError naming the key."""
+    from actgen.shards.runtime import require_for_location
+
+    if cfg.mode != "copy":
+        check_generator(cfg.generator)
+        check_steps(cfg)
+    if cfg.output.publish:
+        require_for_location(cfg.output.publish, "output.publish")
+
+
 def check_steps(cfg: BuildConfig) -> None:
     """``guidance.num_steps`` within the generator's training steps, read from a local folder's
     scheduler config before anything loads (workers check a hub id's when they load it)."""

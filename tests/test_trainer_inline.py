@@ -78,3 +78,23 @@ def test_the_builder_is_given_the_trainers_data_source(tmp_path):
     assert built.dataset == source                      # the builder reads exactly the trainer's data
     assert built.budget == 8 and Path(built.output.path) == tmp_path / "out"
     assert Path(built.manifest) == tmp_path / "rounds" / "0" / "hard_samples.json"
+
+
+def test_a_bad_generator_in_the_build_overrides_fails_before_the_run_folder_exists(tiny_train_config, tmp_path):
+    cfg = tiny_train_config("synthetic.source=inline", f"synthetic.build_config={REPO}/configs/build-smoke.yaml",
+                            f"synthetic.build_overrides=[generator.path={tmp_path / 'no-generator'}]")
+    with pytest.raises(ValueError, match=r"builder refuses them: .*no-generator.*neither a Stable Diffusion"):
+        run(cfg)
+    assert not cfg.resolved_run_dir().exists()
+    cfg = tiny_train_config("synthetic.source=inline", "synthetic.build_overrides=[guidance.num_stepz=3]")
+    with pytest.raises(ValueError, match="num_stepz"):
+        run(cfg)
+    assert not cfg.resolved_run_dir().exists()
+
+
+def test_the_builders_check_passes_a_good_config():
+    import subprocess
+
+    out = subprocess.run([resolve_command("actgen-build"), "--check", "--config", str(REPO / "configs/build-smoke.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "config and generator ok" in out.stdout, out.stderr

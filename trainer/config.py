@@ -337,12 +337,15 @@ class Config:
             _check(self.data.holdout_fraction > 0 or not holdout_search, "data.holdout_fraction",
                    self.data.holdout_fraction, "> 0 when rounds.enabled and rounds.search is 'holdout' (rounds "
                                                "search the hold-out for hard samples)")
-            _check(horizon <= epochs, "rounds.horizon", horizon, f"at most train.epochs = {epochs}")
+            _check(horizon <= epochs, "rounds.horizon", horizon,
+                   f"at most train.epochs = {epochs} (a shorter run: lower rounds.horizon and rounds.merge_epoch "
+                   "with train.epochs, or null them for the paper's half of the epochs)")
             _check(horizon >= self.rounds.every, "rounds.horizon", horizon,
                    f"at least rounds.every = {self.rounds.every} (otherwise no round ever ends)")
             _check(merge >= horizon or not holdout_search, "rounds.merge_epoch", merge,
                    f"at least the horizon {horizon} (rounds evaluate the hold-out, so it cannot be merged before)")
-        _check(merge <= epochs, "rounds.merge_epoch", merge, f"at most train.epochs = {epochs} (= never)")
+        _check(merge <= epochs, "rounds.merge_epoch", merge,
+               f"at most train.epochs = {epochs} (= never; a shorter run: lower rounds.merge_epoch with train.epochs)")
         if self.synthetic.mixing == "fraction":
             n = round(self.synthetic.fraction * self.loader.batch_size)
             _check(1 <= n < self.loader.batch_size, "synthetic.fraction", self.synthetic.fraction,

@@ -56,6 +56,27 @@ def server_argv(cfg: SyntheticConfig) -> list[str]:
     return argv
 
 
+def check_builder(cfg: SyntheticConfig) -> None:
+    """``actgen-build --check`` with the run's build config and overrides: a bad generator path or
+    key fails before the run folder exists, in the builder's own words (the trainer never imports
+    the builder). ValueError naming ``synthetic.build_config``/``build_overrides``."""
+    argv = [resolve_command(cfg.build_command), "--check"]
+    if cfg.build_config is not None:
+        argv += ["--config", cfg.build_config]
+    for override in cfg.build_overrides:
+        argv += ["--set", override]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"synthetic.build_config: {' '.join(argv[1:])} did not answer within 600 s") from None
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("actgen-build: error: ").removeprefix("actgen-build: failed: ") \
+            if lines else f"exit {out.returncode}"
+        raise ValueError(f"config keys 'synthetic.build_config' / 'synthetic.build_overrides': the builder refuses "
+                         f"them: {reason}")
+
+
 def request_line(round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> str:
     """One round's request. The builder reads the number of rounds for its §1.3 schedules from
     the manifest; it reads guide images only from a data set it is given (a manifest never

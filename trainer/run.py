@@ -390,6 +390,10 @@ def _check_optional_packages(cfg: Config) -> None:
         require_for_location(cfg.synthetic.pattern, "synthetic.pattern")
     for i, location in enumerate(cfg.synthetic.static):
         require_for_location(location, f"synthetic.static[{i}]")
+    if cfg.synthetic.source == "inline":
+        from .inline import check_builder
+
+        check_builder(cfg.synthetic)      # a bad generator.path fails now, not after epoch 0
 
 
 def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
