@@ -88,9 +88,13 @@ def run(cfg: BuildConfig, pool: Optional[WorkerPool] = None) -> BuildResult:
             built by another live process (:class:`~actgen.shards.locks.LockHeld`).
         RuntimeError: a failure while rendering or writing (a full disk: ``WriteFailed``).
     """
-    # 1. Inputs; nothing is written before they pass.
+    # 1. Inputs, and the cluster when one is named; nothing is written before they pass.
     inputs = resolve_inputs(cfg)
     cfg = resolve_horizon(not_fired_fallback(cfg, inputs), inputs)
+    if cfg.ray.executor == "ray" and cfg.ray.address is not None:
+        from .workers import connect
+
+        connect(cfg.ray.address)
     with output_lock(inputs.output):
         result = _build(cfg, inputs, pool)
         if cfg.output.publish:

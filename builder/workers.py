@@ -166,6 +166,40 @@ class WorkerPool:
             self._started_ray = False
 
 
+def connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` now (before anything is written), unless this process
+    already has; ConnectionError naming ``ray.address`` when none answers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    _probe(address)
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConnectionError(f"config key 'ray.address' = {address!r}: no Ray cluster answers there "
+                              f"({' '.join(str(e).split())[:200]}); start one (ray start --head) or set "
+                              "ray.address=null for a local one") from None
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address answers a TCP connection within
+    ``timeout_s``: Ray itself retries a dead address for minutes. ``auto`` is Ray's to resolve."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"config key 'ray.address' = {address!r}: no Ray cluster answers there "
+                              f"({e.strerror or e}); start one (ray start --head) or set ray.address=null for "
+                              "a local one") from None
+
+
 def _schedule(actors: list, todo: list[int], submit, retries: int) -> list[dict]:
     """Every shard of ``todo`` rendered on ``actors``, one in flight per actor (a slow shard never
     holds others queued behind it); a shard whose worker process died is given again, at most

@@ -474,3 +474,12 @@ def test_steps_beyond_the_generators_training_steps_are_named_before_anything_lo
     check_steps(build_config(f"generator.path={tmp_path / 'gen'}", "guidance.num_steps=100"))
     with pytest.raises(ValueError, match=r"'guidance.num_steps' = 101: at most the 100 steps"):
         check_steps(build_config(f"generator.path={tmp_path / 'gen'}", "guidance.num_steps=101"))
+
+
+def test_a_named_ray_cluster_that_is_not_there_fails_before_anything_is_written(build_config, tmp_path):
+    cfg = build_config("ray.executor=ray", "ray.address=127.0.0.1:9", output=tmp_path / "out")
+    from actgen.builder.pipeline import run as build
+
+    with pytest.raises(ConnectionError, match=r"'ray.address' = '127.0.0.1:9': no Ray cluster answers"):
+        build(cfg)
+    assert not (tmp_path / "out").exists()
