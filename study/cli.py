@@ -94,7 +94,8 @@ def run(cfg, out: Path, work: Optional[Path] = None, jobs: int = 1, ray_address:
     has_records = bool(load_records(out))
     sha = freeze(cfg, out, has_records)
     if not report_only:
-        identity = {"plan_sha256": sha, "commit": commit_of(), "actgen_version": version}
+        identity = {"plan_sha256": sha, "notes_in_force": len(cfg.notes), "commit": commit_of(),
+                    "actgen_version": version}
         chosen = [s for s in cfg.splits if splits is None or s in splits]
         inputs = {s: prepare_split(cfg, s, work) for s in chosen}
         todo = [s for s in specs(cfg, inputs, work, identity) if not record_path(out, s.split, s.name).is_file()]

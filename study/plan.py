@@ -162,14 +162,24 @@ class AnalysisPlan:
 
 @dataclass(frozen=True)
 class Note:
-    """A dated amendment (``YYYY-MM-DD``), kept apart from the body: never an edit of it."""
+    """A dated amendment (``YYYY-MM-DD``), kept apart from the body: never an edit of it.
+
+    Attributes:
+        date, text: when and what (the report lists every note).
+        seeds: training seeds this amendment adds to every split (a power check's outcome); the
+            only change a note makes to what runs. Splits are never added by a note: choosing
+            splits after seeing results would bias the comparison.
+    """
 
     date: str = ""
     text: str = ""
+    seeds: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(bool(_DATE.match(self.date)), "notes[].date", self.date, "a date YYYY-MM-DD")
         _check(bool(self.text.strip()), "notes[].text", self.text, "the amendment's text")
+        _check(len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds), "notes[].seeds",
+               self.seeds, "distinct ints >= 0")
 
 
 @dataclass(frozen=True)
@@ -229,6 +239,9 @@ class ComparePlan:
                 self.contrast(c)
         for c in self.analysis.secondary:
             self.contrast(c)
+        added = [s for n in self.notes for s in n.seeds]
+        _check(len(set(added)) == len(added) and not set(added) & set(self.seeds), "notes[].seeds", added,
+               f"seeds not already in the plan ({self.seeds}) nor added twice")
         for m in self.analysis.match:
             for name in (m.condition, m.curve) + ((m.anchor,) if m.anchor else ()):
                 _check(name in names, "analysis.match", name, f"one of the conditions {names}")
@@ -254,10 +267,15 @@ class ComparePlan:
             sides.append((name, m))
         return sides[0], sides[1]
 
+    @property
+    def all_seeds(self) -> list[int]:
+        """The body's seeds, then those the notes added, in order."""
+        return list(self.seeds) + [s for n in self.notes for s in n.seeds]
+
     def runs(self) -> list[tuple[int, int, str, float]]:
         """Every ``(split, seed, condition, multiple)``, split-major then seed-major, so a partial
         comparison compares every condition on the same seeds of the first splits."""
-        return [(split, seed, c.name, m) for split in self.splits for seed in self.seeds
+        return [(split, seed, c.name, m) for split in self.splits for seed in self.all_seeds
                 for c in self.conditions for m in c.multiples]
 
 

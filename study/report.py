@@ -97,7 +97,7 @@ def analyse(plan: ComparePlan, records: list[dict]) -> dict:
             comp = stats.variance_components(diffs)
             entry = {"contrast": text, "components": comp}
             if comp is not None:
-                entry["power"] = stats.power(a.power_effect, len(plan.splits), len(plan.seeds), comp["within"],
+                entry["power"] = stats.power(a.power_effect, len(plan.splits), len(plan.all_seeds), comp["within"],
                                              comp["between"], a.alpha)
                 entry["seeds_for_0.8"] = next((n for n in range(1, 201) if stats.power(
                     a.power_effect, len(plan.splits), n, comp["within"], comp["between"], a.alpha) >= 0.8), None)
@@ -160,7 +160,8 @@ def render_markdown(plan: ComparePlan, sha: str, result: dict) -> str:
              f"α = {a.alpha:g}; Holm within each group.", ""]
     if plan.notes:
         lines += ["Amendments (dated notes, kept apart from the plan's body):", ""]
-        lines += [f"- {n.date}: {n.text.strip()}" for n in plan.notes] + [""]
+        lines += [f"- {n.date}: {n.text.strip()}" + (f" (adds seeds {n.seeds})" if n.seeds else "")
+                  for n in plan.notes] + [""]
     lines += ["## Conditions", "", "| condition | budget × | images | runs | splits | accuracy (mean of split means) "
               "| 95% CI over splits |", "|---|---|---|---|---|---|---|"]
     for c in result["conditions"]:
@@ -197,7 +198,7 @@ def render_markdown(plan: ComparePlan, sha: str, result: dict) -> str:
                          f"{_ratio(m.get('ratio'))} |")
     if result["power"]:
         lines += ["", f"## Power (from the records: {a.power_effect:g} points, the plan's {len(plan.splits)} splits "
-                      f"× {len(plan.seeds)} seeds)", "",
+                      f"× {len(plan.all_seeds)} seeds)", "",
                   "| contrast | SD within splits | SD between splits | power | seeds per split for power 0.8 |",
                   "|---|---|---|---|---|"]
         for p in result["power"]:

@@ -250,3 +250,16 @@ def test_runs_go_to_a_ray_cluster_one_per_slot(tmp_path, ray_head):
     recs = [json.loads(p.read_text()) for p in sorted((out / "records").glob("split-0/*.json"))]
     assert sorted(r["condition"] for r in recs) == ["random", "real"]
     assert all(r["final_test_acc"] > 0 for r in recs)
+
+
+def test_a_note_adds_seeds_without_changing_the_frozen_body(tmp_path):
+    path = _plan(tmp_path)
+    out = tmp_path / "out"
+    plan = load_plan(path)
+    sha = freeze(plan, out, has_records=True)
+    amended = load_plan(path, ['notes=[{date: "2026-12-06", text: "power check: 4 seeds", seeds: [2, 3]}]'])
+    assert freeze(amended, out, has_records=True) == sha
+    assert amended.all_seeds == [0, 1, 2, 3]
+    assert {seed for _, seed, _, _ in amended.runs()} == {0, 1, 2, 3} and len(amended.runs()) == 2 * len(plan.runs())
+    with pytest.raises(ValueError, match="notes\\[\\].seeds"):
+        load_plan(path, ['notes=[{date: "2026-12-06", text: "again", seeds: [1]}]'])    # already a seed
