@@ -30,21 +30,12 @@ import sys
 from pathlib import Path
 
 from .r1_stats import curve, images_to_match, mean_ci, paired, summarize_records
+from .stats import holm
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "study"
 POLICIES = {"actgen": "paper", "actgen-balanced": "balanced", "actgen-balanced-train": "balanced (train fill)",
             "actgen-mixed": "mixed"}
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the input order."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def _fmt(d: dict | None, p_key: str = "p") -> str:

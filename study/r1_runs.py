@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from .conditions import CONDITIONS  # noqa: F401  (the registry, shared with actgen-compare)
 from .r1_stats import summarize_records, write_report
+from .runs import round_record
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,47 +98,15 @@ def seeds_of(text: str) -> list[int]:
 
 # ------------------------------------------------------------------------------------ the split
 def make_split(args: argparse.Namespace, out: Path) -> dict:
-    """Write ``pool.parquet``, ``labeled.parquet`` and ``test.parquet`` (stratified, seeded, disjoint)."""
-    import numpy as np
-    from datasets import ClassLabel, Dataset, Features, Image
+    """Write ``pool.parquet``, ``labeled.parquet`` and ``test.parquet`` (stratified, seeded,
+    disjoint) into ``<out>/data`` (:func:`actgen.study.split.make_split`)."""
+    from .split import make_split as split
 
-    from actgen.shards.sources import DataSource, load_source
-
-    data_dir = out / "data"
-    meta_path = data_dir / "split.json"
-    wanted = {"data": args.data, "split": args.data_split, "pool_fraction": args.pool_fraction,
-              "labeled_per_class": args.labeled_per_class, "split_seed": args.split_seed}
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta["settings"] != wanted:
-            raise SystemExit(f"{meta_path}: made with {meta['settings']}, asked for {wanted}; use another --out")
-        return meta
-    images = load_source(DataSource(path=args.data, split=args.data_split))
-    labels = np.array([images.label(i) for i in range(len(images))])
-    rng = np.random.default_rng(args.split_seed)
-    parts: dict[str, list[int]] = {"pool": [], "labeled": [], "test": []}
-    for c in range(len(images.class_names)):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        n_pool = int(round(args.pool_fraction * len(rows)))
-        n_lab = args.labeled_per_class
-        if n_pool + n_lab >= len(rows):
-            raise SystemExit(f"class {images.class_names[c]!r}: {len(rows)} images, not enough for a pool of "
-                             f"{n_pool}, {n_lab} labeled and a test set")
-        parts["pool"] += rows[:n_pool].tolist()
-        parts["labeled"] += rows[n_pool:n_pool + n_lab].tolist()
-        parts["test"] += rows[n_pool + n_lab:].tolist()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    features = Features({"image": Image(), "label": ClassLabel(names=list(images.class_names))})
-    for name, rows in parts.items():
-        rows = sorted(rows)
-        ds = Dataset.from_dict({"image": [images.image(i) for i in rows], "label": [int(labels[i]) for i in rows]},
-                               features=features)
-        ds.to_parquet(str(data_dir / f"{name}.parquet"))
-    meta = {"settings": wanted, "class_names": list(images.class_names),
-            "sizes": {k: len(v) for k, v in parts.items()}, "source_fingerprint": images.fingerprint}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"split {args.data}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items()), flush=True)
-    return meta
+    try:
+        return split(args.data, args.data_split, args.pool_fraction, args.labeled_per_class, args.split_seed,
+                     out / "data")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def ensure_generator(args: argparse.Namespace, out: Path) -> None:
@@ -251,25 +220,6 @@ def record(args: argparse.Namespace, proc) -> dict:
     path.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"  {name:<32} test {100 * rec['final_test_acc']:.2f}%  {rec['images_generated']:>4} images  "
           f"{rec['wall_time_s']:.0f} s", flush=True)
-    return rec
-
-
-def round_record(info: dict, pool: dict, run_dir: Path) -> dict:
-    """One round of a record: its hard samples (how many, of how many classes) and what its
-    synthetic data set held (images per class, renders per guide, distinct guides, the synthetic
-    share of the training set once it joined); None where the condition renders nothing."""
-    rec = {k: info.get(k) for k in ("round", "epoch", "hard_samples", "holdout_acc")}
-    manifest = run_dir / "rounds" / str(info["round"]) / "hard_samples.json"
-    if manifest.is_file():
-        rec["hard_classes"] = len({s["label"] for s in json.loads(manifest.read_text())["samples"]})
-    entry = pool.get(info["round"])
-    made_of = (entry or {}).get("composition") or {}
-    rec.update({"synthetic_images": entry["num_samples"] if entry else None,
-                "synthetic_per_class": made_of.get("per_class"), "roles": made_of.get("roles"),
-                "modes": made_of.get("modes"), "distinct_guides": made_of.get("distinct_guides"),
-                "renders_per_guide_max": made_of.get("renders_per_guide_max"),
-                "renders_per_guide_mean": made_of.get("renders_per_guide_mean"),
-                "synthetic_share": entry.get("share_at_join") if entry else None})
     return rec
 
 
