@@ -133,6 +133,7 @@ class WorkerPool:
         import ray
 
         if not ray.is_initialized():
+            check_file_size_limit()
             # address=None starts a local cluster; anything else joins one (no local resources then).
             ray.init(address=rc.address, num_cpus=rc.num_cpus if rc.address is None else None,
                      include_dashboard=False, configure_logging=False, log_to_driver=True)
@@ -173,6 +174,7 @@ def connect(address: str) -> None:
 
     if ray.is_initialized():
         return
+    check_file_size_limit()
     _probe(address)
     try:
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
@@ -180,6 +182,25 @@ def connect(address: str) -> None:
         raise ConnectionError(f"config key 'ray.address' = {address!r}: no Ray cluster answers there "
                               f"({' '.join(str(e).split())[:200]}); start one (ray start --head) or set "
                               "ray.address=null for a local one") from None
+
+
+RAY_MIN_FILE_SIZE = 1 << 30
+"""The smallest file-size limit (``ulimit -f``) Ray's processes start under: below it they are
+killed by SIGXFSZ while writing their logs and session files, and Ray reports only a node that
+"timed out during startup"."""
+
+
+def check_file_size_limit() -> None:
+    """OSError naming the limit when this process's file-size limit is below RAY_MIN_FILE_SIZE
+    (checked before Ray starts, instead of a timeout a minute later that names no file)."""
+    import errno
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < RAY_MIN_FILE_SIZE:
+        raise OSError(errno.EFBIG, f"the file-size limit (ulimit -f, RLIMIT_FSIZE) is {soft:,} bytes: Ray's "
+                                   f"processes cannot start under {RAY_MIN_FILE_SIZE:,}; raise the limit, or set "
+                                   "ray.executor=local (the shards themselves need room too)")
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

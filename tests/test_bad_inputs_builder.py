@@ -483,3 +483,17 @@ def test_a_named_ray_cluster_that_is_not_there_fails_before_anything_is_written(
     with pytest.raises(ConnectionError, match=r"'ray.address' = '127.0.0.1:9': no Ray cluster answers"):
         build(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_size_limit_ray_cannot_start_under_is_named_before_ray_starts():
+    import subprocess
+    import sys
+
+    # In a child process (a lowered limit cannot be raised again): the Ray executor is refused
+    # at once, naming the limit, instead of Ray's startup timeout a minute later.
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, resource.RLIM_INFINITY))\n"
+            "from actgen.builder.workers import check_file_size_limit\n"
+            "try:\n    check_file_size_limit()\nexcept OSError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "file-size limit (ulimit -f, RLIMIT_FSIZE) is 67,108,864 bytes" in out.stdout, out.stderr
