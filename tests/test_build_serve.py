@@ -84,3 +84,24 @@ def test_a_request_with_a_huge_folder_or_odd_paths_is_answered_quickly(write_rou
     first, second = _replies(out)
     assert not first["ok"] and "holds more than 50 files" in first["error"]
     assert second["ok"] and verify(directory / "shards").num_samples == 4     # the literal folder, built
+
+
+def test_a_request_naming_a_system_folder_is_refused_in_seconds(write_round, build_fast, tmp_path):
+    """A folder of many files that are not images (a home or system folder named by mistake) is
+    refused by its listing, well within the bound, never crawled by `datasets`."""
+    import time
+
+    system = tmp_path / "usr"
+    for d in range(4):
+        (system / f"lib{d}").mkdir(parents=True)
+        for f in range(400):
+            (system / f"lib{d}" / f"mod{f}.py").write_text("x")
+    (system / "icon.png").write_bytes(b"\x89PNG")
+    directory, _ = write_round(tmp_path / "run" / "rounds" / "0", round=0)
+    out = io.StringIO()
+    started = time.monotonic()
+    serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(directory), "dataset": {"path": str(system)}})],
+          out)
+    (reply,) = _replies(out)
+    assert not reply["ok"] and "files that are not images" in reply["error"] and str(system) in reply["error"]
+    assert time.monotonic() - started < 10
