@@ -17,7 +17,7 @@ import torch
 
 SD21_ARCH = Path(__file__).resolve().parent / "configs" / "sd21-base-arch"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.arch]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 
 SDXL_ARCH = Path(__file__).resolve().parent / "configs" / "sdxl-base-arch"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.arch]
 
 
 def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round, arch_build, tmp_path,

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = [pytest.mark.slow, pytest.mark.arch, pytest.mark.usefixtures("torch_one_thread")]
 
 SD21_ARCH = Path(__file__).resolve().parent / "configs" / "sd21-base-arch"
 NAMES = ("circle", "square")
