@@ -177,11 +177,11 @@ def test_no_synthetic_source_trains_on_real_images_only(tiny_train_config, write
 def test_a_late_data_set_joins_at_a_later_epoch_with_skip(tiny_train_config, write_digit_shards, tmp_path,
                                                           monkeypatch):
     """on_missing: skip goes on without round 0's shards and picks them up once they exist."""
-    import actgen.trainer.run as run_module
+    import actgen.trainer.rounds as rounds_module
 
     cfg = tiny_train_config(f"synthetic.pattern={tmp_path}/late/r{{round}}", "train.epochs=3", "rounds.horizon=2",
                             "rounds.merge_epoch=2")
-    real_write_round = run_module.write_round
+    real_write_round = rounds_module.write_round
 
     def write_round_then_finish_round_0(run_dir, round, *args, **kwargs):
         path = real_write_round(run_dir, round, *args, **kwargs)
@@ -189,7 +189,7 @@ def test_a_late_data_set_joins_at_a_later_epoch_with_skip(tiny_train_config, wri
             write_digit_shards(tmp_path / "late" / "r0", n=7, round=0)
         return path
 
-    monkeypatch.setattr(run_module, "write_round", write_round_then_finish_round_0)
+    monkeypatch.setattr(rounds_module, "write_round", write_round_then_finish_round_0)
     summary = run(cfg)
     assert [(p["round"], p["epoch"]) for p in summary["pool"]] == [(0, 2)]
     rows = [json.loads(line) for line in (cfg.resolved_run_dir() / "metrics.jsonl").read_text().splitlines()]

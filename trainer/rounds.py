@@ -10,20 +10,27 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from actgen.shards.bundle import WEIGHTS_FILE, BundleConfig, write_bundle
 from actgen.shards.errors import FormatError, writing
 from actgen.shards.manifest import HardSample, HardSampleManifest, ManifestHeader, read_manifest, write_manifest
 from actgen.shards.rounds import CHECKPOINT_DIR, MANIFEST_FILE, round_dir
+from actgen.shards.sources import LabeledImages
 
+from . import distributed as dist_utils
 from .checkpoint import writing_weights
 from .config import Config
-from .model import model_kwargs
+from .distributed import Runtime
+from .evaluate import Predictions
+from .inline import build_round
+from .model import export_state_dict, model_kwargs
+from .synthetic import round_location
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINT_DIR", "MANIFEST_FILE", "round_dir", "write_round"]
+__all__ = ["CHECKPOINT_DIR", "MANIFEST_FILE", "end_round", "guide_pool", "round_dir", "write_round"]
 
 
 def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_dict: dict[str, torch.Tensor],
@@ -99,3 +106,45 @@ def _same_as_written(path: Path, manifest: HardSampleManifest) -> bool:
     stamp = {"created": "", "tool_version": ""}
     return (dataclasses.replace(old.header, **stamp) == dataclasses.replace(manifest.header, **stamp)
             and old.samples == manifest.samples)
+
+
+def guide_pool(cfg: Config, images: LabeledImages, train: np.ndarray, r: int) -> list[str]:
+    """Round ``r``'s ``header.guide_pool``: up to ``rounds.guide_pool_per_class`` training images
+    per class, drawn at random (seeded by the run seed and the round), as sample ids."""
+    k = cfg.rounds.guide_pool_per_class
+    if k == 0 or len(train) == 0:
+        return []
+    rng = np.random.default_rng([cfg.train.seed, r, 0x706F6F6C])   # "pool"
+    labels = images.labels()[train]
+    chosen = []
+    for y in range(len(images.class_names)):
+        rows = np.sort(np.asarray(train)[labels == y])
+        chosen += rng.permutation(rows)[:k].tolist()
+    return [images.sample_id(int(i)) for i in chosen]
+
+
+def end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
+               images: LabeledImages, searched: Optional[Predictions], test_acc: float, num_rounds: int,
+               pool: list[str] = ()) -> dict:
+    """Select the round's hard samples from ``searched`` (the hold-out's or the training images'
+    predictions, ``rounds.search``) and write its bundle and manifest."""
+    assert searched is not None, "rounds end only while the hold-out is held out"  # schedule invariant
+    hard, selection = searched.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
+    on_train = cfg.rounds.search == "train"
+    chosen = {h.id for h in hard}
+    pool = [sid for sid in pool if sid not in chosen]     # searching the training images: no id twice
+    acc_key = "search_train_acc" if on_train else "holdout_acc"
+    info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "searched": cfg.rounds.search,
+            "holdout_acc": None if on_train else searched.accuracy, acc_key: searched.accuracy,
+            "manifest": str(round_dir(run_dir, r) / MANIFEST_FILE)}
+    if rt.is_main:
+        write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(searched.indices),
+                    {acc_key: searched.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
+                    selection=selection, guide_pool=list(pool))
+    dist_utils.barrier(rt)
+    if cfg.synthetic.source == "inline":
+        if rt.is_main:
+            build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r),
+                        cfg.data.source)
+        dist_utils.barrier(rt)
+    return info

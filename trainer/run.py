@@ -34,23 +34,23 @@ import torch
 
 from actgen.shards.atomic import atomic_write_text
 from actgen.shards.errors import FormatError, writing
-from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
+from . import preflight
 from .checkpoint import CHECKPOINT_FILE, capture_rng, restore_rng, save_checkpoint
 from .config import CONFIG_FILE, Config, config_to_yaml
-from .data import (MixedBatchSampler, RealImages, Split, build_eval_loader, build_eval_transform,
-                   make_train_loader, shard_for_rank, split_indices)
+from .data import MixedBatchSampler, Split, make_train_loader, split_indices
 from .distributed import Runtime
-from .evaluate import Predictions, predict
+from .evaluate import Predictions
+from .evaluator import Evaluator
 from .export import write_final
-from .inline import build_round, close_builders
+from .inline import close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
-from .model import create_model, export_state_dict, recompute_bn_statistics, unwrap
-from .rounds import round_dir, write_round
+from .model import create_model, export_state_dict, unwrap
+from .rounds import end_round, guide_pool
 from .rundir import check_fixed_images, clear_stopped_run, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .tensorboard import TensorBoardLog
@@ -140,7 +140,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                  len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
 
     # 6. Evaluation loaders (this rank's share of each split).
-    evaluator = _Evaluator.build(cfg, rt, inputs)
+    evaluator = Evaluator.build(cfg, rt, inputs.images, inputs.test_images, inputs.split)
 
     # 7. Epochs (a bad image found on the way is recorded, so that a resume accepts it fixed).
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             round_info = None
             r = schedule.round_ending_at(epoch)
             if r is not None:
-                round_info = _end_round(cfg, rt, run_dir, r, epoch, eval_model, images,
+                round_info = end_round(cfg, rt, run_dir, r, epoch, eval_model, images,
                                         evaluator.searched(eval_model, holdout), test_acc,
                                         schedule.num_rounds, guide_pool(cfg, images, split.train, r))
                 progress.rounds_done.append(round_info)
@@ -249,69 +249,6 @@ def _training(cfg: Config, rt: Runtime, inputs: _Inputs):
     return model, ema, task, loop
 
 
-@dataclass
-class _Evaluator:
-    """This rank's share of the hold-out and the test set, and how to score a model on them."""
-
-    cfg: Config
-    rt: Runtime
-    bn_loader: Any
-    holdout_size: int
-    holdout_idx: np.ndarray
-    holdout_loader: Any
-    test_idx: np.ndarray
-    test_loader: Any
-    search_idx: Optional[np.ndarray] = None
-    search_loader: Any = None
-
-    @classmethod
-    def build(cls, cfg: Config, rt: Runtime, inputs: _Inputs) -> "_Evaluator":
-        pin = rt.device.type == "cuda"
-        eval_tf = build_eval_transform(cfg.input)
-        images, split = inputs.images, inputs.split
-        holdout_idx = shard_for_rank(split.holdout, rt.rank, rt.world_size)
-        test_images = inputs.test_images if inputs.test_images is not None else images
-        test_all = np.arange(len(test_images)) if inputs.test_images is not None else split.test
-        test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
-        # Up to 1,024 training images, the same on every rank (each recomputes the same statistics).
-        bn_idx = np.asarray(split.train)[:1024]
-        bn_loader = _eval_loader(images, bn_idx, eval_tf, cfg, pin) if cfg.train.precise_bn_steps else None
-        search_idx = search_loader = None
-        if cfg.rounds.enabled and cfg.rounds.search == "train":   # rounds score the training images
-            search_idx = shard_for_rank(split.train, rt.rank, rt.world_size)
-            search_loader = _eval_loader(images, search_idx, eval_tf, cfg, pin)
-        return cls(cfg, rt, bn_loader, len(split.holdout), holdout_idx, _eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
-                   _eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None,
-                   search_idx, search_loader)
-
-    def searched(self, model, holdout: Optional[Predictions]) -> Optional[Predictions]:
-        """What a round selects from: the hold-out's predictions, or (``rounds.search: train``)
-        the training images' under the evaluation transform."""
-        if self.search_loader is None:
-            return holdout
-        return predict(model, self.search_loader, self.search_idx, self.rt, self.cfg.train.amp,
-                       self.cfg.train.channels_last)
-
-    def evaluate(self, model, ema, with_holdout: bool, steps: int) -> tuple[Optional[Predictions], float, float]:
-        """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured.
-
-        While the run is young (``steps`` < ``train.precise_bn_steps``) the BN statistics are
-        recomputed first (:func:`~.model.recompute_bn_statistics`)."""
-        amp, cl = self.cfg.train.amp, self.cfg.train.channels_last
-        if self.bn_loader is not None and steps < self.cfg.train.precise_bn_steps:
-            images = (batch[0].to(memory_format=torch.channels_last) if cl else batch[0] for batch in self.bn_loader)
-            recompute_bn_statistics(model, images, self.rt.device)
-        holdout = None
-        if with_holdout and self.holdout_size:   # the whole hold-out's size: every rank joins predict's gather
-            holdout = predict(model, self.holdout_loader, self.holdout_idx, self.rt, amp, cl)
-        test_acc = ema_acc = float("nan")
-        if self.test_loader is not None:
-            test_acc = predict(model, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
-            if ema is not None:
-                ema_acc = predict(ema.module, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
-        return holdout, test_acc, ema_acc
-
-
 def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: _Progress, merged: bool,
                   placebo: int = 0):
     """``(loader, sampler)`` over the real training images (plus the hold-out once merged) and the pool."""
@@ -361,7 +298,7 @@ def _join_static(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, e
 
 
 def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
-    _check_optional_packages(cfg)
+    preflight.check(cfg)
     state = run_dir_state(cfg, run_dir, resume)
     images = load_source(cfg.data.source)
     test_images = None
@@ -378,22 +315,6 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
     split = split_indices(images.labels(), cfg.data.holdout_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     model = create_model(cfg.model, len(images.class_names), list(images.class_names))
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
-
-
-def _check_optional_packages(cfg: Config) -> None:
-    """The optional packages the config's loggers and locations need, before anything is written."""
-    from actgen.shards.runtime import require, require_for_location
-
-    if cfg.train.tensorboard:
-        require("tensorboard", "train.tensorboard")
-    if cfg.synthetic.source != "none":
-        require_for_location(cfg.synthetic.pattern, "synthetic.pattern")
-    for i, location in enumerate(cfg.synthetic.static):
-        require_for_location(location, f"synthetic.static[{i}]")
-    if cfg.synthetic.source == "inline":
-        from .inline import check_builder
-
-        check_builder(cfg.synthetic)      # a bad generator.path fails now, not after epoch 0
 
 
 def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
@@ -440,48 +361,6 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
     if isinstance(outcome, tuple) and outcome and outcome[0] == "error":
         raise RuntimeError(f"rank 0 could not add round {round}'s synthetic data: {outcome[1]}")
     return outcome
-
-
-def guide_pool(cfg: Config, images: LabeledImages, train: np.ndarray, r: int) -> list[str]:
-    """Round ``r``'s ``header.guide_pool``: up to ``rounds.guide_pool_per_class`` training images
-    per class, drawn at random (seeded by the run seed and the round), as sample ids."""
-    k = cfg.rounds.guide_pool_per_class
-    if k == 0 or len(train) == 0:
-        return []
-    rng = np.random.default_rng([cfg.train.seed, r, 0x706F6F6C])   # "pool"
-    labels = images.labels()[train]
-    chosen = []
-    for y in range(len(images.class_names)):
-        rows = np.sort(np.asarray(train)[labels == y])
-        chosen += rng.permutation(rows)[:k].tolist()
-    return [images.sample_id(int(i)) for i in chosen]
-
-
-def _end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model: torch.nn.Module,
-               images: LabeledImages, searched: Optional[Predictions], test_acc: float, num_rounds: int,
-               pool: list[str] = ()) -> dict:
-    """Select the round's hard samples from ``searched`` (the hold-out's or the training images'
-    predictions, ``rounds.search``) and write its bundle and manifest."""
-    assert searched is not None, "rounds end only while the hold-out is held out"  # schedule invariant
-    hard, selection = searched.hard_samples(images, list(images.class_names), cfg.rounds.selection, epoch)
-    on_train = cfg.rounds.search == "train"
-    chosen = {h.id for h in hard}
-    pool = [sid for sid in pool if sid not in chosen]     # searching the training images: no id twice
-    acc_key = "search_train_acc" if on_train else "holdout_acc"
-    info = {"round": r, "epoch": epoch, "hard_samples": len(hard), "searched": cfg.rounds.search,
-            "holdout_acc": None if on_train else searched.accuracy, acc_key: searched.accuracy,
-            "manifest": str(round_dir(run_dir, r) / MANIFEST_FILE)}
-    if rt.is_main:
-        write_round(run_dir, r, epoch, cfg, export_state_dict(model), images, hard, len(searched.indices),
-                    {acc_key: searched.accuracy, "test_acc": test_acc}, num_rounds=num_rounds,
-                    selection=selection, guide_pool=list(pool))
-    dist_utils.barrier(rt)
-    if cfg.synthetic.source == "inline":
-        if rt.is_main:
-            build_round(cfg.synthetic, round_dir(run_dir, r), round_location(cfg.synthetic.pattern, run_dir, r),
-                        cfg.data.source)
-        dist_utils.barrier(rt)
-    return info
 
 
 def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], test_acc: float, ema_acc: float,
@@ -537,10 +416,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Config, pin: bool):
-    return build_eval_loader(RealImages(images, indices, transform, with_position=True), cfg.loader, pin_memory=pin)
 
 
 def _test_size(inputs: _Inputs) -> int:
