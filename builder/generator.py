@@ -26,6 +26,7 @@ import torch
 
 from .attention import AttentionStore, install_attention_capture
 from .config import Family, unet_family
+from .pretrained import PretrainedSource, check_device_dtype, files_identity  # noqa: F401  (files_identity re-exported)
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class DiffusersGenerator:
         self.name = name
         self._device = torch.device(device)
         self._dtype = dtype
-        _check_device_dtype(self._device, dtype)
+        check_device_dtype(self._device, dtype)
         self.unet = _place(unet, self._device, dtype)
         self._vae_dtype = self._vae_dtype_for(vae, dtype)
         self.vae = _place(vae, self._device, self._vae_dtype)
@@ -170,8 +171,6 @@ class DiffusersGenerator:
         """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
-
-        from .loading import PretrainedSource
 
         source = PretrainedSource.open(path_or_id, device, dtype, local_files_only, family=cls.family)
         load, torch_dtype = source.load, source.torch_dtype
@@ -412,26 +411,10 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     return module.eval().requires_grad_(False)
 
 
-def _check_device_dtype(device: torch.device, dtype: torch.dtype) -> None:
-    if device.type == "cpu" and dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"dtype={dtype} on device={device}: the CPU runs float32 or bfloat16, not float16")
-
-
 # Weights hashes of generators loaded from local directories in this process, by the identity of
 # their files (:func:`files_identity`) and the dtype they were loaded in: a worker that reloads an
 # unchanged generator (for example after its settings changed) does not hash gigabytes again.
 _HASHES: dict[tuple, str] = {}
-
-
-def files_identity(directory: Path) -> tuple:
-    """Every file under ``directory`` as ``(relative path, size, mtime_ns, inode)``, sorted: a
-    rewritten or replaced file changes it."""
-    found = []
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            found.append((p.relative_to(directory).as_posix(), st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(found)
 
 
 def _hash_state_dict(h, prefix: str, state: dict[str, torch.Tensor]) -> None:

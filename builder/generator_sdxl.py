@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from .generator import TINY_WORDS, DiffusersGenerator, _place, _token_ids, tiny_tokenizer
-from .loading import PretrainedSource
+from .pretrained import PretrainedSource
 
 _logger = logging.getLogger(__name__)
 
