@@ -114,7 +114,6 @@ def _local_generator_sha(path: Path) -> Optional[str]:
 def specs(plan: ComparePlan, inputs: dict[int, SplitInputs], work: Path, identity: dict) -> list[RunSpec]:
     """Every planned run of the splits in ``inputs``, in the plan's order."""
     out = []
-    names = None
     for split, seed, cond, m in plan.runs():
         if split not in inputs:
             continue
