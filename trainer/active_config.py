@@ -198,3 +198,21 @@ def _check_pattern(pattern: str) -> None:
         pattern.format(run_dir="runs/x", round=0)
     except (ValueError, KeyError, IndexError) as e:
         raise ValueError(f"config key 'synthetic.pattern' = {pattern!r}: not a valid pattern ({e})") from None
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """What a run keeps of its rounds' classifier bundles (``rounds/<r>/checkpoint/``).
+
+    Attributes:
+        keep_rounds: keep the bundles of the last this many rounds whose synthetic data set has
+            joined the pool, and of every round whose data set has not (a builder may still need
+            it); older bundles are removed, their manifests kept. null: keep every bundle (the
+            paper's CIFAR recipe writes 150 of them, about 14 GB for a ResNet-50).
+    """
+
+    keep_rounds: Optional[int] = 3
+
+    def __post_init__(self) -> None:
+        _check(self.keep_rounds is None or self.keep_rounds >= 1, "checkpoint.keep_rounds", self.keep_rounds,
+               "null or an int >= 1")

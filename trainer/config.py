@@ -15,7 +15,8 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 from actgen.shards.config import check_value as _check, diff_keys, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
 
-from .active_config import RoundsConfig, SelectionConfig, SelectionRule, SyntheticConfig  # noqa: F401  (sections)
+from .active_config import (CheckpointConfig, RoundsConfig, SelectionConfig, SelectionRule,  # noqa: F401  (sections)
+                            SyntheticConfig)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -326,6 +327,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name without '/'")

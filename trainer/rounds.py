@@ -148,3 +148,21 @@ def end_round(cfg: Config, rt: Runtime, run_dir: Path, r: int, epoch: int, model
                         cfg.data.source)
         dist_utils.barrier(rt)
     return info
+
+
+def prune_bundles(run_dir: str | Path, joined: Sequence[int], keep: Optional[int]) -> list[int]:
+    """Remove the classifier bundles of the rounds in ``joined`` (their data sets are in the pool:
+    no builder needs them) but the last ``keep``; manifests stay. Returns the rounds pruned."""
+    import shutil
+
+    if keep is None:
+        return []
+    pruned = []
+    for r in sorted(set(joined))[:-keep]:
+        bundle = round_dir(run_dir, r) / CHECKPOINT_DIR
+        if bundle.is_dir() and not bundle.is_symlink():
+            shutil.rmtree(bundle)
+            pruned.append(r)
+    if pruned:
+        _logger.info("removed the classifier bundles of rounds %s (checkpoint.keep_rounds = %d)", pruned, keep)
+    return pruned

@@ -50,7 +50,7 @@ from .inline import close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, unwrap
-from .rounds import end_round, guide_pool
+from .rounds import end_round, guide_pool, prune_bundles
 from .rundir import check_fixed_images, clear_stopped_run, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .tensorboard import TensorBoardLog
@@ -154,6 +154,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             num_real = len(split.train) + (len(split.holdout) if merged else 0)
             if cfg.synthetic.source in ("shards", "inline"):
                 _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names, num_real)
+                if rt.is_main:
+                    prune_bundles(run_dir, [e.round for e in progress.pool if e.round >= 0], cfg.checkpoint.keep_rounds)
             if epoch >= cfg.synthetic.static_epoch:
                 _join_static(cfg, rt, run_dir, progress, epoch, class_names, num_real)
             # 7b. The hold-out joins training at the merge epoch; rebuild the loader when the data change.

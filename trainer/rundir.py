@@ -31,7 +31,7 @@ _logger = logging.getLogger(__name__)
 DATA_ERRORS_FILE = "data_errors.json"
 
 # Settings that may change when a run is resumed: they do not affect what is computed.
-RESUMABLE_CHANGES = {"loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
+RESUMABLE_CHANGES = {"checkpoint.keep_rounds", "loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
                      "loader.eval_batch_size", "train.log_interval", "train.progress", "synthetic.on_missing",
                      "synthetic.timeout_s", "synthetic.poll_s", "data.decode_check_limit", "run_dir"}
 
