@@ -110,6 +110,12 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
 
 
 def _build(cfg, round_dir: Path, pool) -> int:
+    """One request's build, logged where ``--watch`` logs: the round folder's ``build.log`` and,
+    for a trainer's round folder (``<run>/rounds/<r>``), the run's ``build.log``."""
+    from actgen.shards.runtime import run_log
+
     from .pipeline import build_and_mark
 
-    return build_and_mark(cfg, round_dir, pool).index.num_samples
+    run_dir = round_dir.parent.parent if round_dir.parent.name == "rounds" else None
+    with run_log(run_dir / "build.log" if run_dir is not None else None), run_log(round_dir / "build.log"):
+        return build_and_mark(cfg, round_dir, pool).index.num_samples

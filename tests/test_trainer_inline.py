@@ -60,6 +60,10 @@ def test_one_command_runs_the_active_loop(tiny_train_config, torch_one_thread):
         assert sample.provenance["source_id"] in {s["id"] for s in manifest["samples"]}
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["synthetic_pool"] for row in rows] == [0, 8, 16, 16]
+    # The builder's log is kept where --watch keeps it: per round, and for the run.
+    for r in (0, 1):
+        assert "wrote index" in (run_dir / "rounds" / str(r) / "build.log").read_text()
+    assert (run_dir / "build.log").read_text().count("wrote index") >= 2
     assert all(row["synthetic_seen"] > 0 for row in rows[1:])
 
 
