@@ -22,8 +22,9 @@ Examples:
   actgen-data browse runs/demo/merged runs/demo/gallery      # then open runs/demo/gallery/index.html
 
 \b
-A data set is a folder (or an http(s) URL, for verify) holding index.json and the shards it lists,
-as actgen-build writes it. A data set that fails a check (or is none) exits with status 2 and one
+A data set is a location holding index.json and the shards it lists, as actgen-build writes it:
+a folder, an http(s) URL, or an object store (s3://, gs://, hf://; info, verify, merge and filter
+read them all and merge and filter write to them; publish uploads a folder; browse takes a folder). A data set that fails a check (or is none) exits with status 2 and one
 line naming the file and what is wrong; info prints its summary and exits 1 when it does not verify.
 """
 
