@@ -24,8 +24,9 @@ Examples:
 \b
 A data set is a location holding index.json and the shards it lists, as actgen-build writes it:
 a folder, an http(s) URL, or an object store (s3://, gs://, hf://; info, verify, merge and filter
-read them all and merge and filter write to them; publish uploads a folder; browse takes a folder). A data set that fails a check (or is none) exits with status 2 and one
-line naming the file and what is wrong; info prints its summary and exits 1 when it does not verify.
+read them all and merge and filter write to them; publish uploads a folder; browse takes a folder).
+A data set that fails a check (or is none) exits with status 2 and one line naming the file and
+what is wrong; info prints its summary and exits 1 when it does not verify.
 """
 
 
