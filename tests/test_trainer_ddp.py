@@ -62,3 +62,44 @@ def test_torchrun_two_gloo_processes(tmp_path, write_digit_shards):
             predicted = model(x).argmax(-1).numpy()
         wrong = {digits.sample_id(int(i)) for i, p, y in zip(split.holdout, predicted, data.targets) if p != y}
         assert {s.id for s in manifest.samples} == wrong
+
+
+def test_slurm_variables_become_torchruns():
+    from actgen.trainer.distributed import slurm_environment
+
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.5",
+           "SLURM_JOB_ID": "123456"}
+    assert slurm_environment(env) == {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.5",
+                                      "MASTER_PORT": "29956"}
+    assert slurm_environment({**env, "MASTER_ADDR": "node01", "MASTER_PORT": "12345"})["MASTER_ADDR"] == "node01"
+    assert slurm_environment({**env, "RANK": "0"}) == {}          # torchrun's own variables win
+    assert slurm_environment({}) == {}
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+
+
+@pytest.mark.slow
+def test_two_processes_launched_as_srun_launches_them(tmp_path):
+    """Two trainer processes with only SLURM's variables (as srun starts them) form one gloo group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    extra = ["synthetic.source=none", "rounds.enabled=false", "train.epochs=1", "rounds.merge_epoch=1"]
+    sets = [a for s in TINY + extra for a in ("--set", s)]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    procs = [subprocess.Popen([sys.executable, "-m", "actgen.trainer.cli", "--config",
+                               str(REPO / "configs" / "train-digits.yaml"), "--run-dir", str(run_dir), *sets],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env={**base, "OMP_NUM_THREADS": "1", "SLURM_PROCID": str(r), "SLURM_NTASKS": "2",
+                                   "SLURM_LOCALID": str(r), "SLURM_JOB_ID": "77", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": str(port)})
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:] + outs[1][1][-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["complete"]
+    assert "SLURM task 0 of 2" in outs[0][1]

@@ -9,7 +9,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -49,14 +49,39 @@ def resolve_device(preference: Literal["auto", "cpu", "cuda"], local_rank: int =
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def slurm_environment(env: Optional[dict] = None) -> dict[str, str]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) for a process
+    started by SLURM's ``srun`` (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), where torchrun's are
+    not set; {} otherwise. The rendezvous address is MASTER_ADDR when the job script exports it,
+    else the node ``srun`` was launched from (SLURM_LAUNCH_NODE_IPADDR); the port MASTER_PORT, else
+    29500 plus the job id's last three digits (two jobs on one node do not collide)."""
+    env = os.environ if env is None else env
+    if "RANK" in env or "SLURM_PROCID" not in env or "SLURM_NTASKS" not in env:
+        return {}
+    addr = env.get("MASTER_ADDR") or env.get("SLURM_LAUNCH_NODE_IPADDR")
+    if not addr:
+        raise ValueError("SLURM launch: neither MASTER_ADDR nor SLURM_LAUNCH_NODE_IPADDR is set; export "
+                         "MASTER_ADDR (the first node of the allocation) in the job script")
+    job = env.get("SLURM_JOB_ID", "0")
+    port = env.get("MASTER_PORT") or str(29500 + int(job[-3:]) if job[-3:].isdigit() else 29500)
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"), "MASTER_ADDR": addr, "MASTER_PORT": port}
+
+
 def setup(preference: Literal["auto", "cpu", "cuda"], timeout_s: float = 1800.0) -> Runtime:
-    """Join torchrun's process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on CUDA).
+    """Join torchrun's process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on CUDA); a
+    process started by SLURM's ``srun`` is recognised too (:func:`slurm_environment`).
 
     Args:
         preference: ``train.device``.
         timeout_s: collective timeout; must cover the longest wait for synthetic data, during
             which the other ranks block in a broadcast.
     """
+    slurm = slurm_environment()
+    if slurm:
+        os.environ.update(slurm)          # init_process_group's env:// rendezvous reads them
+        _logger.info("SLURM task %s of %s (local %s); rendezvous at %s:%s", slurm["RANK"], slurm["WORLD_SIZE"],
+                     slurm["LOCAL_RANK"], slurm["MASTER_ADDR"], slurm["MASTER_PORT"])
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
