@@ -15,13 +15,19 @@ class MemoryBank:
     """Final latents of earlier guided samples, per class, for the contrastive term.
 
     Entries are kept on the CPU in float16 (as in the paper code), at most ``capacity`` per class,
-    oldest evicted first.
+    oldest evicted first; and with ``total_capacity``, at most that many in all: past it, the
+    oldest entry of the class that holds the most is evicted (the lowest label on a tie), so the
+    bank stays spread over the classes and its memory is bounded at any class count (a per-class
+    cap alone grows with the number of classes: 1,024 per class is 1,024,000 latents at 1,000).
     """
 
-    def __init__(self, capacity: int, sample_size: int):
+    def __init__(self, capacity: int, sample_size: int, total_capacity: Optional[int] = None):
         if capacity < 1 or sample_size < 1:
             raise ValueError(f"memory bank capacity={capacity}, sample_size={sample_size}: both must be >= 1")
+        if total_capacity is not None and total_capacity < 1:
+            raise ValueError(f"memory bank total_capacity={total_capacity}: must be >= 1 or None")
         self.capacity = capacity
+        self.total_capacity = total_capacity
         self.sample_size = sample_size
         self._entries: dict[int, deque[torch.Tensor]] = {}
         self._recorded: Optional[list[tuple[int, torch.Tensor]]] = None
@@ -41,6 +47,9 @@ class MemoryBank:
             self._entries.setdefault(int(y), deque(maxlen=self.capacity)).append(z)
             if self._recorded is not None:
                 self._recorded.append((int(y), z))
+            if self.total_capacity is not None and len(self) > self.total_capacity:
+                largest = max(sorted(self._entries), key=lambda k: len(self._entries[k]))
+                self._entries[largest].popleft()
 
     def start_recording(self) -> None:
         """From now on, remember every added latent in order (what a shard adds to the bank)."""

@@ -50,12 +50,13 @@ class GuidedRenderer:
         self.prompt_template = prompt_template
         self.generator = generator_factory()
         classifier = classifier_factory() if classifier_factory is not None else None
-        self.bank = MemoryBank(config.bank_capacity, config.bank_sample_size)
+        self.bank = MemoryBank(config.bank_capacity, config.bank_sample_size, config.bank_total_capacity)
         self.sampler = GuidedSampler(self.generator, config, classifier, self.bank)
 
     def reset_bank(self) -> None:
         """Start over with an empty memory bank (e.g. one bank per shard, for determinism)."""
-        self.bank = MemoryBank(self.sampler.config.bank_capacity, self.sampler.config.bank_sample_size)
+        self.bank = MemoryBank(self.sampler.config.bank_capacity, self.sampler.config.bank_sample_size,
+                               self.sampler.config.bank_total_capacity)
         self.sampler.bank = self.bank
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

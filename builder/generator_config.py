@@ -112,6 +112,10 @@ class GuidanceConfig:
         margin: ρ in the hinge max(0, ρ − ‖x̂0 − z_k‖₂) (paper code 100; the paper text says 200).
         bank_sample_size: at most this many memory-bank latents of the class are compared.
         bank_capacity: per-class memory-bank size; the oldest entries are evicted first.
+        bank_total_capacity: the memory bank's size over all classes (null: only the per-class
+            cap). Past it the oldest entry of the class holding the most is evicted, so the bank is
+            bounded at any class count: at 1,000 classes the per-class cap alone holds up to a
+            million latents (4.2 GB of Stable Diffusion latents in float16).
         mask: ``"cumulative"``: M_i = 1 + Σ_{j≤i} A_j as in the paper code (≥ 1 everywhere, the
             background is guided too); ``"foreground"``: M_i = min-max-normalised A_i (in [0, 1]).
         mask_threshold: with ``mask="foreground"``, binarise M_i at this value (None: keep soft).
@@ -155,6 +159,7 @@ class GuidanceConfig:
     repel_within_batch: bool = False
     bank_sample_size: int = 1024
     bank_capacity: int = 1024
+    bank_total_capacity: Optional[int] = None
     mask: Literal["cumulative", "foreground"] = "cumulative"
     mask_threshold: Optional[float] = None
     grad_norm: Literal["token", "global"] = "token"
@@ -170,6 +175,8 @@ class GuidanceConfig:
         for name in ("num_steps", "reference_steps", "bank_sample_size", "bank_capacity", "adversarial_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"guidance.{name}={getattr(self, name)}: must be >= 1")
+        _check(self.bank_total_capacity is None or 1 <= self.bank_total_capacity <= MAX_BANK,
+               "guidance.bank_total_capacity", self.bank_total_capacity, f"null or an int in 1..{MAX_BANK:,}")
         for name, bound in (("num_steps", MAX_STEPS), ("reference_steps", MAX_STEPS), ("bank_capacity", MAX_BANK),
                             ("bank_sample_size", MAX_BANK), ("adversarial_chunk", MAX_BATCH)):
             _check(getattr(self, name) <= bound, f"guidance.{name}", getattr(self, name), f"at most {bound:,}")

@@ -144,3 +144,23 @@ def test_an_earlier_bank_is_checked_before_rendering_naming_its_file(run_rounds,
     with pytest.raises(ValueError, match=f"{BANK_FILE}.*{expected}|{expected}.*{BANK_FILE}"):
         run(_config(run_rounds, 1, build_fast))
     assert not (run_rounds / "rounds" / "1" / "shards" / "index.json").exists()
+
+
+def test_a_total_cap_binds_at_any_class_count_evicting_from_the_fullest_class():
+    import torch
+
+    from actgen.builder.bank import MemoryBank
+
+    bank = MemoryBank(capacity=1024, sample_size=8, total_capacity=6)
+    z = torch.arange(10, dtype=torch.float32).reshape(10, 1, 1, 1).expand(10, 3, 2, 2)
+    bank.add([0, 0, 0, 0, 1, 1, 2, 3, 3, 3], z)
+    # 10 latents over 4 classes, 6 kept: each time the class holding the most lost its oldest.
+    assert len(bank) == 6
+    kept = {y: z[:, 0, 0, 0].tolist() for y, z in bank.state_dict().items()}
+    # v6 arrives: class 0 (4) loses v0; v7: class 0 (3) loses v1; v8: classes 0, 1, 3 hold 2, the
+    # lowest label loses v2; v9: class 3 (3) loses v7.
+    assert kept == {0: [3.0], 1: [4.0, 5.0], 2: [6.0], 3: [8.0, 9.0]}
+    # Without the total cap the per-class cap alone keeps all ten.
+    free = MemoryBank(capacity=1024, sample_size=8)
+    free.add([0, 0, 0, 0, 1, 1, 2, 3, 3, 3], z)
+    assert len(free) == 10
