@@ -18,7 +18,7 @@ from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_labe
                       decode_sample, is_extra_member, sample_members)
 from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, UNREADABLE_SCHEME, _is_pattern, _Sink,
                        deadline_after, is_url, join_location, read_location, remote_get)
-from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, write_index
+from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, file_sha256, write_index
 
 _logger = logging.getLogger(__name__)
 
@@ -156,6 +156,32 @@ def read_member(f, span: tuple[int, int]) -> bytes:
 # Fetch
 
 
+def _link_verified(source: Path, destination: Path, sha256: str, size_bytes: int) -> bool:
+    """A hard link at ``destination`` to the regular file ``source`` on the same file system,
+    kept only when its size and sha256 are the index's: no second copy of a data set a run takes
+    from its own round folders (writers replace files by rename, so a linked file never changes
+    under the run). False (nothing left) where a link cannot be made or does not verify; the
+    caller then copies, which reports the mismatch."""
+    import os
+    import stat as stat_module
+
+    try:
+        info = os.lstat(source)
+        if not stat_module.S_ISREG(info.st_mode) or info.st_size != size_bytes or \
+                info.st_dev != os.stat(destination.parent).st_dev:
+            return False
+        os.link(source, destination, follow_symlinks=False)
+    except OSError:
+        return False
+    try:
+        if file_sha256(destination) == sha256 and destination.stat().st_size == size_bytes:
+            return True
+    except OSError:
+        pass
+    destination.unlink(missing_ok=True)
+    return False
+
+
 def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes: int,
                   deadline: float = math.inf) -> None:
     """Copy or download ``source`` to ``destination``; FormatError if size or sha256 differ.
@@ -170,6 +196,8 @@ def copy_verified(source: str, destination: str | Path, sha256: str, size_bytes:
     """
     destination = Path(destination)
     too_large = f"size is over {size_bytes} bytes, index says {size_bytes}"
+    if not is_url(source) and _link_verified(Path(source), destination, sha256, size_bytes):
+        return
     try:
         with writing(destination), open(destination, "wb") as dst:  # a full disk names the file
             if is_url(source):

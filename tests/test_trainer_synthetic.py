@@ -169,3 +169,26 @@ def test_a_round_the_builder_is_retrying_is_waited_for(tmp_path):
         wait_until_finished(str(round_dir / "shards"), SyntheticConfig(on_missing="wait", timeout_s=3600, poll_s=60),
                             0, sleep=sleep, clock=lambda: now[0])
     assert now[0] == 120                                 # waited while retrying, stopped at "failed"
+
+
+def test_a_round_from_the_same_file_system_joins_the_pool_as_hard_links_not_a_second_copy(tmp_path,
+                                                                                           write_digit_shards):
+    import os
+
+    from actgen.shards.reader import read_index
+    from actgen.trainer.synthetic import acquire
+
+    write_digit_shards(tmp_path / "built", n=12)
+    entry = acquire(str(tmp_path / "built"), tmp_path / "run", 0, 1, list(DIGIT_NAMES))
+    for shard in read_index(tmp_path / "built").shards:
+        original, pooled = tmp_path / "built" / shard.filename, tmp_path / "run" / entry.directory / shard.filename
+        assert os.path.samefile(original, pooled) and pooled.stat().st_nlink == 2
+    # A shard that does not match its index is still refused (and not linked).
+    bad = tmp_path / "bad"
+    write_digit_shards(bad, n=12)
+    first = read_index(bad).shards[0].filename
+    data = bytearray((bad / first).read_bytes())
+    data[-600] ^= 0xFF
+    (bad / first).write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="sha256"):
+        acquire(str(bad), tmp_path / "run2", 0, 1, list(DIGIT_NAMES))
