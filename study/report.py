@@ -126,23 +126,28 @@ def _per_class(runs) -> dict[str, float]:
     return {k: v / len(runs) for k, v in total.items()} if runs else {}
 
 
+def _split_mean(runs: dict[stats.Key, dict]) -> float:
+    """Accuracy as the conditions table gives it: the mean of the per-split means."""
+    means = stats.split_means(_acc(runs))
+    return sum(means.values()) / len(means)
+
+
 def _match(plan: ComparePlan, table: dict, mp) -> dict:
-    """Images ``mp.curve`` needs to reach ``mp.condition``'s mean accuracy, on its mean curve
-    over every run (the anchor's accuracy at 0 images)."""
+    """Images ``mp.curve`` needs to reach ``mp.condition``'s accuracy, on its curve (the anchor's
+    accuracy at 0 images); accuracies are means of split means, as in the conditions table."""
     points = []
     if mp.anchor:
         anchor = table.get((mp.anchor, 1.0), {})
         if anchor:
-            points.append((0.0, sum(_acc(anchor).values()) / len(anchor)))
+            points.append((0.0, _split_mean(anchor)))
     for m in plan.condition(mp.curve).multiples:
         runs = table.get((mp.curve, m), {})
         if runs:
-            points.append((sum(r["images_generated"] for r in runs.values()) / len(runs),
-                           sum(_acc(runs).values()) / len(runs)))
+            points.append((sum(r["images_generated"] for r in runs.values()) / len(runs), _split_mean(runs)))
     target = table.get((mp.condition, 1.0), {})
     if not target:
         return {"condition": mp.condition, "curve": mp.curve, "points": points, "images": None}
-    acc = sum(_acc(target).values()) / len(target)
+    acc = _split_mean(target)
     images = sum(r["images_generated"] for r in target.values()) / len(target)
     need = stats.images_to_match(points, acc)
     return {"condition": mp.condition, "curve": mp.curve, "points": points, "accuracy": acc, "condition_images": images,
