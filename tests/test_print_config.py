@@ -2,7 +2,6 @@
 inputs (no checkpoint, no data, no run folder), with the overrides applied."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
