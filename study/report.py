@@ -18,10 +18,41 @@ from .runs import RECORDS_DIR
 REPORT_MD, REPORT_JSON, REPORT_PNG = "report.md", "report.json", "report.png"
 
 
+# What the analysis reads of a record, and its type: records may come from other machines (Ray
+# workers, a colleague's runs), so each is checked before use, naming the file and the field.
+_RECORD_FIELDS = {"condition": str, "budget_multiple": (int, float), "split_seed": int, "seed": int,
+                  "final_test_acc": (int, float), "images_generated": int, "rounds": list}
+RECORD_MAX_BYTES = 16 << 20
+
+
 def load_records(out: Path) -> list[dict]:
-    """Every record under ``<out>/records``, in a fixed order."""
-    paths = sorted((Path(out) / RECORDS_DIR).glob("split-*/*.json"))
-    return [json.loads(p.read_text()) for p in paths]
+    """Every record under ``<out>/records``, in a fixed order, each type-checked (FormatError
+    naming the file and the field otherwise)."""
+    from actgen.shards._schema import read_json_file
+    from actgen.shards.errors import FormatError
+
+    records = []
+    for path in sorted((Path(out) / RECORDS_DIR).glob("split-*/*.json")):
+        if path.is_symlink() or path.stat().st_size > RECORD_MAX_BYTES:
+            raise FormatError(str(path), f"a link, or larger than {RECORD_MAX_BYTES} bytes: not a run record")
+        data = read_json_file(path)
+        if not isinstance(data, dict):
+            raise FormatError(str(path), "not a JSON object")
+        for key, kind in _RECORD_FIELDS.items():
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise FormatError(str(path), f"field '{key}' must be {getattr(kind, '__name__', 'a number')}, "
+                                             f"got {value!r}"[:300])
+        if not 0.0 <= data["final_test_acc"] <= 1.0 or data["images_generated"] < 0:
+            raise FormatError(str(path), "field 'final_test_acc' must be in [0, 1] and 'images_generated' >= 0")
+        for i, rd in enumerate(data["rounds"]):
+            per_class = rd.get("synthetic_per_class") if isinstance(rd, dict) else None
+            if not isinstance(rd, dict) or not (per_class is None or (isinstance(per_class, dict) and all(
+                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in per_class.items()))):
+                raise FormatError(str(path), f"field 'rounds[{i}]' must be an object whose synthetic_per_class maps "
+                                             "class names to counts")
+        records.append(data)
+    return records
 
 
 def _table(records: list[dict]) -> dict[tuple[str, float], dict[stats.Key, dict]]:

@@ -263,3 +263,21 @@ def test_a_note_adds_seeds_without_changing_the_frozen_body(tmp_path):
     assert {seed for _, seed, _, _ in amended.runs()} == {0, 1, 2, 3} and len(amended.runs()) == 2 * len(plan.runs())
     with pytest.raises(ValueError, match="notes\\[\\].seeds"):
         load_plan(path, ['notes=[{date: "2026-12-06", text: "again", seeds: [1]}]'])    # already a seed
+
+
+def test_a_record_from_elsewhere_is_type_checked_naming_the_file_and_field(tmp_path):
+    from actgen.shards.errors import FormatError
+    from actgen.study.report import load_records
+
+    (tmp_path / "records" / "split-0").mkdir(parents=True)
+    good = {"condition": "a", "budget_multiple": 1.0, "split_seed": 0, "seed": 0, "final_test_acc": 0.9,
+            "images_generated": 64, "rounds": [{"synthetic_per_class": {"cat": 3}}]}
+    path = tmp_path / "records" / "split-0" / "a-b1-s0.json"
+    path.write_text(json.dumps(good))
+    assert load_records(tmp_path) == [good]
+    for bad, field in (({"final_test_acc": "0.9"}, "final_test_acc"), ({"seed": True}, "seed"),
+                       ({"rounds": [{"synthetic_per_class": {"cat": "3"}}]}, "rounds\\[0\\]"),
+                       ({"final_test_acc": 7.0}, "final_test_acc")):
+        path.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(FormatError, match=f"a-b1-s0.json: field '{field}"):
+            load_records(tmp_path)
