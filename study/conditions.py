@@ -77,6 +77,16 @@ CONDITIONS: dict[str, Overrides] = {
 BUDGET_FREE = {name for name, (_, build) in CONDITIONS.items() if build is None} - {"real-steps"}
 
 
+def renders(base: str, build_extra: Optional[list[str]] = None) -> bool:
+    """Whether condition ``base`` (plus a plan's build overrides) loads a generator: it builds, and
+    its last ``mode`` is not ``copy`` (a copy writes its guide images and loads none)."""
+    build = CONDITIONS[base][1]
+    if build is None:
+        return False
+    modes = [o.split("=", 1)[1].strip() for o in [*build, *(build_extra or [])] if o.startswith("mode=")]
+    return not modes or modes[-1] != "copy"
+
+
 def overrides_for(base: str, train_extra: list[str], build_extra: Optional[list[str]], budget: int,
                   small_round_ratio: float = 1 / 3) -> Overrides:
     """The trainer and builder overrides of condition ``base`` (a registry name) plus a plan's

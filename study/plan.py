@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from actgen.shards.config import check_value as _check, load_structured, to_dict
 
-from .conditions import BUDGET_FREE, CONDITIONS
+from .conditions import BUDGET_FREE, CONDITIONS, renders
 
 PLAN_FILE = "plan.json"
 """The frozen plan inside a comparison's output folder: body, hash, the configs' text, notes."""
@@ -230,9 +230,10 @@ class ComparePlan:
         builds = any(CONDITIONS[c.registry][1] is not None for c in self.conditions)
         _check(bool(self.build_config) or not builds, "build_config", self.build_config,
                "an actgen-build config (some condition builds)")
-        _check(self.generator.path is not None or self.generator.fit_config is not None or not builds,
+        rendering = self.renders
+        _check(self.generator.path is not None or self.generator.fit_config is not None or not rendering,
                "generator.path", self.generator.path, "a generator (or generator.fit_config to fit one per split)")
-        _check(self.data.pool_fraction > 0 or self.generator.path is not None or not builds, "data.pool_fraction",
+        _check(self.data.pool_fraction > 0 or self.generator.path is not None or not rendering, "data.pool_fraction",
                self.data.pool_fraction, "> 0 when generator.fit_config fits a generator on each split's pool")
         for group in self.analysis.primary:
             for c in group.contrasts:
@@ -245,6 +246,11 @@ class ComparePlan:
         for m in self.analysis.match:
             for name in (m.condition, m.curve) + ((m.anchor,) if m.anchor else ()):
                 _check(name in names, "analysis.match", name, f"one of the conditions {names}")
+
+    @property
+    def renders(self) -> bool:
+        """Whether some condition loads the generator (builds that only copy guides load none)."""
+        return any(renders(c.registry, c.build_set) for c in self.conditions)
 
     def condition(self, name: str) -> ConditionPlan:
         return next(c for c in self.conditions if c.name == name)

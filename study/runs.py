@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .conditions import CONDITIONS, overrides_for
+from .conditions import overrides_for, renders
 from .plan import ComparePlan
 from .split import ensure_generator, make_split
 
@@ -70,7 +70,6 @@ def run_name(condition: str, multiple: float, seed: int) -> str:
 
 def prepare_split(plan: ComparePlan, split: int, work: Path, fit_env: Optional[dict] = None) -> SplitInputs:
     """The split's data (made once, reused) and generator (fitted once when the plan fits one)."""
-    builds = any(CONDITIONS[c.registry][1] is not None for c in plan.conditions)
     folder = Path(work) / "splits" / f"split-{split}"
     if plan.data.fixed:
         from actgen.shards.sources import DataSource, load_source
@@ -85,7 +84,7 @@ def prepare_split(plan: ComparePlan, split: int, work: Path, fit_env: Optional[d
         names = list(meta["class_names"])
         pool = folder / "pool.parquet" if meta["sizes"]["pool"] else None
     generator = sha = None
-    if builds:
+    if plan.renders:       # copies of guide images load no generator: none is fitted or checked
         pinned = plan.generator.sha256.get(str(split))
         if plan.generator.path is not None:
             generator = plan.generator.path
@@ -126,10 +125,12 @@ def specs(plan: ComparePlan, inputs: dict[int, SplitInputs], work: Path, identit
                 f"data.test_source.path={s.test}", f"data.test_source.class_names={names}",
                 f"train.seed={42 + seed}", "train.progress=false", "loader.num_workers=0",
                 *plan.train_set, *train]
+        rendered = build is not None and renders(c.registry, c.build_set)
         if build is None:
             sets.append("synthetic.source=none")
         else:
-            build_sets = [f"budget={budget}", f"seed={seed}", f"generator.path={s.generator}", *plan.build_set, *build]
+            build_sets = [f"budget={budget}", f"seed={seed}",
+                          *([f"generator.path={s.generator}"] if rendered else []), *plan.build_set, *build]
             quoted = ",".join(json.dumps(o) for o in build_sets)
             from actgen.shards.config import resolve_config_path
 
@@ -144,8 +145,9 @@ def specs(plan: ComparePlan, inputs: dict[int, SplitInputs], work: Path, identit
                            budget=budget if build is not None else 0, argv_config=tuple(argv), run_dir=str(run_dir),
                            log=str(Path(work) / "logs" / f"split-{split}" / f"{name}.log"), threads=plan.threads,
                            builds=build is not None,
-                           identity={**identity, "split_seed": split, "generator": s.generator if build else None,
-                                     "generator_sha256": s.generator_sha256 if build else None}))
+                           identity={**identity, "split_seed": split,
+                                     "generator": s.generator if rendered else None,
+                                     "generator_sha256": s.generator_sha256 if rendered else None}))
     return out
 
 

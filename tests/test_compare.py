@@ -166,6 +166,59 @@ def test_a_plan_rejects_unknown_keys_and_unknown_conditions(tmp_path):
         load_plan(path, ['analysis.secondary=["nope - real"]'])
 
 
+def _copy_plan(tmp_path: Path) -> Path:
+    """Conditions that load no generator (training on everything, copies of the guides), with a
+    build config whose generator does not exist: nothing may try to load it."""
+    (tmp_path / "train.yaml").write_text(TRAIN)
+    (tmp_path / "build.yaml").write_text(BUILD.replace("path: tiny, tiny_image_size: 16", "path: /nonexistent/gen"))
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"""\
+name: copies
+data: {{source: "builtin:digits", pool_fraction: 0.0, labeled_per_class: 10}}
+train_config: {tmp_path / 'train.yaml'}
+build_config: {tmp_path / 'build.yaml'}
+budget: 4
+conditions: [{{name: real-all}}, {{name: guide-copy}}]
+seeds: [0]
+splits: [0]
+analysis:
+  primary: [{{name: q, contrasts: ["guide-copy - real-all"]}}]
+""")
+    return path
+
+
+def test_a_plan_that_only_copies_guides_needs_no_generator(tmp_path):
+    from actgen.study.runs import prepare_split, specs
+
+    plan = load_plan(_copy_plan(tmp_path))
+    assert not plan.renders
+    inputs = prepare_split(plan, 0, tmp_path / "work")
+    assert inputs.generator is None and not (tmp_path / "work" / "generators").exists()
+    (copy,) = [s for s in specs(plan, {0: inputs}, tmp_path / "work", {}) if s.condition == "guide-copy"]
+    argv = " ".join(copy.argv_config)
+    assert copy.builds and "mode=copy" in argv and "generator.path" not in argv
+    assert copy.identity["generator"] is None and copy.identity["generator_sha256"] is None
+    # A condition that renders does need one, named by its key.
+    with pytest.raises(ValueError, match="generator.path"):
+        load_plan(_copy_plan(tmp_path), ["conditions=[{name: real-all}, {name: actgen}]"])
+    # ... and so does a copy condition whose plan overrides turn rendering back on.
+    with pytest.raises(ValueError, match="generator.path"):
+        load_plan(_copy_plan(tmp_path), ['conditions=[{name: guide-copy, build_set: ["mode=actgen"]}]',
+                                         'analysis.primary=[]'])
+
+
+@pytest.mark.slow
+def test_copies_of_the_guides_run_end_to_end_without_a_generator(tmp_path):
+    out = tmp_path / "out"
+    done = _compare(str(_copy_plan(tmp_path)), "--out", str(out), "--work", str(tmp_path / "work"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    recs = {json.loads(p.read_text())["condition"]: json.loads(p.read_text())
+            for p in (out / "records").glob("split-0/*.json")}
+    assert set(recs) == {"real-all", "guide-copy"}
+    assert recs["guide-copy"]["images_generated"] > 0 and recs["guide-copy"]["generator_sha256"] is None
+    assert recs["real-all"]["images_generated"] == 0
+
+
 def test_a_changed_body_is_refused_once_records_exist_and_notes_may_be_added(tmp_path):
     path = _plan(tmp_path)
     out = tmp_path / "out"
