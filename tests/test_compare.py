@@ -334,3 +334,26 @@ def test_a_record_from_elsewhere_is_type_checked_naming_the_file_and_field(tmp_p
         path.write_text(json.dumps({**good, **bad}))
         with pytest.raises(FormatError, match=f"a-b1-s0.json: field '{field}"):
             load_records(tmp_path)
+
+
+def test_the_second_regime_pairs_with_r1_only_when_the_rerun_of_real_reproduces_it():
+    from actgen.study.r1_regime import SEEDS, SPLITS, analyse, render
+
+    new = {"real-all": {(s, k): 95.0 + k for s in SPLITS for k in SEEDS},
+           "real": {(s, k): 93.0 + k for s in SPLITS for k in SEEDS},
+           "guide-copy": {(s, k): 94.0 + k + (0.5 if k % 2 else -0.5) for s in SPLITS for k in SEEDS}}
+    r1 = {s: {"actgen": {k: 96.0 + k for k in SEEDS}, "random": {k: 95.0 + k + s for k in SEEDS},
+              "real (R1)": {k: 93.0 + k for k in SEEDS}} for s in SPLITS}
+    result = analyse(new, r1)
+    rows = {r["contrast"]: r for r in result["contrasts"]}
+    assert result["pairing"]["exact"] and "are exact" in render(result)
+    assert rows["actgen - real-all"]["pooled"]["mean"] == pytest.approx(1.0)
+    assert rows["real - real-all"]["pooled"]["mean"] == pytest.approx(-2.0)
+    assert rows["random - real-all"]["per_split"]["2"]["mean"] == pytest.approx(2.0)
+    gc = rows["guide-copy - real-all"]["pooled"]
+    assert gc["mean"] == pytest.approx(-1.0) and gc["n"] == 20 and gc["ci"][0] < -1.0 < gc["ci"][1]
+    # One rerun off by a point: the pairs are reported as across commits, with the mismatch.
+    r1[2]["real (R1)"][3] += 1.0
+    off = analyse(new, r1)
+    assert not off["pairing"]["exact"] and off["pairing"]["max_abs_difference_points"] == pytest.approx(1.0)
+    assert "across commits" in render(off)
