@@ -8,6 +8,7 @@ cannot be written. It creates nothing (a writability probe is removed at once).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -132,7 +133,7 @@ def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, man
     if not source.path.startswith("builtin:") and (local.exists() or (glob and local.parent.is_dir())):
         # Absolute, so that workers elsewhere open the same files (globs included).
         source = dataclasses.replace(source, path=str(local.absolute()))
-    images = load_source(source)
+    images = open_source(source)
     if images.fingerprint != header.dataset_fingerprint:
         raise FormatError(str(manifest_path),
                           f"data-set fingerprint {header.dataset_fingerprint[:12]} (header.dataset_fingerprint) does "
@@ -148,6 +149,32 @@ def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, man
         if row >= len(images):
             raise FormatError(str(manifest_path), f"field '{field_name}' {sid!r}: row {row} is out of range "
                                                   f"for data set {source.path!r}, which has {len(images)} rows")
+    return images
+
+
+# A long-lived builder (--serve, --watch) opens its data set once, not every round: opening lists,
+# indexes and fingerprints it (minutes for a large image folder).
+_OPEN: "collections.OrderedDict[tuple, LabeledImages]" = collections.OrderedDict()
+OPEN_CACHE_SIZE = 2
+
+
+def open_source(source: DataSource) -> LabeledImages:
+    """:func:`load_source`, kept open across rounds in this process. A local source is opened again
+    when its path now names another file or folder, or one modified since (inode, mtime)."""
+    try:
+        st = os.stat(Path(source.path).expanduser())
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    except (OSError, ValueError):
+        stamp = None
+    key = (source.path, source.split, source.image_column, source.label_column,
+           tuple(source.class_names) if source.class_names is not None else None, stamp)
+    if key in _OPEN:
+        _OPEN.move_to_end(key)
+        return _OPEN[key]
+    images = load_source(source)
+    _OPEN[key] = images
+    while len(_OPEN) > OPEN_CACHE_SIZE:
+        _OPEN.popitem(last=False)
     return images
 
 

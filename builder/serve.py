@@ -25,11 +25,16 @@ from pathlib import Path
 from typing import IO, Optional, Sequence
 
 from actgen.shards.errors import one_line
+from actgen.shards.folders import listing_bound
 from actgen.shards.sources import DataSource
 
 from .config import BuildConfig, load_config, round_overrides
 
 REPLY_PREFIX = "actgen-serve "
+# A folder a request names (or its manifest names, through data_roots) is listed within this
+# bound, so every request is answered within seconds; the server's own configured data set is not
+# bounded (a million-image folder stays accepted, with the advice to import it once).
+REQUEST_LISTING_SECONDS = 8.0
 MAX_REQUEST_CHARS = 1 << 20     # a request is a few paths; anything longer is not one
 
 _logger = logging.getLogger(__name__)
@@ -88,7 +93,7 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
     from .workers import WorkerPool
 
     # A typo fails now, not at the first round.
-    request_config(config_path, overrides, Path("round"), None, None)
+    configured = request_config(config_path, overrides, Path("round"), None, None).dataset
     built = 0
     with WorkerPool() as pool:
         for line in requests:
@@ -98,7 +103,9 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
             try:
                 round_dir, output, dataset = parse_request(line)
                 cfg = request_config(config_path, overrides, round_dir, output, dataset)
-                images = (build or _build)(cfg, round_dir, pool)
+                bound = REQUEST_LISTING_SECONDS if dataset is not None or configured is None else None
+                with listing_bound(bound):
+                    images = (build or _build)(cfg, round_dir, pool)
                 reply = {"ok": True, "images": images, "seconds": round(time.perf_counter() - start, 3)}
                 built += 1
             except Exception as e:      # one round's failure is the client's to report; keep serving

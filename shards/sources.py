@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import FormatError
+from .folders import check_folder_size
 
 _logger = logging.getLogger(__name__)
 
@@ -225,48 +226,6 @@ def _load_directory(directory: Path, source: DataSource):
         return datasets.load_from_disk(str(directory))
     check_folder_size(directory)
     return datasets.load_dataset("imagefolder", data_dir=str(directory), split=source.split)
-
-
-# Bounds of the walk before an image folder is handed to `datasets` (which would crawl a folder
-# of any size, however long it takes): a path that names a home or system folder by mistake, or
-# on purpose in a request, fails in seconds instead of keeping a server busy for minutes.
-MAX_FOLDER_FILES = 5_000_000
-MAX_FOLDER_SECONDS = 120.0
-# An image folder holds images (and perhaps a metadata file or a few): past this many other files,
-# and more of them than images, a folder is a home or system folder named by mistake, refused
-# in the seconds its listing takes instead of the minutes `datasets` would crawl it.
-MAX_OTHER_FILES = 1000
-LARGE_FOLDER_FILES = 100_000      # past this, opening the folder every time costs minutes: say so
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
-
-
-def check_folder_size(directory: Path, max_files: Optional[int] = None, max_seconds: Optional[float] = None) -> int:
-    """The number of files under ``directory`` (links not followed); FormatError as soon as there
-    are more than ``max_files``, the walk takes longer than ``max_seconds``, or the folder holds
-    more than MAX_OTHER_FILES files that are not images, and more of them than images."""
-    import time
-
-    max_files = MAX_FOLDER_FILES if max_files is None else max_files
-    max_seconds = MAX_FOLDER_SECONDS if max_seconds is None else max_seconds
-    deadline = time.monotonic() + max_seconds
-    count = others = 0
-    for _root, _dirs, files in os.walk(directory, followlinks=False):
-        count += len(files)
-        others += sum(1 for f in files if os.path.splitext(f)[1].lower() not in _IMAGE_SUFFIXES)
-        if count > max_files:
-            raise FormatError(str(directory), f"holds more than {max_files:,} files: not read as an image folder "
-                                              "(name the data set's own folder)")
-        if others > MAX_OTHER_FILES and others > count - others:
-            raise FormatError(str(directory), f"holds {others:,} files that are not images (of {count:,} so far): "
-                                              "not an image folder (name the data set's own folder)")
-        if time.monotonic() > deadline:
-            raise FormatError(str(directory), f"listing its files took over {max_seconds:g} s ({count:,} so far): "
-                                              "not read as an image folder (name the data set's own folder)")
-    if count > LARGE_FOLDER_FILES:
-        _logger.warning("%s: an image folder of %s files is listed and indexed again by every process that opens "
-                        "it (minutes at this size); save it once with datasets' save_to_disk and name that folder",
-                        directory, f"{count:,}")
-    return count
 
 
 def _load_files(pattern: str, source: DataSource):

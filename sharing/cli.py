@@ -13,6 +13,7 @@ from actgen.shards.runtime import setup_logging
 
 EPILOG = """\b
 Examples:
+  actgen-data import data/my-photos data/my-photos-arrow   # open once: Arrow shards, same fingerprint
   actgen-data info runs/demo/active/rounds/1/shards
   actgen-data info runs/demo/active/rounds/1/shards --json
   actgen-data verify runs/demo/active/rounds/1/shards --decode
@@ -130,6 +131,50 @@ def merge_command(ctx: click.Context, output: str, sources: tuple[str, ...], sam
                    f"{len(sources)} data sets")
 
 
+def _folder_only(command: str):
+    """A click callback refusing a URL where ``command`` takes a local folder (saying so, instead
+    of a file-not-found for a mangled path)."""
+    def check(ctx, param, value):
+        from actgen.shards.transfer import is_url
+
+        if value is not None and is_url(str(value)):
+            raise click.BadParameter(f"{value} is a URL; {command} takes a local folder (fetch it first: "
+                                     f"actgen-data merge <folder> {value})", param_hint=param.name.upper())
+        return Path(value) if value is not None else None
+    return check
+
+
+@main.command("import")
+@click.argument("source")
+@click.argument("output", callback=_folder_only("import"))
+@click.option("--split", default="train", show_default=True, help="Split of SOURCE to read.")
+@click.option("--image-column", default="image", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="Class names in label order, where the label column is not a ClassLabel.")
+@click.option("--max-shard-size", default="500MB", show_default=True, help="Largest Arrow shard written.")
+@click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes writing shards.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier import in OUTPUT.")
+@click.pass_context
+def import_command(ctx: click.Context, source: str, output: Path, split: str, image_column: str, label_column: str,
+                   class_names: Optional[str], max_shard_size: str, num_proc: Optional[int], overwrite: bool) -> None:
+    """Convert SOURCE (an image folder, parquet/arrow files, a hub name: anything the trainer
+    reads) once into Arrow shards in OUTPUT, with the same content fingerprint. An image folder is
+    listed again by every process that opens it (minutes at a million images); OUTPUT opens in
+    about a second: name it as data.source.path (and in the builder) from then on."""
+    with cli_errors("actgen-data import", ctx.obj["verbose"]):
+        from actgen.shards.sources import DataSource
+
+        from .importing import import_source
+
+        names = [n.strip() for n in class_names.split(",")] if class_names else None
+        done = import_source(DataSource(path=source, split=split, image_column=image_column,
+                                        label_column=label_column, class_names=names),
+                             output, overwrite=overwrite, max_shard_size=max_shard_size, num_proc=num_proc)
+        click.echo(f"{printable(str(output))}: {done['rows']} images, {done['classes']} classes, {done['shards']} "
+                   f"Arrow shards, fingerprint {done['fingerprint'][:12]} (the source's)")
+
+
 @main.command("filter")
 @click.argument("dataset")
 @click.argument("output")
@@ -157,19 +202,6 @@ def filter_command(ctx: click.Context, dataset: str, output: str, checkpoint: Pa
                                    max_rank=max_rank, overwrite=overwrite)
         f = index.created["filter"]
         click.echo(f"{printable(output)}: kept {f['kept']} of {f['of']} images")
-
-
-def _folder_only(command: str):
-    """A click callback refusing a URL where ``command`` takes a local folder (saying so, instead
-    of a file-not-found for a mangled path)."""
-    def check(ctx, param, value):
-        from actgen.shards.transfer import is_url
-
-        if value is not None and is_url(str(value)):
-            raise click.BadParameter(f"{value} is a URL; {command} takes a local folder (fetch it first: "
-                                     f"actgen-data merge <folder> {value})", param_hint=param.name.upper())
-        return Path(value) if value is not None else None
-    return check
 
 
 @main.command("browse")

@@ -15,7 +15,8 @@ from actgen.shards.atomic import atomic_directory
 
 # What may be replaced with --overwrite: a folder that holds one of these (an earlier output of
 # the same kind) or nothing at all. Anything else is a user's folder and is never replaced.
-MARKERS = {"data set": "index.json", "gallery": "index.html"}
+MARKERS = {"data set": "index.json", "gallery": "index.html",
+           "imported data set": "state.json"}     # what datasets' save_to_disk writes
 
 
 # Spellings of one store: a bucket read as s3a:// is the bucket written as s3://.
@@ -74,11 +75,12 @@ def check_output(output: str | Path, sources: Sequence[str | Path], overwrite: b
         raise NotADirectoryError(f"output {output} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
         marker = MARKERS[kind]
+        a = "an" if kind[0] in "aeiou" else "a"
         if not (out / marker).is_file():
-            raise ValueError(f"output {output} holds files that are not a {kind} (no {marker}); choose an empty "
+            raise ValueError(f"output {output} holds files that are not {a} {kind} (no {marker}); choose an empty "
                              "or new folder")
         if not overwrite:
-            raise FileExistsError(f"{out / marker}: a {kind} is already here; pass --overwrite to replace it, "
+            raise FileExistsError(f"{out / marker}: {a} {kind} is already here; pass --overwrite to replace it, "
                                   "or choose another folder")
     return out
 

@@ -68,9 +68,9 @@ def test_a_request_with_a_huge_folder_or_odd_paths_is_answered_quickly(write_rou
                                                                         monkeypatch):
     """A request naming a folder far larger than a data set is refused after a bounded walk (the
     server answers it and the next one); paths are taken literally, ``${`` and quotes included."""
-    import actgen.shards.sources as sources
+    import actgen.shards.folders as folders
 
-    monkeypatch.setattr(sources, "MAX_FOLDER_FILES", 50)
+    monkeypatch.setattr(folders, "MAX_FOLDER_FILES", 50)
     huge = tmp_path / "home"
     for d in range(3):
         (huge / f"d{d}").mkdir(parents=True)
@@ -105,3 +105,64 @@ def test_a_request_naming_a_system_folder_is_refused_in_seconds(write_round, bui
     (reply,) = _replies(out)
     assert not reply["ok"] and "files that are not images" in reply["error"] and str(system) in reply["error"]
     assert time.monotonic() - started < 10
+
+
+def test_a_request_folder_is_bounded_by_its_listing_time_and_a_configured_one_is_not(write_round, build_fast,
+                                                                                     tmp_path, monkeypatch):
+    """The bound is on time, not only on files: a request naming a folder that lists slowly is
+    refused with the import advice; the server's own configured data set is listed unbounded."""
+    from PIL import Image
+
+    import actgen.builder.serve as serve_module
+
+    monkeypatch.setattr(serve_module, "REQUEST_LISTING_SECONDS", 1e-9)   # every listing is "too slow"
+    photos = tmp_path / "photos"
+    for c in ("a", "b"):
+        (photos / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (4, 4), (i, 9, 9)).save(photos / c / f"{i}.png")
+    directory, _ = write_round(tmp_path / "run" / "rounds" / "0", round=0)
+    out = io.StringIO()
+    serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(directory), "dataset": {"path": str(photos)}})],
+          out)
+    (reply,) = _replies(out)
+    assert not reply["ok"] and "listing its files took over" in reply["error"] and "actgen-data import" in reply["error"]
+    out = io.StringIO()
+    serve(None, [*build_fast, "budget=4", f"dataset.path={photos}"], [json.dumps({"round_dir": str(directory)})], out)
+    (reply,) = _replies(out)
+    # Listed and read (then refused for being another data set than the manifest's, not for its listing).
+    assert not reply["ok"] and "listing" not in reply["error"] and "fingerprint" in reply["error"]
+
+
+def test_the_server_opens_its_data_set_once_for_every_round(write_round, build_fast, tmp_path, monkeypatch):
+    """Opening a data set lists, indexes and fingerprints it: a server does it at its first round,
+    not at every round (a changed file is opened again)."""
+    import actgen.builder.inputs as inputs
+
+    opened = []
+    real = inputs.load_source
+    monkeypatch.setattr(inputs, "load_source", lambda source: opened.append(source.path) or real(source))
+    monkeypatch.setattr(inputs, "_OPEN", type(inputs._OPEN)())
+    rounds = [write_round(tmp_path / "run" / "rounds" / str(r), round=r)[0] for r in range(3)]
+    out = io.StringIO()
+    assert serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(d)}) for d in rounds], out) == 3
+    assert [r["ok"] for r in _replies(out)] == [True] * 3
+    assert len(opened) == 1
+
+
+def test_a_data_set_file_replaced_between_rounds_is_opened_again(tmp_path, monkeypatch):
+    import os
+
+    import actgen.builder.inputs as inputs
+    from actgen.shards.sources import DataSource, digits_dataset
+
+    monkeypatch.setattr(inputs, "_OPEN", type(inputs._OPEN)())
+    path = tmp_path / "d.parquet"
+    digits_dataset().select(range(20)).to_parquet(str(path))
+    source = DataSource(path=str(path))
+    first = inputs.open_source(source)
+    assert inputs.open_source(source) is first
+    digits_dataset().select(range(30)).to_parquet(str(path))
+    os.utime(path, ns=(1, 1))                 # a modification time unlike the first file's
+    again = inputs.open_source(source)
+    assert again is not first and len(again) == 30
