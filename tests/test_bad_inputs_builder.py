@@ -497,3 +497,23 @@ def test_a_file_size_limit_ray_cannot_start_under_is_named_before_ray_starts():
             "try:\n    check_file_size_limit()\nexcept OSError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "file-size limit (ulimit -f, RLIMIT_FSIZE) is 67,108,864 bytes" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("cause", ["No space left on device", "File too large"])
+def test_a_write_failure_in_a_ray_worker_is_reported_as_the_workers_own_error_naming_the_file(cause):
+    """A full disk (or a file-size limit Ray starts under) hits a shard write inside a worker:
+    the driver reports the worker's own line, naming the shard, not Ray's wrapper."""
+    import traceback
+
+    from ray.exceptions import RayTaskError
+
+    from actgen.builder.workers import unwrap_ray_error
+    from actgen.shards.errors import WriteFailed
+
+    try:
+        raise WriteFailed(f"/data/out/synth-000003.tar: cannot write ({cause})")
+    except WriteFailed as own:
+        wrapped = RayTaskError("ShardWorker.write", traceback.format_exc(), own).as_instanceof_cause()
+    reported = unwrap_ray_error(wrapped)
+    assert isinstance(reported, WriteFailed)
+    assert str(reported) == f"/data/out/synth-000003.tar: cannot write ({cause})"
