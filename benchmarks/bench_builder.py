@@ -56,7 +56,8 @@ def build_components(arch: str, device: str, dtype: torch.dtype, size: int = 512
     path on a CPU, not a figure to report. ``init_device`` (sd21 only): where the random weights
     are drawn (``cuda`` takes seconds off building 1.3B parameters; the weights differ from the CPU's).
     """
-    from actgen.builder.generator import DiffusersGenerator, build_tiny_generator, tiny_tokenizer
+    from actgen.builder.generator import DiffusersGenerator
+    from actgen.builder.tiny import build_tiny_generator, tiny_tokenizer
 
     if arch == "tiny":
         gen = build_tiny_generator(seed=0, device=device)

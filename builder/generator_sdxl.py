@@ -29,7 +29,8 @@ from typing import Sequence
 
 import torch
 
-from .generator import TINY_WORDS, DiffusersGenerator, _place, _token_ids, tiny_tokenizer
+from .generator import DiffusersGenerator, _place, _token_ids
+from .tiny import TINY_WORDS, tiny_tokenizer
 from .pretrained import PretrainedSource
 
 _logger = logging.getLogger(__name__)

@@ -161,7 +161,7 @@ def resize_image(image, size: Optional[tuple[int, int]], resample: str):
 def load_generator(cfg: GeneratorConfig, device: str):
     """The generator of ``generator.path`` on ``device`` (``cpu`` or ``cuda``): SD 1.x/2.x or SDXL
     as the folder's UNet config says, with ``generator.compile`` and ``channels_last`` applied."""
-    from .generator import build_tiny_generator
+    from .tiny import build_tiny_generator
     from .loading import load_pretrained
 
     if cfg.path == TINY:

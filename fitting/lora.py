@@ -33,7 +33,8 @@ from typing import Any, Iterator, Optional
 import torch
 
 from actgen.builder.config import TINY
-from actgen.builder.generator import DiffusersGenerator, build_tiny_generator
+from actgen.builder.generator import DiffusersGenerator
+from actgen.builder.tiny import build_tiny_generator
 from actgen.shards.config import to_dict
 from actgen.shards.fit_record import FitData, FitRecord, write_fit_record
 from actgen.shards.runtime import resolve_device

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from actgen.builder.generator import tiny_tokenizer
+from actgen.builder.tiny import tiny_tokenizer
 
 from .config import FitConfig, FitModelConfig
 

@@ -114,7 +114,7 @@ def tiny_generator():
 
     Shared by the session: tests must not change its weights or processors.
     """
-    from actgen.builder.generator import build_tiny_generator
+    from actgen.builder.tiny import build_tiny_generator
 
     return build_tiny_generator(seed=0)
 

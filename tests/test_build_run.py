@@ -113,7 +113,7 @@ def test_other_settings_are_refused_unless_overwrite(build_config, tmp_path):
 
 
 def test_resume_refuses_a_generator_whose_weights_changed_in_place(build_config, tmp_path):
-    from actgen.builder.generator import build_tiny_generator
+    from actgen.builder.tiny import build_tiny_generator
 
     sd = tmp_path / "sd"
     build_tiny_generator(seed=0).save_pretrained(sd)

@@ -26,7 +26,7 @@ def sd21_arch_dir(tmp_path_factory):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from actgen.builder.generator import tiny_tokenizer
+    from actgen.builder.tiny import tiny_tokenizer
     from actgen.shards.sources import DIGIT_NAMES
 
     directory = tmp_path_factory.mktemp("sd21-arch")

@@ -6,7 +6,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from actgen.builder.attention import CaptureAttnProcessor, block_resolutions, install_attention_capture
-from actgen.builder.generator import build_tiny_generator
+from actgen.builder.tiny import build_tiny_generator
 
 
 def _inputs(g, prompts, seed=0):

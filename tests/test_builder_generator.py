@@ -6,8 +6,8 @@ import shutil
 import pytest
 import torch
 
-from actgen.builder.generator import (DiffusersGenerator, Generator, build_tiny_generator,
-                                      find_token_indices)
+from actgen.builder.generator import DiffusersGenerator, Generator, find_token_indices
+from actgen.builder.tiny import build_tiny_generator
 
 
 def test_tiny_generator_properties(tiny_generator):

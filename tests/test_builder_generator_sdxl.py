@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from actgen.builder.attention import CaptureAttnProcessor, block_resolutions, install_attention_capture
 from actgen.builder.bank import MemoryBank
 from actgen.builder.config import GuidanceConfig, check_components
-from actgen.builder.generator import DiffusersGenerator, Generator, build_tiny_generator
+from actgen.builder.generator import DiffusersGenerator, Generator
+from actgen.builder.tiny import build_tiny_generator
 from actgen.builder.generator_sdxl import SDXLGenerator, build_tiny_sdxl_generator
 from actgen.builder.loading import load_pretrained, pretrained_family
 from actgen.builder.sampler import GuidedSampler

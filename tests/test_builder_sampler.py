@@ -15,9 +15,9 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from actgen.builder.bank import MemoryBank
 from actgen.builder.batch_transform import GuidedRenderer
 from actgen.builder.config import GuidanceConfig
-from actgen.builder.generator import build_tiny_generator
-from actgen.builder.sampler import (GuidedSampler, attention_mask, gamma_schedule, leading_timesteps,
-                                    normalize_gradient, posterior_coefficients)
+from actgen.builder.tiny import build_tiny_generator
+from actgen.builder.sampler import GuidedSampler, attention_mask, normalize_gradient
+from actgen.builder.solver import gamma_schedule, leading_timesteps, posterior_coefficients
 
 
 INF = float("inf")

@@ -10,7 +10,7 @@ import torch
 
 from actgen.builder.bank import MemoryBank
 from actgen.builder.config import GuidanceConfig
-from actgen.builder.generator import build_tiny_generator
+from actgen.builder.tiny import build_tiny_generator
 from actgen.builder.sampler import GuidedSampler
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

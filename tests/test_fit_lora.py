@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from actgen.builder.config import GuidanceConfig
-from actgen.builder.generator import DiffusersGenerator, build_tiny_generator
+from actgen.builder.generator import DiffusersGenerator
+from actgen.builder.tiny import build_tiny_generator
 from actgen.builder.sampler import GuidedSampler
 from actgen.fitting import lora as lora_module
 from actgen.fitting.config import load_lora_config, lora_checkpoint_path

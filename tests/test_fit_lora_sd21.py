@@ -30,7 +30,8 @@ def _sd21_generator():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from actgen.builder.generator import DiffusersGenerator, tiny_tokenizer
+    from actgen.builder.generator import DiffusersGenerator
+    from actgen.builder.tiny import tiny_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config({**UNet2DConditionModel.load_config(str(SD21_ARCH / "unet")),
