@@ -273,6 +273,13 @@ class TrainConfig:
             chance although training accuracy is high, and a round's "hard samples" are then the
             whole hold-out (measured: digits, 240 images, batch 32: test accuracy 10% -> 57%,
             84%, 92% after epochs 0-2 with the statistics recomputed).
+        grad_accum_steps: micro-batches whose gradients add up to one optimizer step (the
+            effective batch is ``loader.batch_size`` x this x the processes; DDP syncs once a
+            step). The LR schedule stays on its grid of the epoch's batches.
+        compile: ``torch.compile`` backend for the trained model (``inductor``, or ``aot_eager``
+            to check a model compiles without a compiler toolchain); null: eager.
+        sync_bn: BatchNorm statistics over all processes (timm's ``convert_sync_batchnorm``), in
+            multi-process runs only (one process: nothing to synchronise).
     """
 
     epochs: int = 10
@@ -290,9 +297,15 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     precise_bn_steps: int = 1000
+    grad_accum_steps: int = 1
+    compile: Optional[str] = None
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an int >= 1")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an int >= 1")
+        _check(self.compile is None or (isinstance(self.compile, str) and self.compile.strip() != ""),
+               "train.compile", self.compile, "null or a torch.compile backend name (inductor, aot_eager, ...)")
         _check(self.precise_bn_steps >= 0, "train.precise_bn_steps", self.precise_bn_steps, "an int >= 0")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(self.mixup_alpha >= 0, "train.mixup_alpha", self.mixup_alpha, "a number >= 0")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,10 +30,19 @@ class Predictions(Hardness):
     ``indices``: the row indices into the evaluated source they belong to."""
 
     indices: np.ndarray
+    in_top5: Optional[np.ndarray] = None   # whether the label is among the 5 highest logits
 
     @property
     def accuracy(self) -> float:
         return float((self.predicted == self.labels).mean()) if len(self.labels) else float("nan")
+
+    @property
+    def top5_accuracy(self) -> float:
+        """Share of samples whose label is among the 5 highest logits (NaN with fewer than 6
+        classes, where it says nothing, or none measured)."""
+        if self.in_top5 is None or not len(self.labels):
+            return float("nan")
+        return float(self.in_top5.mean())
 
     def hard_samples(self, images, class_names: list[str], cfg: SelectionConfig,
                      epoch: int) -> tuple[list[HardSample], dict]:
@@ -82,14 +93,19 @@ def predict(model: nn.Module, loader, source_indices: np.ndarray, rt: Runtime, a
         prob_true = probs.gather(1, labels[:, None])[:, 0]
         entropy = -(probs * log_probs).sum(dim=-1)                        # log_probs finite: underflowed probs add 0
         margin = prob_true - probs.scatter(1, labels[:, None], float("-inf")).amax(dim=-1)
+        # Rank of the label's logit (ties count for the label); NaN-free 0/1, or -1 below 6 classes.
+        above = (logits > logits.gather(1, labels[:, None])).sum(dim=-1)
+        in_top5 = (above < 5).double() if logits.shape[1] > 5 else torch.full_like(loss, -1.0, dtype=torch.float64)
         # Per-sample statistics only (not the (N, C) probabilities): a 1000-class hold-out stays
         # small to gather. Kept on the device; one transfer at the end instead of one per batch.
         parts.append(torch.stack([positions.to(device).double(), labels.double(), logits.argmax(-1).double(),
-                                  prob_true.double(), loss.double(), entropy.double(), margin.double()], dim=1))
-    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 7))
+                                  prob_true.double(), loss.double(), entropy.double(), margin.double(), in_top5],
+                                 dim=1))
+    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 8))
     local[:, 0] = np.asarray(source_indices)[local[:, 0].astype(np.int64)] if len(local) else local[:, 0]
     table = np.concatenate(all_gather_objects(local, rt))
     table = table[np.argsort(table[:, 0], kind="stable")]
     return Predictions(indices=table[:, 0].astype(np.int64), labels=table[:, 1].astype(np.int64),
                        predicted=table[:, 2].astype(np.int64), prob_true=table[:, 3], loss=table[:, 4],
-                       entropy=table[:, 5], margin=table[:, 6])
+                       entropy=table[:, 5], margin=table[:, 6],
+                       in_top5=table[:, 7] if len(table) and table[0, 7] >= 0 else None)

@@ -61,8 +61,10 @@ class Evaluator:
         return predict(model, self.search_loader, self.search_idx, self.rt, self.cfg.train.amp,
                        self.cfg.train.channels_last)
 
-    def evaluate(self, model, ema, with_holdout: bool, steps: int) -> tuple[Optional[Predictions], float, float]:
-        """``(hold-out predictions or None, test accuracy, EMA test accuracy)``; NaN where not measured.
+    def evaluate(self, model, ema, with_holdout: bool,
+                 steps: int) -> tuple[Optional[Predictions], float, float, float]:
+        """``(hold-out predictions or None, test accuracy, EMA test accuracy, test top-5 accuracy)``;
+        NaN where not measured (top-5 also with 5 classes or fewer).
 
         While the run is young (``steps`` < ``train.precise_bn_steps``) the BN statistics are
         recomputed first (:func:`~.model.recompute_bn_statistics`)."""
@@ -73,12 +75,13 @@ class Evaluator:
         holdout = None
         if with_holdout and self.holdout_size:   # the whole hold-out's size: every rank joins predict's gather
             holdout = predict(model, self.holdout_loader, self.holdout_idx, self.rt, amp, cl)
-        test_acc = ema_acc = float("nan")
+        test_acc = ema_acc = top5 = float("nan")
         if self.test_loader is not None:
-            test_acc = predict(model, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
+            test = predict(model, self.test_loader, self.test_idx, self.rt, amp, cl)
+            test_acc, top5 = test.accuracy, test.top5_accuracy
             if ema is not None:
                 ema_acc = predict(ema.module, self.test_loader, self.test_idx, self.rt, amp, cl).accuracy
-        return holdout, test_acc, ema_acc
+        return holdout, test_acc, ema_acc, top5
 
 
 def eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Config, pin: bool):

@@ -129,6 +129,8 @@ class EpochLoop:
         data_time = 0.0
         start = last_log = time.perf_counter()
         bar = self._progress(loader, num_batches, epoch, num_epochs)
+        accum = cfg.grad_accum_steps
+        self.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
         for i, (inputs, labels) in enumerate(bar):
             data_time += time.perf_counter() - end
@@ -136,16 +138,25 @@ class EpochLoop:
             labels = labels.to(device, non_blocking=True)
             if cfg.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.amp):
-                out = self.task(inputs, labels)
-            self._step(out["loss"])
-            self.optimizer_steps += 1
-            if self.step_on == "step":
-                # Map progress through this epoch onto the fixed grid of updates_per_epoch.
-                upe = self.updates_per_epoch
-                self.scheduler.step_update(num_updates=epoch * upe + ((i + 1) * upe) // num_batches)
-            if self.ema is not None:
-                self.ema.update(unwrap(model), step=self.optimizer_steps)
+            # A step's micro-batches: `accum` of them, fewer in the epoch's last step. Each one's
+            # loss is divided by their number, so the gradients add up to their mean; DDP syncs
+            # only at the last.
+            first = (i // accum) * accum
+            micro = min(accum, num_batches - first)
+            last_of_step = i + 1 == first + micro
+            with contextlib.nullcontext() if last_of_step else self.task.no_sync():
+                with autocast(device, cfg.amp):
+                    out = self.task(inputs, labels)
+                self._backward(out["loss"] / micro if micro > 1 else out["loss"])
+            if last_of_step:
+                self._optimizer_step()
+                self.optimizer_steps += 1
+                if self.step_on == "step":
+                    # Map progress through this epoch onto the fixed grid of updates_per_epoch.
+                    upe = self.updates_per_epoch
+                    self.scheduler.step_update(num_updates=epoch * upe + ((i + 1) * upe) // num_batches)
+                if self.ema is not None:
+                    self.ema.update(unwrap(model), step=self.optimizer_steps)
             batch_loss = out["loss"].detach()
             loss_sum += batch_loss
             interval_loss += batch_loss
@@ -180,24 +191,26 @@ class EpochLoop:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _optimizer_step(self) -> None:
+        """Clip, step and clear the gradients the step's micro-batches added up."""
         from timm.utils import dispatch_clip_grad
 
         clip = self.optim.clip_grad
-        self.optimizer.zero_grad(set_to_none=True)
         params = self.task.model.parameters
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 dispatch_clip_grad(params(), clip, mode=self.optim.clip_mode)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if clip is not None:
                 dispatch_clip_grad(params(), clip, mode=self.optim.clip_mode)
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _progress(self, loader: Iterable, total: int, epoch: int, num_epochs: int):
         if not (self.cfg.progress and self.rt.is_main):

@@ -22,6 +22,7 @@ COLUMNS = (
     "train_acc",             # top-1 on the (augmented) training batches, against the hard labels
     "holdout_acc",           # top-1 on the hold-out (empty once it is merged into training)
     "test_acc",              # top-1 on the test split / source (empty without one)
+    "test_top5",             # top-5 on it (empty with 5 classes or fewer)
     "ema_test_acc",          # the EMA model's test top-1 (empty without EMA or test set)
     "round",                 # the round that ended after this epoch (empty if none)
     "hard_samples",          # that round's hard samples

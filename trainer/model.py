@@ -133,6 +133,23 @@ def _few(keys: list[str]) -> str:
     return "[]" if not keys else f"{keys[:4]}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
 
 
+def sync_batchnorm(model: nn.Module, enabled: bool, distributed: bool, device: torch.device) -> nn.Module:
+    """``model`` with its BatchNorm layers synchronised over the processes (``train.sync_bn``;
+    timm's ``convert_sync_batchnorm``, which knows timm's fused BN + activation layers). One process
+    has nothing to synchronise; torch's SyncBatchNorm trains on GPUs only (ValueError on a CPU)."""
+    if not enabled:
+        return model
+    if not distributed:
+        _logger.info("train.sync_bn: one process, nothing to synchronise; BatchNorm left as it is")
+        return model
+    if device.type == "cpu":
+        raise ValueError("config key 'train.sync_bn' = true: torch's SyncBatchNorm trains on GPUs only, and this "
+                         "run's device is the CPU; set train.sync_bn=false")
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / torch.compile wrappers."""
     from timm.utils.model import unwrap_model

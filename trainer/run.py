@@ -49,7 +49,7 @@ from .export import write_final
 from .inline import close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
-from .model import create_model, export_state_dict, unwrap
+from .model import create_model, export_state_dict, sync_batchnorm, unwrap
 from .rounds import end_round, guide_pool, prune_bundles
 from .rundir import check_fixed_images, clear_stopped_run, labels_sha256, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
@@ -173,7 +173,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             progress.synthetic_seen_total += stats.synthetic_images
             # 7d. Evaluate.
             eval_model = unwrap(task.model)
-            holdout, test_acc, ema_acc = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch),
+            holdout, test_acc, ema_acc, test_top5 = evaluator.evaluate(eval_model, ema, schedule.holdout_evaluated(epoch),
                                                             loop.optimizer_steps)
             # 7e. A round ends: hard samples + checkpoint bundle for the builder.
             round_info = None
@@ -186,7 +186,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             # 7f. Metrics, then the checkpoint (a resumed run drops metric rows past its checkpoint).
             progress.epoch = epoch + 1
             row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
-                               time.perf_counter() - t0)
+                               time.perf_counter() - t0, test_top5)
             log_epoch(row, epochs)
             rng = dist_utils.all_gather_objects(capture_rng(), rt)
             if rt.is_main:
@@ -202,7 +202,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
         last_row = metrics.rows()[-1] if metrics.rows() else {}
         write_final(run_dir, cfg, images, progress.epoch - 1, schedule.num_rounds, export_state_dict(model_out),
                     export_state_dict(ema.module) if ema is not None else None,
-                    {k: last_row[k] for k in ("test_acc", "ema_test_acc", "holdout_acc")
+                    {k: last_row[k] for k in ("test_acc", "test_top5", "ema_test_acc", "holdout_acc")
                      if isinstance(last_row.get(k), (int, float))},
                     getattr(model_out, "pretrained_cfg", {}).get("classifier"))
     return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt, loop.optimizer_steps)
@@ -231,18 +231,23 @@ def _training(cfg: Config, rt: Runtime, inputs: _Inputs):
     model = inputs.model.to(rt.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = sync_batchnorm(model, cfg.train.sync_bn, rt.distributed, rt.device)   # before the EMA copy and DDP
     ema = None
     if cfg.train.ema_decay is not None:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
     task = Task(model, cfg.train, len(inputs.images.class_names), rt.device)
+    if cfg.train.compile:
+        task.compile(cfg.train.compile)           # before DDP (timm's task API); evaluation stays eager
     if rt.distributed:
         task.prepare_distributed(device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     optimizer = create_optimizer(model, cfg.optim)
     train = inputs.split.train
-    updates_per_epoch = len(MixedBatchSampler(len(train), 0, cfg.loader.batch_size, "uniform", rank=rt.rank,
-                                              world_size=rt.world_size, drop_last=cfg.loader.drop_last))
+    batches = len(MixedBatchSampler(len(train), 0, cfg.loader.batch_size, "uniform", rank=rt.rank,
+                                    world_size=rt.world_size, drop_last=cfg.loader.drop_last))
+    # Optimizer steps per epoch: the schedule's grid (micro-batches of a step count once).
+    updates_per_epoch = -(-batches // cfg.train.grad_accum_steps)
     if updates_per_epoch == 0:
         raise ValueError(f"config key 'loader.batch_size' = {cfg.loader.batch_size}: larger than the "
                          f"{len(train)} training images per {rt.world_size} process(es); no full batch")
@@ -366,11 +371,12 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
 
 
 def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], test_acc: float, ema_acc: float,
-                 round_info: Optional[dict], progress: _Progress, sampler: MixedBatchSampler, seconds: float) -> dict:
+                 round_info: Optional[dict], progress: _Progress, sampler: MixedBatchSampler, seconds: float,
+                 test_top5: float = float("nan")) -> dict:
     return {
         "epoch": epoch, "loss": stats.loss, "lr": stats.lr, "train_acc": stats.train_acc,
         "holdout_acc": holdout.accuracy if holdout is not None else None, "test_acc": test_acc,
-        "ema_test_acc": ema_acc,
+        "test_top5": test_top5, "ema_test_acc": ema_acc,
         "round": round_info["round"] if round_info else None,
         "hard_samples": round_info["hard_samples"] if round_info else None,
         "real_images": sampler.num_real, "synthetic_pool": pool_size(progress.pool),

@@ -46,6 +46,22 @@ class Task:
     def prepare_distributed(self, device_ids: Optional[list] = None) -> None:
         self.inner.prepare_distributed(device_ids=device_ids)
 
+    def compile(self, backend: str) -> None:
+        """``torch.compile`` the trained model with ``backend`` (ValueError naming the config key
+        for a backend torch does not have)."""
+        import torch._dynamo
+
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"config key 'train.compile' = {backend!r}: not a torch.compile backend; "
+                             f"known: {', '.join(sorted(known))}")
+        self.inner.compile(backend=backend)
+
+    def no_sync(self):
+        """DDP's no-sync context (a no-op in one process): gradients of a micro-batch that is not
+        the last of its optimizer step stay local."""
+        return self.inner.no_sync()
+
     @property
     def model(self) -> nn.Module:
         """The trained module (DDP-wrapped in distributed runs)."""

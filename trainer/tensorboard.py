@@ -13,7 +13,8 @@ TENSORBOARD_DIR = "tensorboard"
 # metrics.jsonl column -> scalar tag (grouped the way TensorBoard's dashboard lays them out).
 SCALARS = {
     "loss": "train/loss", "lr": "train/lr", "train_acc": "train/accuracy",
-    "holdout_acc": "eval/holdout_accuracy", "test_acc": "eval/test_accuracy", "ema_test_acc": "eval/ema_test_accuracy",
+    "holdout_acc": "eval/holdout_accuracy", "test_acc": "eval/test_accuracy",
+    "test_top5": "eval/test_top5_accuracy", "ema_test_acc": "eval/ema_test_accuracy",
     "synthetic_share": "synthetic/share_of_epoch", "synthetic_set_share": "synthetic/share_of_training_set",
     "synthetic_pool": "synthetic/pool_images", "hard_samples": "rounds/hard_samples",
     "images_per_s": "speed/images_per_s",
