@@ -91,3 +91,76 @@ def test_top5_counts_a_label_among_the_five_highest_logits():
     assert p.accuracy == pytest.approx(1 / 3) and p.top5_accuracy == pytest.approx(2 / 3)
     few = predict(Fixed(), [(images[:, :5], torch.tensor([0, 4, 1]), torch.arange(3))], np.arange(3), rt)
     assert np.isnan(few.top5_accuracy)                     # 5 classes: top-5 says nothing
+
+
+# ------------------------------------------------------------------ local-dir: and hf-hub: names
+@pytest.fixture(scope="module")
+def trained_final(tmp_path_factory):
+    """A finished tiny run's final/ (timm's config.json + model.safetensors)."""
+    from actgen.trainer.config import load_config
+    from conftest import TRAINER_TINY_OVERRIDES
+
+    run_dir = tmp_path_factory.mktemp("src") / "run"
+    torch.set_num_threads(1)
+    run(load_config(None, [*TRAINER_TINY_OVERRIDES, f"run_dir={run_dir}", "train.epochs=1", "rounds.enabled=false"]))
+    return run_dir / "final"
+
+
+def _convs(model_or_state) -> dict[str, torch.Tensor]:
+    state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
+    return {k: v for k, v in state.items() if k.endswith("conv1.weight") or k.endswith("fc.weight")}
+
+
+def test_a_local_dir_model_starts_from_its_folder_and_bundles_name_the_architecture(trained_final, tmp_path):
+    from actgen.trainer.config import ModelConfig
+    from actgen.trainer.model import create_model, model_identity
+
+    cfg = ModelConfig(name=f"local-dir:{trained_final}", pretrained=True)
+    model = create_model(cfg, num_classes=10)
+    expected = _convs(_weights(trained_final.parent))
+    assert expected and all(torch.equal(_convs(model)[k], v) for k, v in expected.items())
+    assert model_identity(cfg)[0] == "test_resnet"           # what a bundle records: no folder needed
+    scratch = create_model(ModelConfig(name=f"local-dir:{trained_final}"), num_classes=10)
+    assert not all(torch.equal(_convs(scratch)[k], v) for k, v in expected.items())
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        create_model(ModelConfig(name=f"local-dir:{tmp_path}"), num_classes=10)
+
+
+def test_a_hub_model_name_is_read_from_the_local_cache_only_unless_downloads_are_allowed(trained_final, tmp_path,
+                                                                                       monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    from actgen.trainer.config import ModelConfig
+    from actgen.trainer.model import create_model
+
+    repo = tmp_path / "cache" / "models--acme--tiny-digits"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(trained_final / f, snapshot / f)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    model = create_model(ModelConfig(name="hf-hub:acme/tiny-digits", pretrained=True), num_classes=10)
+    expected = _convs(_weights(trained_final.parent))
+    assert all(torch.equal(_convs(model)[k], v) for k, v in expected.items())
+    with pytest.raises(ValueError, match=r"'model.name' = 'hf-hub:acme/not-cached'.*hf download acme/not-cached"):
+        create_model(ModelConfig(name="hf-hub:acme/not-cached", pretrained=True), num_classes=10)
+
+
+def test_a_folder_whose_config_points_timm_at_other_files_is_refused(trained_final, tmp_path):
+    import json
+    import shutil
+
+    from actgen.shards.errors import FormatError
+    from actgen.trainer.config import ModelConfig
+    from actgen.trainer.model import create_model
+
+    shutil.copytree(trained_final, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model_args"] = {"checkpoint_path": "/etc/passwd"}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FormatError, match=r"field 'model_args.checkpoint_path'.*not allowed"):
+        create_model(ModelConfig(name=f"local-dir:{tmp_path / 'm'}", pretrained=True), num_classes=10)

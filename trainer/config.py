@@ -152,7 +152,11 @@ class ModelConfig:
     """The classifier, built with ``timm.create_model(name, num_classes=..., **kwargs)``.
 
     Attributes:
-        name: timm model name (e.g. ``resnet18``, ``resnet10t``, ``test_resnet``).
+        name: timm model name (e.g. ``resnet18``, ``resnet10t``, ``test_resnet``), or a folder
+            (``local-dir:PATH``: timm's ``config.json`` and weights, e.g. a run's ``final/``) or a
+            Hugging Face model (``hf-hub:ORG/NAME[@REV]``, from the local cache unless
+            ``allow_download``); ``pretrained`` then loads its weights, and bundles record its
+            architecture name.
         initial_weights: local file or bundle directory to start from: a bundle written by a
             previous run (class names must match), a ``.safetensors`` file or a torch state dict.
         skip_head: load ``initial_weights`` without the classifier head (fine-tuning to a new

@@ -26,7 +26,7 @@ from actgen.shards.bundle import WEIGHTS_FILE, write_bundle
 from actgen.shards.errors import writing
 
 from .config import Config
-from .model import model_kwargs
+from .model import model_identity
 from .rounds import bundle_config
 
 _logger = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ def timm_config(cfg: Config, class_names: list[str], classifier: Optional[str]) 
                       "crop_mode": "center", "num_classes": len(class_names)}
     if classifier:
         pretrained_cfg["classifier"] = classifier
-    return {"architecture": cfg.model.name, "num_classes": len(class_names), "label_names": list(class_names),
-            "model_args": model_kwargs(cfg.model), "pretrained_cfg": pretrained_cfg}
+    architecture, kwargs = model_identity(cfg.model)
+    return {"architecture": architecture, "num_classes": len(class_names), "label_names": list(class_names),
+            "model_args": kwargs, "pretrained_cfg": pretrained_cfg}
 
 
 def write_final(run_dir: str | Path, cfg: Config, images, epoch: int, num_rounds: int,

@@ -15,10 +15,58 @@ from .config import ModelConfig
 _logger = logging.getLogger(__name__)
 
 
-def model_kwargs(cfg: ModelConfig) -> dict:
-    """The ``timm.create_model`` keyword arguments (besides ``num_classes``) a bundle records,
-    so that the builder rebuilds the same architecture. Dropout is training-only and left out."""
-    return dict(cfg.kwargs)
+MAX_MODEL_CONFIG_BYTES = 1 << 20
+
+
+def model_folder(cfg: ModelConfig) -> Optional[Path]:
+    """The local folder a ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]`` model name stands for
+    (timm's ``config.json`` and weights); None for a timm architecture name. A hub name is taken
+    from the local Hugging Face cache, downloaded only with ``model.allow_download``."""
+    name = cfg.name
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no config.json (config key 'model.name' = {name!r}: a local-dir: "
+                                    "folder holds timm's config.json and the weights, as a run's final/ does)")
+        return folder
+    if name.startswith("hf-hub:"):
+        from huggingface_hub import snapshot_download
+
+        repo, _, revision = name[len("hf-hub:"):].partition("@")
+        try:
+            return Path(snapshot_download(repo, revision=revision or None, local_files_only=not cfg.allow_download,
+                                          allow_patterns=["config.json", "*.safetensors", "pytorch_model.bin"]))
+        except Exception as e:      # not cached (offline), unknown repository, no network
+            fix = ("download it once (hf download " + repo + ") or set model.allow_download=true"
+                   if not cfg.allow_download else "check the name and the network")
+            raise ValueError(f"config key 'model.name' = {name!r}: not found ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}); {fix}") from None
+    return None
+
+
+def model_identity(cfg: ModelConfig) -> tuple[str, dict]:
+    """``(architecture, kwargs)``: the timm architecture and ``create_model`` keyword arguments
+    (besides ``num_classes``) a bundle records, so that the builder rebuilds the same model
+    without the folder or hub name it came from. Dropout is training-only and left out."""
+    folder = model_folder(cfg)
+    if folder is None:
+        return cfg.name, dict(cfg.kwargs)
+    path = folder / "config.json"
+    from actgen.shards._schema import load_json
+
+    if path.stat().st_size > MAX_MODEL_CONFIG_BYTES:
+        raise FormatError(str(path), f"larger than {MAX_MODEL_CONFIG_BYTES} bytes: not a timm config")
+    config = load_json(path.read_bytes(), str(path))
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    args = config.get("model_args", {}) if isinstance(config, dict) else None
+    if not isinstance(architecture, str) or not architecture or not isinstance(args, dict):
+        raise FormatError(str(path), "expected a timm config: 'architecture' a model name and 'model_args' an "
+                                     "object (or absent)")
+    # A folder from elsewhere shapes the architecture; it never points timm at other files.
+    from actgen.shards.bundle import check_model_kwargs
+
+    check_model_kwargs(args, str(path), "model_args")
+    return architecture, {**args, **dict(cfg.kwargs)}
 
 
 def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[str]] = None) -> nn.Module:
@@ -32,34 +80,46 @@ def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[
     """
     import timm
 
-    if not timm.is_model(cfg.name):
+    folder = model_folder(cfg)
+    if folder is not None:
+        model_identity(cfg)                       # its config.json checked before timm reads it
+        name = f"local-dir:{folder}"
+        if cfg.pretrained_file:
+            raise ValueError(f"config key 'model.pretrained_file' = {cfg.pretrained_file!r}: model.name "
+                             f"{cfg.name!r} brings its own weights; set one of the two")
+    elif not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:5]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ValueError(f"config key 'model.name' = {cfg.name!r}: not a timm model{hint}")
+    else:
+        name = cfg.name
     pretrained = {}
     if cfg.pretrained:
-        pretrained = {"pretrained": True}
-        if cfg.pretrained_file:
+        pretrained = {"pretrained": True}        # a folder or hub name: its own weights
+        if folder is None and cfg.pretrained_file:
             path = Path(cfg.pretrained_file)
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: not a file (config key 'model.pretrained_file')")
             pretrained["pretrained_cfg_overlay"] = {"file": str(path)}
-        elif not cfg.allow_download:
+        elif folder is None and not cfg.allow_download:
             raise ValueError(f"config key 'model.pretrained' = true with no model.pretrained_file would download "
                              f"timm's weights for {cfg.name!r}: set model.pretrained_file to a local file, or "
                              "model.allow_download=true")
     try:
-        model = timm.create_model(cfg.name, num_classes=num_classes, drop_rate=cfg.drop_rate,
+        model = timm.create_model(name, num_classes=num_classes, drop_rate=cfg.drop_rate,
                                   drop_path_rate=cfg.drop_path_rate, **{"pretrained": False, **pretrained},
-                                  **model_kwargs(cfg))
+                                  **dict(cfg.kwargs))
     except TypeError as e:
         raise ValueError(f"config key 'model.kwargs' = {dict(cfg.kwargs)!r}: rejected by {cfg.name} ({e})") from None
     except Exception as e:   # timm's loader: junk bytes, or other keys or shapes than the architecture's
-        if not cfg.pretrained_file:
-            raise
-        raise FormatError(cfg.pretrained_file, weights_problem(e, cfg.name)) from None
+        if cfg.pretrained_file:
+            raise FormatError(cfg.pretrained_file, weights_problem(e, cfg.name)) from None
+        if folder is not None and cfg.pretrained:
+            raise FormatError(str(folder), weights_problem(e, model_identity(cfg)[0])) from None
+        raise
     if cfg.pretrained:
-        _logger.info("model %s started from pretrained weights (%s)", cfg.name, cfg.pretrained_file or "timm's default")
+        _logger.info("model %s started from pretrained weights (%s)", cfg.name,
+                     cfg.pretrained_file or (folder if folder is not None else "timm's default"))
     if cfg.initial_weights:
         load_initial_weights(model, cfg.initial_weights, class_names, skip_head=cfg.skip_head)
     return model

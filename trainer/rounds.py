@@ -25,7 +25,7 @@ from .config import Config
 from .distributed import Runtime
 from .evaluate import Predictions
 from .inline import build_round
-from .model import export_state_dict, model_kwargs
+from .model import export_state_dict, model_identity
 from .synthetic import round_location
 
 _logger = logging.getLogger(__name__)
@@ -87,11 +87,12 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
 def bundle_config(cfg: Config, images, round: int, epoch: int, metrics: dict[str, float]) -> BundleConfig:
     """The bundle's ``config.json`` for a model trained with ``cfg`` on ``images`` (NaN metrics left out)."""
     size = cfg.input.image_size
+    architecture, kwargs = model_identity(cfg.model)
     return BundleConfig(
-        architecture=cfg.model.name, num_classes=len(images.class_names), class_names=list(images.class_names),
+        architecture=architecture, num_classes=len(images.class_names), class_names=list(images.class_names),
         input_size=(3, size, size), mean=tuple(cfg.input.mean), std=tuple(cfg.input.std),
         interpolation=cfg.input.interpolation, dataset_fingerprint=images.fingerprint, round=round, epoch=epoch,
-        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=model_kwargs(cfg.model),
+        metrics={k: float(v) for k, v in metrics.items() if v == v}, model_kwargs=kwargs,
         crop_pct=cfg.input.eval_crop_pct)
 
 
