@@ -1,4 +1,4 @@
-"""The memory bank of the contrastive term (method digest §1.2): final latents of earlier guided
+"""The memory bank of the contrastive term (the method's contrastive term): final latents of earlier guided
 renders, per class, that a new render of the class is pushed away from.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ from .schedules import BuildMode
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The per-round mixing of method digest §1.3.
+    """The per-round mixing of generation modes (the method's schedules).
 
     Attributes:
         enabled: draw each image's mode: plain text-to-image with a share falling from 0.5 at round
@@ -215,7 +215,7 @@ class BuildConfig:
             ``budget``. Late rounds have few hard samples, and spreading the whole budget over them
             renders each many times. Ignored by ``mixed``. With ``balanced``: the renders per hard
             sample within its class's share (null = 1); the budget is always spent.
-        schedule: per-round mode mixing (§1.3).
+        schedule: per-round mode mixing.
         budget: images this round (sampled from the hard samples, cycled when there are fewer).
         seed: run seed; with the manifest and budget it fixes the plan and every image's noise.
         round: the round for keys, schedules and provenance; null = the manifest's.
@@ -272,7 +272,7 @@ class BuildConfig:
                f"'hard' with mode {self.mode!r} ('uniform' renders text-to-image only: set mode=txt2img)")
         if self.mode == "copy":
             _check(not self.schedule.enabled, "schedule.enabled", self.schedule.enabled,
-                   "false with mode 'copy' (the §1.3 schedule renders a share text-to-image; copy renders nothing)")
+                   "false with mode 'copy' (the per-round schedule renders a share text-to-image; copy renders nothing)")
             _check(self.allocation.policy == "paper" or (self.allocation.policy == "balanced"
                                                           and self.allocation.fill == "train"),
                    "allocation.policy", self.allocation.policy, "'paper', or 'balanced' with allocation.fill "

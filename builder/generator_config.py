@@ -91,7 +91,7 @@ def check_components(directory: Path, key: Optional[str] = "generator.path") -> 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Sampling and guidance settings; defaults are the paper code's (digest §2).
+    """Sampling and guidance settings; defaults are the paper code's.
 
     Attributes:
         num_steps: denoising steps ("leading" spacing, the scheduler config's ``steps_offset``).
@@ -99,7 +99,7 @@ class GuidanceConfig:
             ``dpmpp_2m`` (DPM-Solver++, second-order multistep, as diffusers'
             ``DPMSolverMultistepScheduler`` with ``final_sigmas_type: zero``). The guide trajectory
             is advanced by the same solver with x0 = z_g and the same noise; gradient guidance acts
-            on the solver's own x̂0; the §1.2 schedules are rescaled to ``num_steps``.
+            on the solver's own x̂0; the guidance schedules are rescaled to ``num_steps``.
         eta: DDIM's η (0: deterministic; 1: DDPM's variance); ``ddim`` only.
         cfg_scale: classifier-free guidance scale (paper code 7.5; the paper text says 15).
         guidance_strength: s in γ_i = sigmoid(s − i), given at ``reference_steps`` steps and

@@ -222,7 +222,7 @@ def _balanced(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
 
 
 def _shuffled(targets: list[Target], seed: int, round: int) -> list[Target]:
-    """A seeded random order, so that shards and the §1.3 mode draw mix classes and roles."""
+    """A seeded random order, so that shards and the per-round mode draw mix classes and roles."""
     order = np.random.default_rng([seed, round, _SELECT_SALT, 3]).permutation(len(targets))
     return [targets[i] for i in order.tolist()]
 
@@ -241,7 +241,7 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         round: the round (keys, schedules).
         shards: number of shards; samples are dealt to them in order, sizes differing by at most 1.
         mode: ``txt2img``, ``img2img``, ``actgen`` or ``copy`` (every image its guide, unrendered).
-        horizon: with a horizon, modes follow the §1.3 schedules (``draw_modes``); without, every
+        horizon: with a horizon, modes follow the per-round schedules (``draw_modes``); without, every
             image uses ``mode`` and every ``actgen`` image gets the adversarial term.
         prefix: shard file prefix.
         targets: ``hard``: images are rendered for the hard samples as ``allocation`` says;
@@ -258,7 +258,7 @@ def make_plan(hard_samples: Sequence[HardSample], budget: int, seed: int, round:
         return _uniform_plan(budget, seed, round, shards, prefix, class_names)
     chosen = allocate(hard_samples, budget, seed, round, allocation, class_names, max_per_sample, fill,
                       random_fraction, guide_pool)
-    # 1. Modes: txt2img everywhere, the §1.3 draw, or the guided mode (or copy) everywhere.
+    # 1. Modes: txt2img everywhere, the per-round draw, or the guided mode (or copy) everywhere.
     if mode == "copy":
         unguided = next((t for t in chosen if not t.source_id), None)
         if unguided is not None:

@@ -1,4 +1,4 @@
-"""ActGen's guided sampler (method digest §1.2: DDPM; DDIM and DPM-Solver++ as options); the batch transform around it is in :mod:`.batch_transform`.
+"""ActGen's guided sampler (DDPM, as the method; DDIM and DPM-Solver++ as options); the batch transform around it is in :mod:`.batch_transform`.
 
 One code path renders three modes, chosen per sample:
 

@@ -1,4 +1,4 @@
-"""Per-round mixing of generation modes (method digest §1.3). Pure functions, no torch.
+"""Per-round mixing of generation modes (the method's schedules). Pure functions, no torch.
 
 Over a horizon of R generation rounds (the paper: the first half of training, one round per
 epoch), the share of plain text-to-image images falls linearly from 0.5 at round 0 to 0 at

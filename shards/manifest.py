@@ -46,7 +46,7 @@ class ManifestHeader:
     checkpoint_sha256: str      # sha256 of the bundle's model.safetensors
     round: int
     epoch: int
-    # Rounds the run's schedule has in all; the builder's §1.3 schedules need it. Optional so
+    # Rounds the run's schedule has in all; the builder's per-round schedules need it. Optional so
     # that manifests written before it existed still read.
     num_rounds: Optional[int] = None
     # How the samples were selected (the trainer's rounds.selection: rule, k, fraction,

@@ -17,7 +17,7 @@ img2img                image guidance from the hard samples, no mask and no loss
 guide-copy             the planned guide images themselves (builder ``mode: copy``), through the
                        paper's allocation, shards and pool: no generation (tells generation apart
                        from early use of the held-out mistakes)
-actgen                 the method with the paper's allocation rule (§1.3 schedules, the run's bank)
+actgen                 the method with the paper's allocation rule (per-round schedules, the run's bank)
 actgen-balanced        the method, the budget spread evenly over the classes
 actgen-train-search    the method, rounds searching the training images (loss top-k with the
                        round's classifier, k = the round's budget): nothing withheld from training

@@ -18,7 +18,7 @@ real-steps         real only, drawing as many extra real images per epoch as the
 random             text-to-image of classes drawn uniformly (the paper's random baseline)
 txt2img            text-to-image of the hard samples' classes (class-targeted)
 img2img            image guidance from the hard samples, no mask and no losses
-actgen             the method (§1.2 with the §1.3 schedules, the run's memory bank)
+actgen             the method (its guidance with the per-round schedules, the run's memory bank)
 actgen-no-*        ablations: mask, contrastive, adversarial, schedule; bank per shard
 actgen-sel-*       hard-sample selection rules (trainer ``rounds.selection``)
 =================  =======================================================================

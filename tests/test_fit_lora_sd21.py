@@ -4,9 +4,8 @@ micro-batches a step. An interrupted fit resumed from its checkpoint matches an 
 bit for bit, the finished fit's losses are finite, and the fused float32 generator loads through
 the builder's loader with the adapter in it.
 
-The architecture's configs are ``tests/configs/sd21-base-arch``, a copy of
-``../shared/configs/sd21-base-arch`` (what ``test_build_sd21_arch.py`` reads), so the test runs
-without that folder. Slow: about 1.5 minutes on one thread, most of it building 1.3B random
+The architecture's configs are ``tests/configs/sd21-base-arch``, SD 2.1-base's own component
+configs (what ``test_build_sd21_arch.py`` reads). Slow: about 1.5 minutes on one thread, most of it building 1.3B random
 parameters, five steps and hashing the saved weights.
 """
 from __future__ import annotations

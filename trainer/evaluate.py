@@ -1,4 +1,4 @@
-"""Evaluation: accuracy, and the hard samples of the hold-out (paper §1.1 2b).
+"""Evaluation: accuracy, and the hard samples of the hold-out (the paper's search for hard samples).
 
 By default (``rounds.selection.rule: misclassified``, the paper) a hard sample is every hold-out
 image whose top-1 prediction is wrong; there is no confidence threshold. The other rules rank

@@ -78,7 +78,7 @@ def check_builder(cfg: SyntheticConfig) -> None:
 
 
 def request_line(round_dir: Path, output: str, dataset: Optional[DataSource] = None) -> str:
-    """One round's request. The builder reads the number of rounds for its §1.3 schedules from
+    """One round's request. The builder reads the number of rounds for its per-round schedules from
     the manifest; it reads guide images only from a data set it is given (a manifest never
     chooses what it reads), so the trainer's own ``data.source`` is passed along."""
     return json.dumps({"round_dir": str(round_dir), "output": str(output),

@@ -49,7 +49,7 @@ def write_round(run_dir: str | Path, round: int, epoch: int, cfg: Config, state_
             ones; with ``rounds.search: train``, training images).
         num_evaluated: size of the split searched.
         metrics: recorded in the bundle (finite floats only).
-        num_rounds: rounds in the run's schedule (the builder's §1.3 schedules need it).
+        num_rounds: rounds in the run's schedule (the builder's per-round schedules need it).
         selection: how ``hard_samples`` were selected and whether the round fired
             (``header.selection``; see ``selection.selection_record``).
         guide_pool: training images (sample ids) a class-balanced builder may guide by

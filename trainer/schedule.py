@@ -1,6 +1,6 @@
 """The active schedule, as pure arithmetic on 0-indexed epochs (no I/O).
 
-Paper (method digest §1.1): with E epochs, a round ends after every epoch e < int(0.5 E); the
+Paper: with E epochs, a round ends after every epoch e < int(0.5 E); the
 images generated from that round's hard samples join training from epoch e + 1 on; the held-out
 split is merged back at epoch int(0.5 E). Here a round spans ``every`` epochs, and the horizon
 and merge epoch are configurable.
