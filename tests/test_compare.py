@@ -357,3 +357,23 @@ def test_the_second_regime_pairs_with_r1_only_when_the_rerun_of_real_reproduces_
     off = analyse(new, r1)
     assert not off["pairing"]["exact"] and off["pairing"]["max_abs_difference_points"] == pytest.approx(1.0)
     assert "across commits" in render(off)
+
+
+def test_plan2_decisions_follow_the_rule_fixed_in_the_plan():
+    from actgen.study.plan2_decisions import decide
+
+    def report(paper, balanced, search, verdicts=("inconclusive",) * 3):
+        names = ["actgen - real-all", "actgen-balanced - real-all", "actgen-train-search - real-all"]
+        return {"primary": [{"contrasts": [{"contrast": n, "random_effect": {"mean": m}, "verdict": v}
+                                           for n, m, v in zip(names, (paper, balanced, search), verdicts)]}]}
+
+    d = decide(report(0.30, 0.25, 0.10))
+    assert d["allocation.policy"] == "balanced" and d["rounds.search"] == "holdout"    # within 0.1: balanced
+    assert d["readme_advice"] == "cannot tell"
+    d = decide(report(0.40, 0.10, 0.50, ("inconclusive", "inconclusive", "above")))
+    assert d["allocation.policy"] == "paper" and d["rounds.search"] == "train"
+    assert d["readme_advice"] == "above: actgen-train-search"
+    d = decide(report(-1.0, -0.8, -0.2, ("below",) * 3))
+    assert d["rounds.search"] == "holdout" and d["readme_advice"] == "below"          # largest, but "below"
+    with pytest.raises(ValueError, match="lacks the random-effect"):
+        decide({"primary": []})
