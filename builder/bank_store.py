@@ -207,6 +207,32 @@ def earlier_rounds(output: Path, round: int) -> Optional[list[tuple[int, Path]]]
     return [(k, rounds / str(k) / SHARDS_DIR) for k in range(round)]
 
 
+# What the driver learnt of each earlier bank file, under the file's stat record: a builder that
+# stays up hashes and reads each bank once, not once per later round (O(rounds) instead of
+# O(rounds^2)); a file whose size, mtime or inode changed is hashed and read again.
+_FACTS: dict[str, tuple[tuple, dict]] = {}
+
+
+def _bank_facts(path: Path, expected_sha256) -> Optional[dict]:
+    """``{"sha256", "entries", "per_class", "shape", "max_label"}`` of a bank file whose sha256 is
+    ``expected_sha256`` (only ``{"sha256"}`` when it is not: the caller refuses it), None if absent."""
+    if not path.is_file():
+        return None
+    key = str(path.resolve())
+    stamp = _stat_key(key)
+    held = _FACTS.get(key)
+    if held is not None and held[0] == stamp and held[1]["sha256"] == expected_sha256:
+        return held[1]
+    sha = file_sha256(path)
+    if sha != expected_sha256:
+        return {"sha256": sha}
+    entries = load_entries(path)
+    facts = {"sha256": sha, "entries": len(entries), "per_class": entries.per_class(),
+             "shape": tuple(entries.latents.shape[1:]), "max_label": int(entries.labels.max()) if len(entries) else -1}
+    _FACTS[key] = (stamp, facts)
+    return facts
+
+
 def start_bank(output: Path, round: int, sources: Optional[Sequence[str]],
                num_classes: Optional[int] = None) -> StartBank:
     """The bank of the earlier rounds: ``sources`` (data-set folders, in order) when given, else the
@@ -233,19 +259,19 @@ def start_bank(output: Path, round: int, sources: Optional[Sequence[str]],
             missing.append(k)
             continue
         path = folder / BANK_FILE
-        sha = file_sha256(path) if path.is_file() else None
+        facts = _bank_facts(path, record.get("sha256"))
+        sha = facts["sha256"] if facts else None
         if sha != record.get("sha256"):
             raise FormatError(str(path), f"sha256 is {sha}, {folder / INDEX_FILE} says {record.get('sha256')}")
-        entries = load_entries(path)
-        if num_classes is not None and len(entries) and int(entries.labels.max()) >= num_classes:
-            raise FormatError(str(path), f"label {int(entries.labels.max())} is outside the build's "
+        if num_classes is not None and facts["entries"] and facts["max_label"] >= num_classes:
+            raise FormatError(str(path), f"label {facts['max_label']} is outside the build's "
                                          f"{num_classes} classes (a bank of another run?)")
-        if len(entries) and shape is not None and entries.latents.shape[1:] != shape[0]:
-            raise FormatError(str(path), f"latents are {list(entries.latents.shape[1:])}, the bank of {shape[1]} "
+        if facts["entries"] and shape is not None and facts["shape"] != shape[0]:
+            raise FormatError(str(path), f"latents are {list(facts['shape'])}, the bank of {shape[1]} "
                                          f"holds {list(shape[0])} (banks of another generator?)")
-        if len(entries) and shape is None:
-            shape = (entries.latents.shape[1:], path)
-        for label, n in entries.per_class().items():
+        if facts["entries"] and shape is None:
+            shape = (facts["shape"], path)
+        for label, n in facts["per_class"].items():
             per_class[label] = per_class.get(label, 0) + n
         files.append(str(path.resolve()))
         rounds.append(int(index.created.get("round", k)))
@@ -260,4 +286,53 @@ def start_bank(output: Path, round: int, sources: Optional[Sequence[str]],
 def load_start(files: Sequence[str]) -> BankEntries:
     """The earlier rounds' entries in round order (a worker's start bank)."""
     return BankEntries.concat([load_entries(f) for f in files])
+
+
+def kept_entries(entries: BankEntries, capacity: int, total_capacity: Optional[int]) -> BankEntries:
+    """The entries a ``MemoryBank(capacity, total_capacity)`` holds after adding ``entries`` in
+    order (the same eviction: per class the oldest past ``capacity``; past ``total_capacity``, the
+    oldest of the class holding the most, the lowest label on a tie), in their order. A bank
+    loaded from these holds exactly what one loaded from all of ``entries`` holds."""
+    from collections import deque
+
+    held: dict[int, deque] = {}
+    total = 0
+    for i, label in enumerate(entries.labels.tolist()):
+        q = held.setdefault(label, deque())
+        q.append(i)
+        total += 1
+        if len(q) > capacity:
+            q.popleft()
+            total -= 1
+        if total_capacity is not None and total > total_capacity:
+            held[max(sorted(held), key=lambda k: len(held[k]))].popleft()
+            total -= 1
+    keep = np.sort(np.fromiter((i for q in held.values() for i in q), dtype=np.int64, count=total))
+    if len(keep) == len(entries):
+        return entries
+    return BankEntries(entries.labels[keep], entries.latents[keep]) if len(keep) else EMPTY
+
+
+# A worker's start bank across rounds: round r's files are round r-1's plus one, so only the new
+# one is read, and what is kept is bounded by the bank's capacities, not by the round number.
+_START: dict[str, tuple] = {}
+
+
+def _stat_key(path: str) -> tuple:
+    st = Path(path).stat()
+    return path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def incremental_start(files: Sequence[str], capacity: int, total_capacity: Optional[int]) -> BankEntries:
+    """``kept_entries(load_start(files), ...)``, reading only the files this process's previous
+    call did not (when its files are a prefix of these, unchanged on disk, with equal capacities)."""
+    stamps = tuple(_stat_key(f) for f in files)
+    held = _START.get("bank")
+    if held is not None and held[0] == (capacity, total_capacity) and stamps[:len(held[1])] == held[1]:
+        base, new = held[2], files[len(held[1]):]
+    else:
+        base, new = EMPTY, files
+    entries = kept_entries(BankEntries.concat([base, *(load_entries(f) for f in new)]), capacity, total_capacity)
+    _START["bank"] = ((capacity, total_capacity), stamps, entries)
+    return entries
 

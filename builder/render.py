@@ -33,7 +33,7 @@ from actgen.shards.samples import SyntheticSample
 from actgen.shards.sources import DataSource, LabeledImages, load_source
 from actgen.shards.writer import write_shard
 
-from .bank_store import EMPTY, BankEntries, load_start, part_path, save_entries
+from .bank_store import EMPTY, BankEntries, incremental_start, part_path, save_entries
 from .config import TINY, GeneratorConfig, GuidanceConfig
 from .plan import BuildPlan, PlannedSample
 from .prompts import classifier_crop
@@ -288,7 +288,8 @@ class ShardWriter:
                                        classifier_factory=(lambda: classifier) if classifier is not None else None,
                                        prompt_template=spec.generator.prompt_template,
                                        prompt_names=spec.prompt_names)
-        self.start_bank = load_start(spec.bank_files) if spec.bank_scope == "run" else None
+        self.start_bank = (incremental_start(spec.bank_files, spec.guidance.bank_capacity,
+                                             spec.guidance.bank_total_capacity) if spec.bank_scope == "run" else None)
         if self.start_bank is not None and len(self.start_bank) and \
                 tuple(self.start_bank.latents.shape[1:]) != tuple(generator.latent_shape):
             raise ValueError(f"memory bank {', '.join(spec.bank_files)}: latents are "

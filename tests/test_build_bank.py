@@ -164,3 +164,73 @@ def test_a_total_cap_binds_at_any_class_count_evicting_from_the_fullest_class():
     free = MemoryBank(capacity=1024, sample_size=8)
     free.add([0, 0, 0, 0, 1, 1, 2, 3, 3, 3], z)
     assert len(free) == 10
+
+
+def _entries(labels, seed=0):
+    from actgen.builder.bank_store import BankEntries
+
+    rng = np.random.default_rng(seed)
+    return BankEntries(np.asarray(labels, np.int64), rng.standard_normal((len(labels), 2, 2, 2)).astype(np.float16))
+
+
+@pytest.mark.parametrize("capacity, total", [(3, None), (3, 7), (100, 5)])
+def test_the_kept_start_bank_is_what_a_memory_bank_holds_after_every_entry(capacity, total):
+    import torch
+
+    from actgen.builder.bank import MemoryBank
+    from actgen.builder.bank_store import kept_entries
+
+    entries = _entries(np.random.default_rng(1).integers(0, 4, 60))
+    full, kept = MemoryBank(capacity, 8, total), MemoryBank(capacity, 8, total)
+    full.add(entries.labels.tolist(), torch.from_numpy(entries.latents))
+    small = kept_entries(entries, capacity, total)
+    kept.add(small.labels.tolist(), torch.from_numpy(small.latents))
+    assert len(small) == len(full) < len(entries)
+    a, b = full.state_dict(), kept.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_worker_reads_only_the_new_rounds_bank_and_keeps_what_its_capacities_bound(tmp_path, monkeypatch):
+    import actgen.builder.bank_store as store
+
+    files = []
+    for r in range(4):
+        path = tmp_path / f"bank-{r}.safetensors"
+        store.save_entries(path, _entries(np.random.default_rng(r).integers(0, 3, 20), seed=r), round=r)
+        files.append(str(path))
+    monkeypatch.setattr(store, "_START", {})
+    read = []
+    real = store.load_entries
+    monkeypatch.setattr(store, "load_entries", lambda f: read.append(f) or real(f))
+    for r in range(1, 5):
+        got = store.incremental_start(files[:r], 4, 10)
+        expected = store.kept_entries(store.BankEntries.concat([real(f) for f in files[:r]]), 4, 10)
+        assert np.array_equal(got.labels, expected.labels) and np.array_equal(got.latents, expected.latents)
+        assert len(got) <= 10
+    assert read == files                       # each file read once, in round order
+    # A file changed on disk (another build wrote it) is read again, with everything after it.
+    store.save_entries(files[1], _entries([0, 1], seed=9), round=1)
+    store.incremental_start(files, 4, 10)
+    assert read[4:] == files
+
+
+def test_the_driver_hashes_each_earlier_bank_once_and_again_only_when_it_changes(run_rounds, build_fast,
+                                                                                 monkeypatch):
+    import actgen.builder.bank_store as store
+
+    for r in (0, 1):
+        run(_config(run_rounds, r, build_fast))
+    out = run_rounds
+    hashed = []
+    real = store.file_sha256
+    monkeypatch.setattr(store, "file_sha256", lambda p: hashed.append(str(p)) or real(p))
+    monkeypatch.setattr(store, "_FACTS", {})
+    output = out / "rounds" / "2" / "shards"
+    first = store.start_bank(output, 2, None)
+    again = store.start_bank(output, 2, None)
+    assert first == again and len(hashed) == 2          # rounds 0 and 1, hashed once
+    bank = out / "rounds" / "0" / "shards" / BANK_FILE
+    bank.write_bytes(bank.read_bytes() + b" ")          # changed: hashed again, refused by its index
+    with pytest.raises(ValueError, match="sha256 is"):
+        store.start_bank(output, 2, None)
+    assert len(hashed) == 3
