@@ -204,8 +204,12 @@ def _size_category(n: int) -> str:
 LICENSE_ID = r"[a-z0-9][a-z0-9.+\-]*"   # what the Hub's dataset-card ``license`` field takes
 
 
+LICENSE_FIELDS = ("dataset", "generator", "source_terms")    # what an index's created.license holds
+
+
 def card_license(created: dict) -> dict[str, Optional[str]]:
-    """``created.license`` as ``{"dataset", "generator", "source_terms"}`` (strings or None).
+    """``created.license`` as ``{"dataset", "generator", "source_terms", "dataset_name"}`` (strings or
+    None; ``dataset_name``: for a licence that is not a Hub id, a slug of it or ``unspecified``).
 
     ``created`` comes from a received file: anything that is not a string is taken as unknown.
     """
@@ -216,8 +220,11 @@ def card_license(created: dict) -> dict[str, Optional[str]]:
     # One line each: the card's YAML and text hold them, and a received file may hold anything.
     out = {k: printable(" ".join(value[k].split())) or None if isinstance(value.get(k), str) else None
            for k in ("dataset", "generator", "source_terms")}
+    out["dataset_name"] = None
     if not (out["dataset"] and re.fullmatch(LICENSE_ID, out["dataset"])):
-        out["dataset"] = None                  # not a licence id the Hub knows: "other" below
+        # Not a licence id the Hub knows: "other", with the Hub's license_name as a slug of it.
+        slug = re.sub(r"[^a-z0-9]+", "-", (out["dataset"] or "").lower()).strip("-")[:64]
+        out["dataset"], out["dataset_name"] = None, slug or "unspecified"
     return out
 
 
@@ -233,8 +240,9 @@ def dataset_card(index: DatasetIndex) -> str:
 
     created = index.created
     licence = card_license(created)
+    other = {} if licence["dataset"] else {"license_name": licence["dataset_name"]}   # the Hub asks for it
     data = DatasetCardData(
-        license=licence["dataset"] or "other", task_categories=["image-classification"],
+        license=licence["dataset"] or "other", **other, task_categories=["image-classification"],
         size_categories=[_size_category(index.num_samples)], pretty_name=index.name,
         tags=["synthetic", "webdataset", "actgen"],
         configs=[{"config_name": "default",

@@ -17,7 +17,7 @@ import numpy as np
 
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import COPIES_KEY, DatasetIndex, ShardSetWriter, card_license
+from actgen.shards.writer import COPIES_KEY, LICENSE_FIELDS, DatasetIndex, ShardSetWriter, card_license
 
 from .outputs import check_output, replacing
 
@@ -106,7 +106,7 @@ def filter_dataset(dataset: str | Path, output: str | Path, scorer: Scorer, min_
                 "kept": int(len(keep)), "of": len(data)}
     fmt = data.image_extension(0)
     created = {"filtered_by": "actgen-data filter", "filter": settings, "sources": [source_record(dataset, data)],
-               "round": data.index.created.get("round"), "license": card_license(data.index.created),
+               "round": data.index.created.get("round"), "license": {k: v for k, v in card_license(data.index.created).items() if k in LICENSE_FIELDS},
                **({COPIES_KEY: True} if data.index.created.get(COPIES_KEY) is True else {})}
     with replacing(out) as staging, ShardSetWriter(
             staging, data.class_names, len(keep), max(1, min(len(data.index.shards), len(keep))),

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import COPIES_KEY, INDEX_FILE, DatasetIndex, ShardSetWriter, card_license, file_sha256
+from actgen.shards.writer import (COPIES_KEY, INDEX_FILE, LICENSE_FIELDS, DatasetIndex, ShardSetWriter, card_license,
+                                  file_sha256)
 
 from .outputs import check_output, replacing
 
@@ -84,7 +85,7 @@ def merged_license(created: Sequence[dict]) -> dict:
     """The sources' licence record when they all agree, field by field; a field they differ on is
     unknown (None), so that the card says ``other`` rather than a licence one source lacks."""
     records = [card_license(c) for c in created]
-    return {k: records[0][k] if all(r[k] == records[0][k] for r in records) else None for k in records[0]}
+    return {k: records[0][k] if all(r[k] == records[0][k] for r in records) else None for k in LICENSE_FIELDS}
 
 
 def _output_format(paths: Sequence[Path], sets: Sequence[ShardRandomAccess], asked: Optional[str]) -> str:

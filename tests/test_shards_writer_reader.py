@@ -67,6 +67,14 @@ def test_dataset_card_front_matter(shard_dataset):
     assert meta["task_categories"] == ["image-classification"]
     assert meta["size_categories"] == ["n<1K"] and "synthetic" in meta["tags"] and meta["license"]
     assert "\"cat\", \"dog\", \"bird\"" in text
+    # "other" comes with the Hub's license_name; a known id needs none.
+    assert (meta["license"] == "other") == ("license_name" in meta)
+    from actgen.shards.writer import card_license
+
+    assert card_license({"license": "CreativeML Open RAIL++-M"})["dataset_name"] == "creativeml-open-rail-m"
+    assert card_license({})["dataset_name"] == "unspecified"
+    assert card_license({"license": "cc-by-4.0"}) == {"dataset": "cc-by-4.0", "generator": None,
+                                                      "source_terms": None, "dataset_name": None}
 
 
 def test_index_is_written_last(tmp_path, make_synthetic_samples, monkeypatch):
