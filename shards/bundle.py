@@ -10,16 +10,18 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from . import __version__
-from ._schema import check_finite, check_format, dumps, from_jsonable, read_json_file, utc_now
+from ._schema import check_finite, check_format, dumps, from_jsonable, read_json_file, to_jsonable, utc_now
 from .atomic import atomic_directory
 from .errors import FormatError
 
 _logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "actgen.classifier-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2      # the newest this code reads; v2 adds timm's keys (final bundles)
+TIMM_KEYS = ("label_names", "model_args", "pretrained_cfg")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -40,6 +42,12 @@ class BundleConfig:
     model_kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs (e.g. in_chans)
     crop_pct: float = 1.0                   # evaluation centre-crop share (timm); 1.0 = resize only; absent
                                             # in bundles written before it (they read as 1.0)
+    # Version 2 only: timm's own keys, so that one config.json is also what
+    # ``timm.create_model("local-dir:<bundle>")`` reads (a run's final/); they must agree with
+    # class_names and model_kwargs, and pretrained_cfg may not point timm at any file or URL.
+    label_names: Optional[list[str]] = None
+    model_args: Optional[dict] = None
+    pretrained_cfg: Optional[dict] = None
     format: str = BUNDLE_FORMAT
     format_version: int = 1
     tool_version: str = ""
@@ -65,6 +73,15 @@ def _check_config(config: BundleConfig, where: str) -> None:
     if reserved:
         raise FormatError(where, f"model_kwargs must not set {sorted(reserved)} (the bundle fixes them)")
     check_model_kwargs(config.model_kwargs, where, "model_kwargs")
+    timm_keys = [k for k in TIMM_KEYS if getattr(config, k) is not None]
+    if timm_keys and config.format_version < 2:
+        raise FormatError(where, f"fields {timm_keys} need format_version 2, got {config.format_version}")
+    if config.label_names is not None and config.label_names != config.class_names:
+        raise FormatError(where, "label_names must equal class_names")
+    if config.model_args is not None and config.model_args != config.model_kwargs:
+        raise FormatError(where, "model_args must equal model_kwargs")
+    if config.pretrained_cfg is not None:
+        check_model_kwargs(config.pretrained_cfg, where, "pretrained_cfg")
 
 
 LOADING_KWARGS = frozenset({"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict",
@@ -94,17 +111,22 @@ def write_bundle(directory: str | Path, state_dict: dict, config: BundleConfig) 
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    # Version 1 unless timm's keys are there: readers of version 1 keep reading round bundles.
+    version = 2 if any(getattr(config, k) is not None for k in TIMM_KEYS) else 1
     config = dataclasses.replace(config, created=config.created or utc_now(),
-                                 tool_version=config.tool_version or __version__)
-    if config.format != BUNDLE_FORMAT or config.format_version != BUNDLE_FORMAT_VERSION:
-        raise ValueError(f"write_bundle: format must be {BUNDLE_FORMAT!r} v{BUNDLE_FORMAT_VERSION}, "
-                         f"got {config.format!r} v{config.format_version}")
+                                 tool_version=config.tool_version or __version__, format_version=version)
+    if config.format != BUNDLE_FORMAT:
+        raise ValueError(f"write_bundle: format must be {BUNDLE_FORMAT!r}, got {config.format!r}")
     _check_config(config, str(directory / CONFIG_FILE))
+    record = to_jsonable(config)
+    for key in TIMM_KEYS:
+        if record[key] is None:
+            del record[key]
     # Own, contiguous CPU copies: safetensors refuses tensors that share storage.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(dumps(config), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(dumps(record), encoding="utf-8")
         digest = bundle_sha256(tmp)
     _logger.info("wrote bundle %s (%s, %d tensors, sha256 %s)", directory, config.architecture,
                  len(tensors), digest[:12])

@@ -96,7 +96,13 @@ def test_config_json_is_validated_naming_field(tmp_path):
     check(lambda d: d.pop("architecture"), "missing field 'architecture'")
     check(lambda d: d.update(colour="red"), "unknown field.*'colour'")
     check(lambda d: d.update(format="something.else"), "field 'format' must be 'actgen.classifier-bundle'")
-    check(lambda d: d.update(format_version=2), "format_version 2 is newer than this reader")
+    check(lambda d: d.update(format_version=3), "format_version 3 is newer than this reader")
+    # Version 2 adds timm's keys, which must agree with the bundle's own and point timm nowhere.
+    check(lambda d: d.update(label_names=["cat"]), "need format_version 2")
+    check(lambda d: d.update(format_version=2, label_names=["a", "b", "c"]), "label_names must equal class_names")
+    check(lambda d: d.update(format_version=2, model_args={"in_chans": 1}), "model_args must equal model_kwargs")
+    check(lambda d: d.update(format_version=2, pretrained_cfg={"file": "/etc/passwd"}),
+          r"field 'pretrained_cfg.file' = '/etc/passwd': not allowed")
     path.write_text("{not json")
     with pytest.raises(FormatError, match="not valid JSON"):
         read_bundle_config(tmp_path / "b")

@@ -25,7 +25,8 @@ def _logits(model, x):
         return model(x)
 
 
-def test_final_holds_last_and_ema_bundles_and_a_folder_timm_loads(tiny_train_config, tmp_path):
+def test_final_is_the_ema_bundle_a_folder_timm_loads_with_the_last_weights_beside_each_stored_once(
+        tiny_train_config, tmp_path):
     import timm
 
     cfg = tiny_train_config("synthetic.source=none", "train.epochs=2", "rounds.horizon=1", "rounds.merge_epoch=2",
@@ -33,8 +34,19 @@ def test_final_holds_last_and_ema_bundles_and_a_folder_timm_loads(tiny_train_con
     summary = run(cfg)
     final = tmp_path / "run" / "final"
     assert summary["complete"] and sorted(p.name for p in final.iterdir()) == [
-        "config.json", "ema", "last", "model.safetensors"]
-    last, ema = read_bundle(final / "last"), read_bundle(final / "ema")
+        "README.md", "config.json", "last", "model.safetensors"]
+    # Two weight files for two sets of weights: nothing stored twice.
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*.safetensors")) == [
+        "last/model.safetensors", "model.safetensors"]
+    last, ema = read_bundle(final / "last"), read_bundle(final)
+    assert ema[1].format_version == 2 and last[1].format_version == 1
+    # The model card says what the run was, from the run's own records.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(final / "README.md")
+    assert card.data.library_name == "timm" and card.data.license == "other"
+    assert '`"test_resnet"` (timm), 10 classes' in card.text and "Rounds of active generation: 1" in card.text
+    assert f"top-1 {100 * summary['final']['test_acc']:.2f}%" in card.text
     names = last[1].class_names
     assert last[1].epoch == 1 and last[1].metrics["test_acc"] == pytest.approx(summary["final"]["test_acc"])
     assert ema[1].metrics["test_acc"] == pytest.approx(summary["final"]["ema_test_acc"])
@@ -64,9 +76,13 @@ def test_without_ema_final_takes_the_last_weights_and_a_stopped_run_writes_none(
     assert not (tmp_path / "run" / "final").exists()
     run(cfg, resume=True)
     final = tmp_path / "run" / "final"
-    assert sorted(p.name for p in final.iterdir()) == ["config.json", "last", "model.safetensors"]
-    weights, last = load_file(str(final / "model.safetensors")), read_bundle(final / "last")[0]
-    assert weights.keys() == last.keys() and all(torch.equal(weights[k], last[k]) for k in weights)
+    assert sorted(p.name for p in final.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    weights, bundle = load_file(str(final / "model.safetensors")), read_bundle(final)
+    assert bundle[1].label_names == bundle[1].class_names and bundle[1].epoch == 1
+    from actgen.shards.bundle import load_classifier
+
+    model, _ = load_classifier(final)   # the builder's loader reads the same folder
+    assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
 
 
 def test_a_run_starts_from_pretrained_weights_and_the_head_of_another_size_is_new(tmp_path):

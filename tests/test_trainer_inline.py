@@ -65,6 +65,9 @@ def test_one_command_runs_the_active_loop(tiny_train_config, torch_one_thread):
         assert "wrote index" in (run_dir / "rounds" / str(r) / "build.log").read_text()
     assert (run_dir / "build.log").read_text().count("wrote index") >= 2
     assert all(row["synthetic_seen"] > 0 for row in rows[1:])
+    # The model card names each round's synthetic data set, its generator and licences.
+    card = (run_dir / "final" / "README.md").read_text()
+    assert "Synthetic images of round `0`: `8` by generator `\"tiny\"`" in card and "Rounds of active generation: 2" in card
 
 
 def test_the_builder_is_given_the_trainers_data_source(tmp_path):

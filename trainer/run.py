@@ -45,7 +45,7 @@ from .data import MixedBatchSampler, Split, make_train_loader, split_indices
 from .distributed import Runtime
 from .evaluate import Predictions
 from .evaluator import Evaluator
-from .export import write_final
+from .export import card_facts, write_final
 from .inline import close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
@@ -204,7 +204,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                     export_state_dict(ema.module) if ema is not None else None,
                     {k: last_row[k] for k in ("test_acc", "test_top5", "ema_test_acc", "holdout_acc")
                      if isinstance(last_row.get(k), (int, float))},
-                    getattr(model_out, "pretrained_cfg", {}).get("classifier"))
+                    getattr(model_out, "pretrained_cfg", {}).get("classifier"),
+                    card_facts(run_dir, progress.pool, len(progress.rounds_done), last_row))
     return _summary(cfg, run_dir, progress, metrics, time.perf_counter() - started, rt, loop.optimizer_steps)
 
 
