@@ -103,3 +103,30 @@ def test_two_processes_launched_as_srun_launches_them(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["complete"]
     assert "SLURM task 0 of 2" in outs[0][1]
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumes_on_one_process_with_the_same_global_batch(tmp_path):
+    """Preempted on 2 processes, resumed on 1: refused unless the global batch stays (naming the
+    setting that keeps it), then completed with train.grad_accum_steps=2."""
+    run_dir = tmp_path / "run"
+    sets = [a for s in TINY + ["synthetic.source=none"] for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = ["-m", "actgen.trainer.cli", "--config", str(REPO / "configs" / "train-digits.yaml"), "--run-dir",
+            str(run_dir), *sets]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    first = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", *args, "--stop-after", "1"],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert torch.load(run_dir / "last.pt", weights_only=True)["global_batch"] == 64
+    alone = subprocess.run([sys.executable, *args, "--resume"], capture_output=True, text=True, env=env,
+                           timeout=600, cwd=tmp_path)
+    assert alone.returncode == 2 and "train.grad_accum_steps=2 keeps it" in alone.stderr, alone.stderr[-2000:]
+    resumed = subprocess.run([sys.executable, *args, "--resume", "--set", "train.grad_accum_steps=2"],
+                             capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "not bit for bit" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["world_size"] == 1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]

@@ -128,7 +128,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 4. Resume: weights, optimizer/scheduler/EMA, RNGs, pool, rounds.
     progress = _Progress()
     if inputs.resume_state is not None:
-        progress = _restore(inputs.resume_state, model, loop, rt, run_dir)
+        progress = _restore(inputs.resume_state, model, loop, rt, run_dir, _global_batch(cfg, rt))
         _logger.info("resuming %s at epoch %d (%d synthetic images in the pool)", run_dir, progress.epoch,
                      pool_size(progress.pool))
 
@@ -192,7 +192,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             if rt.is_main:
                 metrics.append(row)
                 board.append(row)
-                save_checkpoint(run_dir / CHECKPOINT_FILE, _checkpoint_state(progress, model, loop, rng, images))
+                save_checkpoint(run_dir / CHECKPOINT_FILE,
+                                _checkpoint_state(progress, model, loop, rng, images, _global_batch(cfg, rt)))
             dist_utils.barrier(rt)
 
     # 8. The classifier to take away, then the summary.
@@ -325,20 +326,40 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
 
 
-def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path) -> _Progress:
+def _global_batch(cfg: Config, rt: Runtime) -> int:
+    """Images per optimizer step over all processes."""
+    return cfg.loader.batch_size * rt.world_size * cfg.train.grad_accum_steps
+
+
+def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path,
+             global_batch: int) -> _Progress:
     model.load_state_dict(state["model"])
     loop.load_state_dict(state["loop"])
     rng = state["rng"]
+    saved = state.get("global_batch")           # absent in checkpoints of older versions
+    if isinstance(saved, int) and saved != global_batch:
+        per_process = global_batch // max(1, loop.cfg.grad_accum_steps)
+        fix = (f"; train.grad_accum_steps={saved // per_process} keeps it" if saved % per_process == 0 else "")
+        raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written with a global batch of {saved} images per step "
+                         f"({len(rng)} process(es)); resumed with {global_batch} (loader.batch_size x {rt.world_size} "
+                         f"process(es) x train.grad_accum_steps){fix}")
     if len(rng) != rt.world_size:
-        raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written by {len(rng)} process(es), resumed with "
-                         f"{rt.world_size}; exact resume needs the same number")
-    restore_rng(rng[rt.rank])
+        if not isinstance(saved, int):
+            raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written by {len(rng)} process(es), resumed with "
+                             f"{rt.world_size}; a checkpoint of this version records no global batch, so only the "
+                             "same number of processes resumes it")
+        # The same global batch, so the schedule and the optimizer go on as they were; the data
+        # order within an epoch and the random streams are no longer those of an uninterrupted run.
+        _logger.warning("resuming a run of %d process(es) on %d with the same global batch (%d images a step): it "
+                        "continues, but not bit for bit as an uninterrupted run would", len(rng), rt.world_size,
+                        global_batch)
+    restore_rng(rng[rt.rank % len(rng)])
     return _Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
                      rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]))
 
 
 def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLoop, rng: list,
-                      images: LabeledImages) -> dict:
+                      images: LabeledImages, global_batch: int) -> dict:
     return {
         "epoch": progress.epoch,
         "model": export_state_dict(model),
@@ -350,6 +371,7 @@ def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLo
         "dataset_fingerprint": images.fingerprint,
         "labels_sha256": labels_sha256(images),
         "class_names": list(images.class_names),
+        "global_batch": global_batch,
     }
 
 

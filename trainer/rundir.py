@@ -33,7 +33,9 @@ DATA_ERRORS_FILE = "data_errors.json"
 # Settings that may change when a run is resumed: they do not affect what is computed.
 RESUMABLE_CHANGES = {"checkpoint.keep_rounds", "loader.num_workers", "loader.persistent_workers", "loader.prefetch_factor",
                      "loader.eval_batch_size", "train.log_interval", "train.progress", "synthetic.on_missing",
-                     "synthetic.timeout_s", "synthetic.poll_s", "data.decode_check_limit", "run_dir"}
+                     "synthetic.timeout_s", "synthetic.poll_s", "data.decode_check_limit", "run_dir",
+                     # with another number of processes, so that the global batch stays (checked then)
+                     "train.grad_accum_steps"}
 
 
 def run_dir_state(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
