@@ -1,6 +1,8 @@
 """Shared pytest fixtures. Sections are owned by the package they serve; append, don't rewrite."""
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import http.server
 import os
@@ -355,10 +357,11 @@ def ray_env(**extra) -> dict:
             **extra}
 
 
-@pytest.fixture
-def ray_head():
-    """``ray start --head`` on 127.0.0.1 with 2 CPUs; ``ray stop --force`` afterwards, whatever happened.
-    Yields its address; the processes that join it need ``ray_env()``."""
+@contextlib.contextmanager
+def ray_head_cluster(num_cpus: int = 2):
+    """``ray start --head`` on 127.0.0.1 with ``num_cpus``; ``ray stop --force`` afterwards (stopping
+    every node of this machine), whatever happened. Yields its address; the processes that join it
+    need ``ray_env()``."""
     import shutil
     import socket
     import subprocess
@@ -374,8 +377,8 @@ def ray_head():
     # Ray's socket paths live under its temp dir and may not exceed 107 bytes: a short one.
     temp = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
     env = ray_env()
-    subprocess.run([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+    subprocess.run([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                    f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
                    check=True, timeout=180, env=env, stdout=subprocess.DEVNULL)
     try:
         yield f"127.0.0.1:{port}"
@@ -383,3 +386,10 @@ def ray_head():
         subprocess.run([str(ray), "stop", "--force"], timeout=120, env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_head():
+    """A loopback Ray head with 2 CPUs (:func:`ray_head_cluster`)."""
+    with ray_head_cluster(2) as address:
+        yield address
