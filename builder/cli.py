@@ -71,6 +71,10 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
 @click.option("--serve", is_flag=True,
               help="Build the rounds named on stdin (one JSON line each), one reply line each on stdout, "
                    "with workers kept across rounds; for actgen-train's inline builds.")
+@click.option("--request-listing-seconds", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="With --serve: refuse an image folder a request names (or its manifest does) whose listing "
+                   "takes longer, so every request is answered quickly (default: 8; 0: no bound, what "
+                   "actgen-train's own server uses for its data set).")
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("--check", is_flag=True,
               help="Check the config and its generator (folder, components, steps) and the packages its "
@@ -81,7 +85,7 @@ JSON line per round on stdin, {"round_dir": R, "output": O, "dataset": {...}}, b
 def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Optional[Path],
          manifest: Optional[Path], output: Optional[Path], overrides: tuple[str, ...], watch_dir: Optional[Path],
          poll: float, retries: int, retry_backoff: float, idle_timeout: Optional[float], serve: bool,
-         print_config: bool, check: bool, verbose: bool) -> None:
+         request_listing_seconds: Optional[float], print_config: bool, check: bool, verbose: bool) -> None:
     """Render ActGen's guided synthetic images near a classifier's hard samples, into shards.
 
     Reads a classifier checkpoint bundle and the hard-sample manifest of one training round,
@@ -119,7 +123,8 @@ def main(config_path: Optional[Path], round_dir: Optional[Path], checkpoint: Opt
 
             from .serve import serve as serve_rounds
 
-            serve_rounds(config_path, overrides, sys.stdin, sys.stdout)
+            bound = {} if request_listing_seconds is None else {"listing_seconds": request_listing_seconds or None}
+            serve_rounds(config_path, overrides, sys.stdin, sys.stdout, **bound)
             return
         if watch_dir is not None:
             clash = [name for name, v in (("--round-dir", round_dir), ("--checkpoint", checkpoint),

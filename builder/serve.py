@@ -85,10 +85,12 @@ def request_config(config_path: Optional[Path], overrides: Sequence[str], round_
 
 
 def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Iterable[str], replies: IO[str],
-          build=None) -> int:
+          build=None, listing_seconds: Optional[float] = REQUEST_LISTING_SECONDS) -> int:
     """Answer every request of ``requests`` on ``replies``; return how many rounds were built.
 
-    ``build(cfg, round_dir, pool)`` builds one request (tests pass their own).
+    ``build(cfg, round_dir, pool)`` builds one request (tests pass their own). ``listing_seconds``:
+    the bound on listing an image folder a request names (None: none; the trainer's own server,
+    whose requests name the trainer's configured data set, runs without one).
     """
     from .workers import WorkerPool
 
@@ -103,7 +105,7 @@ def serve(config_path: Optional[Path], overrides: Sequence[str], requests: Itera
             try:
                 round_dir, output, dataset = parse_request(line)
                 cfg = request_config(config_path, overrides, round_dir, output, dataset)
-                bound = REQUEST_LISTING_SECONDS if dataset is not None or configured is None else None
+                bound = listing_seconds if dataset is not None or configured is None else None
                 with listing_bound(bound):
                     images = (build or _build)(cfg, round_dir, pool)
                 reply = {"ok": True, "images": images, "seconds": round(time.perf_counter() - start, 3)}

@@ -108,14 +108,12 @@ def test_a_request_naming_a_system_folder_is_refused_in_seconds(write_round, bui
 
 
 def test_a_request_folder_is_bounded_by_its_listing_time_and_a_configured_one_is_not(write_round, build_fast,
-                                                                                     tmp_path, monkeypatch):
+                                                                                     tmp_path):
     """The bound is on time, not only on files: a request naming a folder that lists slowly is
     refused with the import advice; the server's own configured data set is listed unbounded."""
     from PIL import Image
 
-    import actgen.builder.serve as serve_module
-
-    monkeypatch.setattr(serve_module, "REQUEST_LISTING_SECONDS", 1e-9)   # every listing is "too slow"
+    tiny = 1e-9      # every listing is "too slow"
     photos = tmp_path / "photos"
     for c in ("a", "b"):
         (photos / c).mkdir(parents=True)
@@ -123,12 +121,18 @@ def test_a_request_folder_is_bounded_by_its_listing_time_and_a_configured_one_is
             Image.new("RGB", (4, 4), (i, 9, 9)).save(photos / c / f"{i}.png")
     directory, _ = write_round(tmp_path / "run" / "rounds" / "0", round=0)
     out = io.StringIO()
-    serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(directory), "dataset": {"path": str(photos)}})],
-          out)
+    request = json.dumps({"round_dir": str(directory), "dataset": {"path": str(photos)}})
+    serve(None, [*build_fast, "budget=4"], [request], out, listing_seconds=tiny)
     (reply,) = _replies(out)
     assert not reply["ok"] and "listing its files took over" in reply["error"] and "actgen-data import" in reply["error"]
+    # The trainer's own server (no bound) lists the folder its requests name.
     out = io.StringIO()
-    serve(None, [*build_fast, "budget=4", f"dataset.path={photos}"], [json.dumps({"round_dir": str(directory)})], out)
+    serve(None, [*build_fast, "budget=4"], [request], out, listing_seconds=None)
+    (reply,) = _replies(out)
+    assert not reply["ok"] and "listing" not in reply["error"] and "fingerprint" in reply["error"]
+    out = io.StringIO()
+    serve(None, [*build_fast, "budget=4", f"dataset.path={photos}"], [json.dumps({"round_dir": str(directory)})], out,
+          listing_seconds=tiny)
     (reply,) = _replies(out)
     # Listed and read (then refused for being another data set than the manifest's, not for its listing).
     assert not reply["ok"] and "listing" not in reply["error"] and "fingerprint" in reply["error"]

@@ -20,8 +20,8 @@ def test_the_server_and_its_requests_point_the_builder_at_the_round(tmp_path):
     cfg = SyntheticConfig(source="inline", build_config="configs/build-smoke.yaml",
                           build_overrides=["budget=8", "ray.executor=local"])
     argv = server_argv(cfg)
-    assert Path(argv[0]).name == "actgen-build" and argv[1] == "--serve"
-    assert argv[2:4] == ["--config", "configs/build-smoke.yaml"]
+    assert Path(argv[0]).name == "actgen-build" and argv[1:4] == ["--serve", "--request-listing-seconds", "0"]
+    assert argv[4:6] == ["--config", "configs/build-smoke.yaml"]
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert sets == ["budget=8", "ray.executor=local"]
     request = json.loads(request_line(tmp_path / "rounds" / "3", str(tmp_path / "out")))

@@ -48,7 +48,9 @@ REPLY_PREFIX = "actgen-serve "    # actgen.builder.serve's; the trainer does not
 def server_argv(cfg: SyntheticConfig) -> list[str]:
     """The command line of the run's builder server; the config's own ``build_overrides`` are
     its ``--set`` overrides, applied after each round's paths, so they win."""
-    argv = [resolve_command(cfg.build_command), "--serve"]
+    # The requests name the trainer's own configured data set: no bound on listing it (a folder of
+    # a million images stays accepted; the builder says once what importing it would save).
+    argv = [resolve_command(cfg.build_command), "--serve", "--request-listing-seconds", "0"]
     if cfg.build_config is not None:
         argv += ["--config", cfg.build_config]
     for override in cfg.build_overrides:
