@@ -124,7 +124,7 @@ def resolve_device(preference: str, has_gpu: Optional[bool] = None, key: str = "
 
 
 # Optional parts of the install: the package a feature needs, and the extra that brings it.
-EXTRAS = {"peft": "lora", "tensorboard": "tensorboard", "s3fs": "s3", "gcsfs": "gcs", "wandb": "wandb"}
+EXTRAS = {"peft": "lora", "tensorboard": "tensorboard", "s3fs": "s3", "gcsfs": "gcs", "wandb": "wandb", "mlflow": "mlflow"}
 SCHEME_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
 

@@ -284,6 +284,9 @@ class TrainConfig:
             to check a model compiles without a compiler toolchain); null: eager.
         sync_bn: BatchNorm statistics over all processes (timm's ``convert_sync_batchnorm``), in
             multi-process runs only (one process: nothing to synchronise).
+        loggers: also log to ``wandb`` (Weights & Biases) and/or ``mlflow``: each epoch's
+            metrics, the loss and learning rate at each log line, each round's contact sheet.
+        logger_project: the W&B project or MLflow experiment (default: the run's ``name``).
     """
 
     epochs: int = 10
@@ -304,10 +307,15 @@ class TrainConfig:
     grad_accum_steps: int = 1
     compile: Optional[str] = None
     sync_bn: bool = False
+    loggers: list[str] = field(default_factory=list)
+    logger_project: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, "an int >= 1")
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "an int >= 1")
+        _check(set(self.loggers) <= {"wandb", "mlflow"} and len(set(self.loggers)) == len(self.loggers),
+               "train.loggers", self.loggers, "a list of distinct names from wandb, mlflow (TensorBoard: "
+               "train.tensorboard)")
         _check(self.compile is None or (isinstance(self.compile, str) and self.compile.strip() != ""),
                "train.compile", self.compile, "null or a torch.compile backend name (inductor, aot_eager, ...)")
         _check(self.precise_bn_steps >= 0, "train.precise_bn_steps", self.precise_bn_steps, "an int >= 0")

@@ -88,13 +88,15 @@ class EpochLoop:
             growing synthetic pool does not stretch the schedule.
         rt: the process's runtime.
         ema: timm ``ModelEmaV3`` or None.
+        on_log: called with (optimizer step, loss, learning rate) at each log line on rank 0.
     """
 
     def __init__(self, task: Task, optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig,
-                 optim: OptimConfig, step_on: str, updates_per_epoch: int, rt: Runtime, ema=None):
+                 optim: OptimConfig, step_on: str, updates_per_epoch: int, rt: Runtime, ema=None, on_log=None):
         self.task, self.optimizer, self.scheduler, self.ema = task, optimizer, scheduler, ema
         self.cfg, self.optim, self.step_on, self.updates_per_epoch, self.rt = cfg, optim, step_on, updates_per_epoch, rt
         self.scaler = torch.amp.GradScaler(rt.device.type) if cfg.amp == "float16" else None
+        self.on_log = on_log        # on_log(optimizer step, loss, lr) at each log line (rank 0)
         self.optimizer_steps = 0
 
     def state_dict(self) -> dict:
@@ -171,6 +173,8 @@ class EpochLoop:
                              i + 1, num_batches, cur, avg, self.lr, rate, data_time / (i + 1))
                 if hasattr(bar, "set_postfix_str"):
                     bar.set_postfix_str(f"loss {avg:.4f}", refresh=False)
+                if self.on_log is not None:
+                    self.on_log(self.optimizer_steps, cur, self.lr)
                 last_log = now
             end = time.perf_counter()
         if device.type == "cuda":

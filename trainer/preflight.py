@@ -12,6 +12,8 @@ def check(cfg: Config) -> None:
 
     if cfg.train.tensorboard:
         require("tensorboard", "train.tensorboard")
+    for name in cfg.train.loggers:
+        require(name, "train.loggers", cfg.train.loggers)
     if cfg.synthetic.source != "none":
         require_for_location(cfg.synthetic.pattern, "synthetic.pattern")
     for i, location in enumerate(cfg.synthetic.static):

@@ -51,9 +51,10 @@ from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, sync_batchnorm, unwrap
 from .rounds import end_round, guide_pool, prune_bundles
-from .rundir import check_fixed_images, clear_stopped_run, labels_sha256, recording_bad_images, run_dir_state
+from .rundir import (check_fixed_images, check_global_batch, clear_stopped_run, labels_sha256, recording_bad_images,
+                     run_dir_state)
 from .schedule import RoundSchedule
-from .tensorboard import TensorBoardLog
+from .loggers import RunLoggers
 from .synthetic import (PoolEntry, acquire_static, missing_rounds, missing_static, obtain, pool_from_state, pool_size,
                         round_location)
 from .task import Task
@@ -135,7 +136,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 5. The run directory, its resolved config and metrics (rows past a resumed checkpoint dropped).
     dist_utils.barrier(rt)  # every rank has checked the run directory before rank 0 creates it
     metrics = _open_run_dir(cfg, rt, run_dir, resume, progress.epoch)
-    board = TensorBoardLog(run_dir, cfg.train.tensorboard and rt.is_main, progress.epoch)
+    board = RunLoggers(cfg, run_dir, rt.is_main, progress.epoch)
+    loop.on_log = board.step
     _logger.info("run %s: %d train / %d hold-out / %d test images, %d classes; %s", run_dir, len(split.train),
                  len(split.holdout), _test_size(inputs), len(class_names), schedule.describe())
 
@@ -154,6 +156,8 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             num_real = len(split.train) + (len(split.holdout) if merged else 0)
             if cfg.synthetic.source in ("shards", "inline"):
                 _join_due_rounds(cfg, rt, run_dir, schedule, progress, epoch, class_names, num_real)
+                for joined in (e for e in progress.pool if e.epoch == epoch and e.round >= 0):
+                    board.round_image(run_dir, joined.round)
                 if rt.is_main:
                     prune_bundles(run_dir, [e.round for e in progress.pool if e.round >= 0], cfg.checkpoint.keep_rounds)
             if epoch >= cfg.synthetic.static_epoch:
@@ -336,23 +340,8 @@ def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, 
     model.load_state_dict(state["model"])
     loop.load_state_dict(state["loop"])
     rng = state["rng"]
-    saved = state.get("global_batch")           # absent in checkpoints of older versions
-    if isinstance(saved, int) and saved != global_batch:
-        per_process = global_batch // max(1, loop.cfg.grad_accum_steps)
-        fix = (f"; train.grad_accum_steps={saved // per_process} keeps it" if saved % per_process == 0 else "")
-        raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written with a global batch of {saved} images per step "
-                         f"({len(rng)} process(es)); resumed with {global_batch} (loader.batch_size x {rt.world_size} "
-                         f"process(es) x train.grad_accum_steps){fix}")
-    if len(rng) != rt.world_size:
-        if not isinstance(saved, int):
-            raise ValueError(f"{run_dir / CHECKPOINT_FILE}: written by {len(rng)} process(es), resumed with "
-                             f"{rt.world_size}; a checkpoint of this version records no global batch, so only the "
-                             "same number of processes resumes it")
-        # The same global batch, so the schedule and the optimizer go on as they were; the data
-        # order within an epoch and the random streams are no longer those of an uninterrupted run.
-        _logger.warning("resuming a run of %d process(es) on %d with the same global batch (%d images a step): it "
-                        "continues, but not bit for bit as an uninterrupted run would", len(rng), rt.world_size,
-                        global_batch)
+    check_global_batch(state.get("global_batch"), len(rng), rt.world_size, global_batch,
+                       loop.cfg.grad_accum_steps, run_dir / CHECKPOINT_FILE)
     restore_rng(rng[rt.rank % len(rng)])
     return _Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
                      rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]))

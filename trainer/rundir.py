@@ -159,3 +159,27 @@ def _read_data_error(run_dir: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def check_global_batch(saved, saved_processes: int, processes: int, global_batch: int, grad_accum_steps: int,
+                       checkpoint: Path) -> None:
+    """A resume keeps the checkpoint's global batch (images per optimizer step over all processes):
+    ValueError naming the ``train.grad_accum_steps`` that keeps it, or, on another number of
+    processes, a warning that the run continues but not bit for bit. ``saved`` is absent (None) in
+    checkpoints of older versions, which resume only on their own number of processes."""
+    if isinstance(saved, int) and saved != global_batch:
+        per_process = global_batch // max(1, grad_accum_steps)
+        fix = f"; train.grad_accum_steps={saved // per_process} keeps it" if saved % per_process == 0 else ""
+        raise ValueError(f"{checkpoint}: written with a global batch of {saved} images per step ({saved_processes} "
+                         f"process(es)); resumed with {global_batch} (loader.batch_size x {processes} process(es) x "
+                         f"train.grad_accum_steps){fix}")
+    if saved_processes != processes:
+        if not isinstance(saved, int):
+            raise ValueError(f"{checkpoint}: written by {saved_processes} process(es), resumed with {processes}; a "
+                             "checkpoint of this version records no global batch, so only the same number of "
+                             "processes resumes it")
+        # The same global batch, so the schedule and the optimizer go on as they were; the data
+        # order within an epoch and the random streams are no longer those of an uninterrupted run.
+        _logger.warning("resuming a run of %d process(es) on %d with the same global batch (%d images a step): it "
+                        "continues, but not bit for bit as an uninterrupted run would", saved_processes, processes,
+                        global_batch)

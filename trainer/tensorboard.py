@@ -41,6 +41,24 @@ class TensorBoardLog:
                 self.writer.add_scalar(tag, value, global_step=int(row["epoch"]))
         self.writer.flush()
 
+    def step(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars of one log line (step = optimizer step)."""
+        if self.writer is None:
+            return
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def image(self, tag: str, path: Path, round: int) -> None:
+        """A PNG (a round's contact sheet) at step ``round``."""
+        if self.writer is None:
+            return
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as im:
+            self.writer.add_image(tag, np.asarray(im.convert("RGB")), global_step=round, dataformats="HWC")
+        self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
