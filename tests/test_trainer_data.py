@@ -181,3 +181,34 @@ def test_class_balance_makes_the_synthetic_draws_follow_the_real_prior():
     plain = MixedBatchSampler(num_real=100, num_synthetic=100, batch_size=16, mixing="uniform", seed=1)
     drawn = [i - 100 for batch in plain for i, _ in batch if i >= 100]
     assert np.bincount(synthetic[drawn], minlength=3)[1] / len(drawn) > 0.85
+
+
+def test_the_pool_indexes_each_data_set_once_however_often_the_loader_is_rebuilt(write_digit_shards, tmp_path,
+                                                                                 monkeypatch):
+    import actgen.shards.reader as reader
+    import actgen.trainer.data as data
+    from actgen.shards.sources import DataSource, load_source
+    from actgen.trainer.config import InputConfig
+
+    a, b = write_digit_shards(tmp_path / "a", n=6, round=0), write_digit_shards(tmp_path / "b", n=6, round=1)
+    built = []
+    real = reader.ShardRandomAccess
+
+    class Counting(real):
+        def __init__(self, directory):
+            built.append(str(directory))
+            super().__init__(directory)
+
+    monkeypatch.setattr(reader, "ShardRandomAccess", Counting)
+    monkeypatch.setattr(data, "_INDEXED", {})
+    digits = load_source(DataSource())
+    cfg = InputConfig(image_size=16, crop="none", hflip=0.0)
+    first = data.make_training_set(digits, [range(10)], [a], cfg)
+    second = data.make_training_set(digits, [range(10)], [a, b], cfg)      # round 1 joins
+    assert built == [str(a), str(b)] and len(second) == len(first) + 6
+    # A set rewritten in place (its index.json changed) is indexed again.
+    write_digit_shards(tmp_path / "a2", n=4, round=0)
+    (a / "index.json").write_text((tmp_path / "a2" / "index.json").read_text())
+    for shard in (tmp_path / "a2").glob("*.tar"):
+        (a / shard.name).write_bytes(shard.read_bytes())
+    assert len(data.make_training_set(digits, [range(10)], [a], cfg)) == 14 and built[-1] == str(a)
