@@ -7,7 +7,6 @@ manifests point back to.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import json
@@ -15,13 +14,12 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from .data_files import load_rows
 from .errors import FormatError
-from .folders import check_folder_size
 
 _logger = logging.getLogger(__name__)
 
@@ -29,8 +27,6 @@ BUILTIN_DIGITS = "builtin:digits"
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 FINGERPRINT_IMAGES = 1024          # images hashed by the fingerprint (evenly spaced)
-_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv",
-                  ".json": "json", ".jsonl": "json"}
 _SAMPLE_ID_RE = re.compile(r"^([0-9a-f]{12})-([0-9]{8,})$")
 
 
@@ -41,7 +37,8 @@ class DataSource:
     Attributes:
         path: ``builtin:digits`` (scikit-learn's bundled 8x8 digits, no download); a local image
             folder (``imagefolder`` layout); a directory written by ``Dataset.save_to_disk``; a
-            parquet/arrow/csv file or glob; or a hub data set name (needs the network).
+            parquet/arrow/csv file or glob; either of the last two in an object store (``s3://``,
+            ``gs://``); or a hub data set name (needs the network).
         split: split to read (ignored for ``save_to_disk`` directories holding one Dataset).
         image_column: column holding images (``datasets.Image`` feature).
         label_column: column holding integer labels.
@@ -157,7 +154,7 @@ class LabeledImages:
 def load_source(source: DataSource) -> LabeledImages:
     """Load a data set; raise ``FormatError`` naming the path and the missing column or names."""
     # 1. Read the rows (lazily; images stay encoded).
-    dataset = _load_dataset(source)
+    dataset = load_rows(source)
     # 2. Both configured columns must exist.
     for role, column in (("image_column", source.image_column), ("label_column", source.label_column)):
         if column not in dataset.column_names:
@@ -178,68 +175,6 @@ def load_source(source: DataSource) -> LabeledImages:
     _logger.info("loaded %s split %s: %d rows, %d classes, fingerprint %s",
                  source.path, source.split, len(dataset), len(class_names), fp[:12])
     return LabeledImages(dataset, class_names, fp, source, labels=labels)
-
-
-def _looks_local(path: str) -> bool:
-    """Whether a missing ``path`` was meant as a local file rather than a hub name (owner/name)."""
-    if any(c in path for c in "*?[") or path.startswith(("/", ".", "~")):
-        return True
-    if Path(path).suffix.lower() in _FILE_BUILDERS:
-        return True
-    return path.count("/") > 1
-
-
-def _load_dataset(source: DataSource):
-    import datasets
-
-    path = source.path
-    if path.startswith("builtin:"):
-        if path != BUILTIN_DIGITS:
-            raise FormatError(path, f"unknown built-in data set; the only one is {BUILTIN_DIGITS!r}")
-        return digits_dataset()
-    local = Path(path).expanduser()
-    try:
-        if local.is_dir():
-            return _load_directory(local, source)
-        if local.is_file() or any(c in path for c in "*?["):
-            return _load_files(str(local), source)
-        if _looks_local(path):
-            raise FormatError(path, "no such file or directory")
-        # A hub name: needs the network; never exercised in tests.
-        return datasets.load_dataset(path, split=source.split)
-    except FormatError:
-        raise
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        # datasets reports unknown splits and unreadable files with these; re-raise naming the path.
-        raise FormatError(path, f"cannot load split {source.split!r}: {e}") from e
-
-
-def _load_directory(directory: Path, source: DataSource):
-    import datasets
-
-    if (directory / "dataset_dict.json").is_file():
-        dd = datasets.load_from_disk(str(directory))
-        if source.split not in dd:
-            raise FormatError(str(directory), f"split {source.split!r} not found; splits present: {list(dd)}")
-        return dd[source.split]
-    if (directory / "state.json").is_file() and (directory / "dataset_info.json").is_file():
-        return datasets.load_from_disk(str(directory))
-    check_folder_size(directory)
-    return datasets.load_dataset("imagefolder", data_dir=str(directory), split=source.split)
-
-
-def _load_files(pattern: str, source: DataSource):
-    import datasets
-
-    files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-    if not files:
-        raise FormatError(pattern, "no files match this pattern")
-    suffixes = {Path(f).suffix.lower() for f in files}
-    builders = {_FILE_BUILDERS.get(s) for s in suffixes}
-    if len(builders) != 1 or None in builders:
-        raise FormatError(pattern, f"expected files ending in one of {sorted(_FILE_BUILDERS)}, got {sorted(suffixes)}")
-    # The files become the requested split, so `split` names the data whatever the files are called.
-    return datasets.load_dataset(builders.pop(), data_files={source.split: files}, split=source.split)
 
 
 def _ensure_image_feature(dataset, source: DataSource):

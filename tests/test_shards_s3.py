@@ -325,3 +325,28 @@ def test_a_trainer_never_waits_for_a_bucket_that_does_not_exist(s3, write_digit_
     finally:
         thread.join()
     assert time.monotonic() - started < 60
+
+
+def test_real_images_in_a_bucket_load_with_the_fingerprint_they_have_on_disk(s3, tmp_path):
+    """The labeled images themselves in an object store: an imported (save_to_disk) folder and a
+    parquet object both load with the local copy's fingerprint; a folder that is neither is named."""
+    from actgen.shards.errors import FormatError
+    from actgen.shards.sources import DataSource, digits_dataset, load_source
+    from actgen.sharing.importing import import_source
+
+    fs, url = s3
+    import_source(DataSource(), tmp_path / "arrow")
+    _upload(fs, tmp_path / "arrow", f"{url}/digits-arrow")
+    local = load_source(DataSource(path=str(tmp_path / "arrow")))
+    remote = load_source(DataSource(path=f"{url}/digits-arrow"))
+    assert remote.fingerprint == local.fingerprint and len(remote) == 1797 and remote.class_names == local.class_names
+    digits_dataset().select(range(40)).to_parquet(str(tmp_path / "d.parquet"))
+    fs.put_file(str(tmp_path / "d.parquet"), f"{url}/files/d.parquet")
+    assert load_source(DataSource(path=f"{url}/files/d.parquet")).fingerprint == \
+        load_source(DataSource(path=str(tmp_path / "d.parquet"))).fingerprint
+    assert len(load_source(DataSource(path=f"{url}/files/*.parquet"))) == 40
+    fs.put_file(str(tmp_path / "d.parquet"), f"{url}/loose/x.txt")
+    with pytest.raises(FormatError, match="holds no state.json"):
+        load_source(DataSource(path=f"{url}/loose"))
+    with pytest.raises(FormatError, match="no such object"):
+        load_source(DataSource(path=f"{url}/nothing.parquet"))

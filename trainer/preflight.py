@@ -14,6 +14,9 @@ def check(cfg: Config) -> None:
         require("tensorboard", "train.tensorboard")
     for name in cfg.train.loggers:
         require(name, "train.loggers", cfg.train.loggers)
+    require_for_location(cfg.data.source.path, "data.source.path")
+    if cfg.data.test_source is not None:
+        require_for_location(cfg.data.test_source.path, "data.test_source.path")
     if cfg.synthetic.source != "none":
         require_for_location(cfg.synthetic.pattern, "synthetic.pattern")
     for i, location in enumerate(cfg.synthetic.static):
