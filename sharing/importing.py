@@ -22,6 +22,7 @@ from .outputs import check_output, replacing
 
 _logger = logging.getLogger("actgen.data")
 
+
 def import_source(source: DataSource, dest: str | Path, overwrite: bool = False, max_shard_size: str = "500MB",
                   num_proc: Optional[int] = None) -> dict:
     """Convert ``source`` (anything the trainer reads) into a ``save_to_disk`` folder at ``dest``.
