@@ -27,7 +27,7 @@ import numpy as np
 
 from actgen.shards.atomic import atomic_write_bytes
 from actgen.shards.errors import FormatError
-from actgen.shards.writer import INDEX_FILE, file_sha256
+from actgen.shards.writer import INDEX_FILE, file_sha256, file_stamp
 from actgen.shards.writer import BANK_FILE
 
 _logger = logging.getLogger(__name__)
@@ -319,8 +319,7 @@ _START: dict[str, tuple] = {}
 
 
 def _stat_key(path: str) -> tuple:
-    st = Path(path).stat()
-    return path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+    return (path, *file_stamp(path))
 
 
 def incremental_start(files: Sequence[str], capacity: int, total_capacity: Optional[int]) -> BankEntries:

@@ -8,7 +8,6 @@ cannot be written. It creates nothing (a writability probe is removed at once).
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -152,30 +151,20 @@ def load_dataset(source: Optional[DataSource], manifest: HardSampleManifest, man
     return images
 
 
-# A long-lived builder (--serve, --watch) opens its data set once, not every round: opening lists,
-# indexes and fingerprints it (minutes for a large image folder).
-_OPEN: "collections.OrderedDict[tuple, LabeledImages]" = collections.OrderedDict()
-OPEN_CACHE_SIZE = 2
-
-
 def open_source(source: DataSource) -> LabeledImages:
-    """:func:`load_source`, kept open across rounds in this process. A local source is opened again
-    when its path now names another file or folder, or one modified since (inode, mtime)."""
+    """:func:`load_source`, kept open across rounds in this process (a builder that stays up,
+    ``--serve`` or ``--watch``, opens its data set once: opening lists, indexes and fingerprints
+    it, minutes for a large image folder). A local source is opened again when its path now names
+    another file or folder, or one modified since."""
+    from actgen.shards.writer import file_stamp
+
+    from .resident import resident
+
     try:
-        st = os.stat(Path(source.path).expanduser())
-        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        stamp = file_stamp(Path(source.path).expanduser())
     except (OSError, ValueError):
         stamp = None
-    key = (source.path, source.split, source.image_column, source.label_column,
-           tuple(source.class_names) if source.class_names is not None else None, stamp)
-    if key in _OPEN:
-        _OPEN.move_to_end(key)
-        return _OPEN[key]
-    images = load_source(source)
-    _OPEN[key] = images
-    while len(_OPEN) > OPEN_CACHE_SIZE:
-        _OPEN.popitem(last=False)
-    return images
+    return resident("dataset", (source, stamp), lambda: load_source(source))
 
 
 def manifest_source(manifest: HardSampleManifest, manifest_path: Path, data_roots: Sequence[str]) -> DataSource:

@@ -37,6 +37,7 @@ from .bank_store import EMPTY, BankEntries, incremental_start, part_path, save_e
 from .config import TINY, GeneratorConfig, GuidanceConfig
 from .plan import BuildPlan, PlannedSample
 from .prompts import classifier_crop
+from .resident import resident
 from .batch_transform import GuidedRenderer
 from .sampler import GuidanceClassifier
 
@@ -181,33 +182,6 @@ def load_guidance_classifier(checkpoint: str, device: str) -> GuidanceClassifier
     model, config = load_classifier(checkpoint, device=device)
     return GuidanceClassifier(model=model, input_size=tuple(config.input_size[1:]), mean=tuple(config.mean),
                               std=tuple(config.std))
-
-
-# -- what stays loaded in a worker across builds --------------------------------------------
-
-# One entry per slot ("generator", "classifier", "images"): a worker process keeps the last one it
-# loaded and reuses it while the key is equal. A new key drops the old value before loading the
-# new one, so two generators never sit in one GPU's memory.
-_RESIDENT: dict[str, tuple[object, object]] = {}
-_LOADS: dict[str, int] = {}     # loads per slot in this process (what a pool's persistence saves)
-
-
-def resident(slot: str, key, load):
-    """The value of ``slot`` for ``key``: the one this process loaded last if its key is equal,
-    else ``load()`` (after dropping the old value)."""
-    held = _RESIDENT.get(slot)
-    if held is not None and held[0] == key:
-        return held[1]
-    _RESIDENT.pop(slot, None)
-    value = load()
-    _RESIDENT[slot] = (key, value)
-    _LOADS[slot] = _LOADS.get(slot, 0) + 1
-    return value
-
-
-def resident_loads() -> dict[str, int]:
-    """How many times this process loaded each slot (``generator``, ``classifier``, ``images``)."""
-    return dict(_LOADS)
 
 
 def generator_key(cfg: GeneratorConfig, device: str) -> tuple:

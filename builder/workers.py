@@ -6,7 +6,7 @@ this process.
 
 A :class:`WorkerPool` lives as long as its caller wants: a one-off build uses one for its round,
 ``--watch`` and ``--serve`` keep one for the whole run, so Ray starts once, the actors persist
-between rounds, and each keeps its loaded generator (``render.resident``: reloaded only when the
+between rounds, and each keeps its loaded generator (``resident.resident``: reloaded only when the
 generator settings or files change; its weights hashed once). The actors are Ray core actors,
 one shard in flight each (:func:`_schedule`, which also gives a dead worker's shard again),
 rather than Ray Data's ``map_batches``: Ray Data's actor pool lives only as long as one data
@@ -63,8 +63,8 @@ class _ShardActor:
         return self._writer.write(number)
 
     def loads(self) -> dict[str, int]:
-        """What this worker process has loaded so far (``render.resident_loads``)."""
-        from .render import resident_loads
+        """What this worker process has loaded so far (``resident.resident_loads``)."""
+        from .resident import resident_loads
 
         return resident_loads()
 
@@ -140,7 +140,7 @@ class WorkerPool:
             self._started_ray = True
 
     def worker_loads(self) -> list[dict[str, int]]:
-        """Each live actor's load counts (``render.resident_loads``); empty without actors."""
+        """Each live actor's load counts (``resident.resident_loads``); empty without actors."""
         import ray
 
         return ray.get([a.loads.remote() for a in self._actors]) if self._actors else []

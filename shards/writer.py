@@ -74,6 +74,14 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def file_stamp(path: str | Path) -> tuple[int, int, int, int]:
+    """``(size, mtime_ns, ctime_ns, inode)``: what tells, without reading it, that a file (or a
+    folder's entry list) is the one seen before. ``ctime`` cannot be set back by a user, so a file
+    rewritten with its old size and mtime restored still differs."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
 def _check_filename(filename: str) -> None:
     if not filename.endswith(".tar") or "/" in filename or "\\" in filename or filename.startswith("."):
         raise ValueError(f"shard filename must be a plain '<name>.tar' inside the data-set directory, "

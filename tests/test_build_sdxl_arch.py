@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.arch]
 
 def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round, arch_build, tmp_path,
                                                                    torch_one_thread):
-    from actgen.builder import render
+    from actgen.builder import resident
     from actgen.builder.attention import block_resolutions
     from actgen.builder.config import GuidanceConfig
     from actgen.builder.generator_sdxl import SDXLGenerator, build_sdxl_from_configs
@@ -103,6 +103,6 @@ def test_sdxl_base_architecture_in_process_and_through_actgen_build(write_round,
         assert guidance["mode"] == "actgen" and guidance["adversarial"] and guidance["contrastive"]
     finally:
         # The worker's resident generator (7 GB) would outlive the test in this process.
-        render._RESIDENT.pop("generator", None)
+        resident._RESIDENT.pop("generator", None)
         gc.collect()
         shutil.rmtree(sdxl, ignore_errors=True)             # 5 GB of weights: not left for pytest to keep

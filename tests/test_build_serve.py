@@ -142,11 +142,12 @@ def test_the_server_opens_its_data_set_once_for_every_round(write_round, build_f
     """Opening a data set lists, indexes and fingerprints it: a server does it at its first round,
     not at every round (a changed file is opened again)."""
     import actgen.builder.inputs as inputs
+    import actgen.builder.resident as resident
 
     opened = []
     real = inputs.load_source
     monkeypatch.setattr(inputs, "load_source", lambda source: opened.append(source.path) or real(source))
-    monkeypatch.setattr(inputs, "_OPEN", type(inputs._OPEN)())
+    monkeypatch.delitem(resident._RESIDENT, "dataset", raising=False)
     rounds = [write_round(tmp_path / "run" / "rounds" / str(r), round=r)[0] for r in range(3)]
     out = io.StringIO()
     assert serve(None, [*build_fast, "budget=4"], [json.dumps({"round_dir": str(d)}) for d in rounds], out) == 3
@@ -158,9 +159,10 @@ def test_a_data_set_file_replaced_between_rounds_is_opened_again(tmp_path, monke
     import os
 
     import actgen.builder.inputs as inputs
+    import actgen.builder.resident as resident
     from actgen.shards.sources import DataSource, digits_dataset
 
-    monkeypatch.setattr(inputs, "_OPEN", type(inputs._OPEN)())
+    monkeypatch.delitem(resident._RESIDENT, "dataset", raising=False)
     path = tmp_path / "d.parquet"
     digits_dataset().select(range(20)).to_parquet(str(path))
     source = DataSource(path=str(path))

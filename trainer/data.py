@@ -184,11 +184,10 @@ _INDEXED: dict[str, tuple[tuple, object]] = {}
 def shard_index(directory: str | Path):
     """The ``ShardRandomAccess`` of a local data set, built once per process and data set."""
     from actgen.shards.reader import ShardRandomAccess
-    from actgen.shards.writer import INDEX_FILE
+    from actgen.shards.writer import INDEX_FILE, file_stamp
 
     key = str(Path(directory).resolve())
-    st = (Path(directory) / INDEX_FILE).stat()
-    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    stamp = file_stamp(Path(directory) / INDEX_FILE)
     held = _INDEXED.get(key)
     if held is None or held[0] != stamp:
         held = _INDEXED[key] = (stamp, ShardRandomAccess(directory))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from actgen.shards.reader import ShardRandomAccess, fetch, is_url, join_location
 from actgen.shards.transfer import UNREADABLE_SCHEME
 from actgen.shards.rounds import MANIFEST_FILE
 from actgen.shards.verify import verify
-from actgen.shards.writer import INDEX_FILE, file_sha256
+from actgen.shards.writer import INDEX_FILE, file_sha256, file_stamp
 
 from .config import SyntheticConfig
 
@@ -436,8 +435,7 @@ def check_pool_copy(run_dir: Path, entry: PoolEntry) -> PoolEntry:
 
 
 def _stat(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return list(file_stamp(path))
 
 
 def _shard_stats(directory: Path, index) -> dict:
