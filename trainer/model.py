@@ -49,8 +49,12 @@ def model_identity(cfg: ModelConfig) -> tuple[str, dict]:
     (besides ``num_classes``) a bundle records, so that the builder rebuilds the same model
     without the folder or hub name it came from. Dropout is training-only and left out."""
     folder = model_folder(cfg)
-    if folder is None:
-        return cfg.name, dict(cfg.kwargs)
+    return (cfg.name, dict(cfg.kwargs)) if folder is None else _folder_identity(folder, cfg)
+
+
+def _folder_identity(folder: Path, cfg: ModelConfig) -> tuple[str, dict]:
+    """:func:`model_identity` of a ``local-dir:``/``hf-hub:`` model whose folder is ``folder``:
+    its ``config.json`` read (bounded) and checked."""
     path = folder / "config.json"
     from actgen.shards._schema import load_json
 
@@ -82,7 +86,7 @@ def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[
 
     folder = model_folder(cfg)
     if folder is not None:
-        model_identity(cfg)                       # its config.json checked before timm reads it
+        identity = _folder_identity(folder, cfg)     # its config.json checked before timm reads it
         name = f"local-dir:{folder}"
         if cfg.pretrained_file:
             raise ValueError(f"config key 'model.pretrained_file' = {cfg.pretrained_file!r}: model.name "
@@ -115,7 +119,7 @@ def create_model(cfg: ModelConfig, num_classes: int, class_names: Optional[list[
         if cfg.pretrained_file:
             raise FormatError(cfg.pretrained_file, weights_problem(e, cfg.name)) from None
         if folder is not None and cfg.pretrained:
-            raise FormatError(str(folder), weights_problem(e, model_identity(cfg)[0])) from None
+            raise FormatError(str(folder), weights_problem(e, identity[0])) from None
         raise
     if cfg.pretrained:
         _logger.info("model %s started from pretrained weights (%s)", cfg.name,
