@@ -11,17 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .tensorboard import SCALARS, TensorBoardLog
+from .tensorboard import SCALARS, TensorBoardLog, row_scalars
 
 _logger = logging.getLogger(__name__)
 
 WANDB_ID_FILE = ".wandb-run-id"
 MLFLOW_ID_FILE = ".mlflow-run-id"
-
-
-def _scalars(row: dict) -> dict[str, float]:
-    return {tag: float(row[column]) for column, tag in SCALARS.items()
-            if isinstance(row.get(column), (int, float)) and row[column] == row[column]}
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, str]:
@@ -118,7 +113,7 @@ class RunLoggers:
     def append(self, row: dict) -> None:
         """One epoch's metrics row."""
         self.board.append(row)
-        scalars = _scalars(row)
+        scalars = row_scalars(row)
         for log in self.others:
             log.epoch(int(row["epoch"]), scalars)
 

@@ -6,7 +6,6 @@ its checkpoint, so the curves show each epoch once. ``tensorboard --logdir <run_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -19,6 +18,12 @@ SCALARS = {
     "synthetic_pool": "synthetic/pool_images", "hard_samples": "rounds/hard_samples",
     "images_per_s": "speed/images_per_s",
 }
+
+
+def row_scalars(row: dict) -> dict[str, float]:
+    """A metrics row's measured values (not missing, not NaN) under their scalar tags."""
+    return {tag: float(row[column]) for column, tag in SCALARS.items()
+            if isinstance(row.get(column), (int, float)) and row[column] == row[column]}
 
 
 class TensorBoardLog:
@@ -35,10 +40,8 @@ class TensorBoardLog:
     def append(self, row: dict) -> None:
         if self.writer is None:
             return
-        for column, tag in SCALARS.items():
-            value: Optional[float] = row.get(column)
-            if isinstance(value, (int, float)) and value == value:
-                self.writer.add_scalar(tag, value, global_step=int(row["epoch"]))
+        for tag, value in row_scalars(row).items():
+            self.writer.add_scalar(tag, value, global_step=int(row["epoch"]))
         self.writer.flush()
 
     def step(self, step: int, scalars: dict[str, float]) -> None:
