@@ -96,22 +96,23 @@ def _load_remote(url: str, source):
     files = sorted(fs.glob(root)) if any(c in root for c in "*?[") else ([root] if fs.exists(root) else [])
     if not files:
         raise FormatError(url, "no such object (or no object matches this pattern)")
-    builders = {_FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
-    if len(builders) != 1 or None in builders:
-        raise FormatError(url, f"expected objects ending in one of {sorted(_FILE_BUILDERS)}")
-    return datasets.load_dataset(builders.pop(), data_files={source.split: [f"{scheme}://{f}" for f in files]},
-                                 split=source.split)
+    return _load_file_list([f"{scheme}://{f}" for f in files], url, source, "objects")
 
 
 def _load_files(pattern: str, source):
-    import datasets
-
     files = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
     if not files:
         raise FormatError(pattern, "no files match this pattern")
-    suffixes = {Path(f).suffix.lower() for f in files}
+    return _load_file_list(files, pattern, source, "files")
+
+
+def _load_file_list(files: list[str], where: str, source, noun: str):
+    """``files`` (local paths or URLs) of one kind, read by the ``datasets`` builder for it."""
+    import datasets
+
+    suffixes = sorted({Path(f).suffix.lower() for f in files})
     builders = {_FILE_BUILDERS.get(s) for s in suffixes}
     if len(builders) != 1 or None in builders:
-        raise FormatError(pattern, f"expected files ending in one of {sorted(_FILE_BUILDERS)}, got {sorted(suffixes)}")
+        raise FormatError(where, f"expected {noun} ending in one of {sorted(_FILE_BUILDERS)}, got {suffixes}")
     # The files become the requested split, so `split` names the data whatever the files are called.
     return datasets.load_dataset(builders.pop(), data_files={source.split: files}, split=source.split)
