@@ -132,7 +132,6 @@ class EpochLoop:
         start = last_log = time.perf_counter()
         bar = self._progress(loader, num_batches, epoch, num_epochs)
         accum = cfg.grad_accum_steps
-        self.optimizer.zero_grad(set_to_none=True)
         end = time.perf_counter()
         for i, (inputs, labels) in enumerate(bar):
             data_time += time.perf_counter() - end
