@@ -155,7 +155,8 @@ def write_report(output: str | Path, active_dir: str | Path, baseline_dir: Optio
     lines += [final, f"- Synthetic images in training: {active.summary.get('synthetic_pool', 0)}", ""]
     lines += [f"![test accuracy per epoch]({plot.name})", ""]
 
-    lines += ["## Rounds", "", "| round | after epoch | hard samples | hold-out acc | images built | build time "
+    lines += ["## Rounds", "", "| round | after epoch | hard samples | accuracy on the searched images | images built "
+              "| build time "
               "| contact sheet |", "|---|---|---|---|---|---|---|"]
     for info in active.summary.get("rounds", []):
         directory = round_dir(active.run_dir, info["round"])
@@ -164,13 +165,15 @@ def write_report(output: str | Path, active_dir: str | Path, baseline_dir: Optio
         link = f"[png]({_relative(sheet, output)})" if sheet.is_file() else "—"
         built = f"{status.images}" if status is not None else _count(directory / SHARDS_DIR)
         secs = f"{status.seconds:.0f} s" if status is not None and status.seconds else "—"
-        lines.append(f"| {info['round']} | {info['epoch']} | {info['hard_samples']} | {pct(info['holdout_acc'])} "
+        searched = info.get("holdout_acc") if info.get("holdout_acc") is not None else info.get("search_train_acc")
+        lines.append(f"| {info['round']} | {info['epoch']} | {info['hard_samples']} | {pct(searched)} "
                      f"| {built} | {secs} | {link} |")
     lines += [""]
     if pairs is not None:
         lines += ["## Hard samples and what was rendered near them", "",
-                  "Each row: a misclassified hold-out image (left; true class, then the model's prediction) "
-                  "and images the builder rendered from it.", "", f"![hard samples and renderings]({pairs.name})", ""]
+                  "Each row: a hard sample (left; true class, then the model's prediction): a training image "
+                  "the round's classifier found hard, or a misclassified hold-out image with the paper's hold-out "
+                  "search; then images the builder rendered from it.", "", f"![hard samples and renderings]({pairs.name})", ""]
 
     lines += ["## Per epoch", "", "| epoch | test acc (with) | test acc (without) | synthetic pool | round ended |",
               "|---|---|---|---|---|"]

@@ -87,7 +87,7 @@ def run(cfg, out: Path, work: Optional[Path] = None, jobs: int = 1, ray_address:
 
     from .plan import freeze
     from .report import load_records, write_report
-    from .runs import commit_of, prepare_split, record_path, run_all, specs
+    from .runs import check_train_configs, commit_of, prepare_split, record_path, run_all, specs
 
     out = Path(out)
     work = Path(work) if work is not None else out / "work"
@@ -96,6 +96,7 @@ def run(cfg, out: Path, work: Optional[Path] = None, jobs: int = 1, ray_address:
     if not report_only:
         identity = {"plan_sha256": sha, "notes_in_force": len(cfg.notes), "commit": commit_of(),
                     "actgen_version": version}
+        check_train_configs(cfg)
         chosen = [s for s in cfg.splits if splits is None or s in splits]
         inputs = {s: prepare_split(cfg, s, work) for s in chosen}
         todo = [s for s in specs(cfg, inputs, work, identity) if not record_path(out, s.split, s.name).is_file()]

@@ -34,8 +34,12 @@ Overrides = tuple[list[str], Optional[list[str]]]
 # The paper's rule, named: the builder's default allocation is `balanced`.
 ACTGEN = ["mode=actgen", "schedule.enabled=true", "allocation.policy=paper"]
 NO_HOLDOUT = ["data.holdout_fraction=0"]
+# The paper's search, named for every hold-out condition: the trainer's default is
+# `rounds.search: train` with `loss` top-64, and a condition must mean the same whatever the
+# defaults are (the plan's train config gives `data.holdout_fraction`).
+HOLDOUT = ["rounds.search=holdout", "rounds.selection.rule=misclassified", "rounds.selection.k=null"]
 
-CONDITIONS: dict[str, Overrides] = {
+_CONDITIONS: dict[str, Overrides] = {
     "real-all": (NO_HOLDOUT + ["rounds.enabled=false"], None),
     "real": ([], None),
     "real-steps": (["synthetic.placebo_per_round={budget}"], None),
@@ -71,6 +75,9 @@ CONDITIONS: dict[str, Overrides] = {
     "actgen-balanced-margin-repel": ([], ACTGEN + ["allocation.policy=balanced", "guidance.margin_scale=latent_dim",
                                                    "guidance.repel_within_batch=true"]),
 }
+CONDITIONS: dict[str, Overrides] = {
+    name: (train if name in ("real-all", "actgen-train-search") else HOLDOUT + train, build)
+    for name, (train, build) in _CONDITIONS.items()}
 
 # Conditions whose builder overrides decide the images per round themselves, and those a budget
 # multiple changes although they render nothing.

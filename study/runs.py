@@ -151,6 +151,26 @@ def specs(plan: ComparePlan, inputs: dict[int, SplitInputs], work: Path, identit
     return out
 
 
+def check_train_configs(plan: ComparePlan) -> None:
+    """Load the trainer's config of every condition (the plan's train config, its overrides and
+    the condition's) before anything is fitted or run, so that a key a condition needs (a hold-out
+    condition on a config without ``data.holdout_fraction``) or a mistyped override is one error
+    naming the condition and the key, not a failed first run an hour later.
+
+    Raises:
+        ValueError: the first condition whose trainer config does not load.
+    """
+    from actgen.trainer.config import load_config
+
+    path = _config_path(plan.train_config)
+    for c in plan.conditions:
+        train, _ = overrides_for(c.registry, c.train_set, c.build_set or None, max(1, plan.budget))
+        try:
+            load_config(path, [*plan.train_set, *train, "synthetic.source=none"])
+        except ValueError as e:
+            raise ValueError(f"condition {c.name!r} (train_config {path}): {e}") from None
+
+
 def _config_path(value: str) -> Path:
     from actgen.shards.config import resolve_config_path
 

@@ -149,6 +149,9 @@ TRAINER_TINY_OVERRIDES = (
     "loader.batch_size=64", "loader.eval_batch_size=256", "model.name=test_resnet",
     "optim.lr=0.05", "train.epochs=4", "train.device=cpu", "train.log_interval=5", "train.progress=false",
     "synthetic.on_missing=skip",
+    # The paper's search, which most round tests are written on (the default searches the
+    # training images: tests/test_compare_conditions.py, test_trainer_config.py).
+    "rounds.search=holdout", "rounds.selection.rule=misclassified", "rounds.selection.k=null",
 )
 
 

@@ -377,3 +377,24 @@ def test_plan2_decisions_follow_the_rule_fixed_in_the_plan():
     assert d["rounds.search"] == "holdout" and d["readme_advice"] == "below"          # largest, but "below"
     with pytest.raises(ValueError, match="lacks the random-effect"):
         decide({"primary": []})
+
+
+def test_hold_out_conditions_search_the_hold_out_whatever_the_defaults_and_a_config_without_one_is_refused_first(
+        tmp_path):
+    from actgen.study.conditions import CONDITIONS
+    from actgen.study.runs import check_train_configs
+
+    # The trainer's default is to search the training images; a condition that holds images out
+    # names the paper's search itself, so its meaning never follows the defaults.
+    for name, (train, _) in CONDITIONS.items():
+        held_out = "data.holdout_fraction=0" not in train
+        assert ("rounds.search=holdout" in train) == held_out, name
+    check_train_configs(load_plan(_plan(tmp_path)))                   # TRAIN holds 0.3 out
+    (tmp_path / "train.yaml").write_text(TRAIN.replace("data: {holdout_fraction: 0.3}\n", ""))
+    plan = load_plan(tmp_path / "plan.yaml")
+    with pytest.raises(ValueError, match=r"condition 'real' .*config key 'data.holdout_fraction' = 0.0"):
+        check_train_configs(plan)
+    # ... before anything is fitted or run: the command stops with the message and no work folder.
+    done = _compare(str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
+    assert done.returncode != 0 and "data.holdout_fraction" in done.stderr
+    assert not (tmp_path / "work").exists() and not list((tmp_path / "out").glob("records/*/*.json"))

@@ -20,7 +20,7 @@ def test_train_search_needs_no_hold_out_and_a_hold_out_search_does(tiny_train_co
                             "rounds.selection.k=4")
     assert cfg.rounds.search == "train" and cfg.data.holdout_fraction == 0
     with pytest.raises(ValueError, match="data.holdout_fraction"):
-        tiny_train_config("data.holdout_fraction=0")
+        tiny_train_config("data.holdout_fraction=0", "rounds.search=holdout")
 
 
 @pytest.mark.slow

@@ -10,12 +10,26 @@ from actgen.trainer.config import Config, config_to_yaml, diff_configs, load_con
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_follow_the_paper_cifar_recipe():
+def test_defaults_follow_the_paper_cifar_recipe_but_search_the_training_images():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    assert cfg.data.holdout_fraction == 0.1
     assert (cfg.optim.opt, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == ("momentum", 0.1, 0.9, 1e-4)
     assert cfg.rounds.every == 1 and cfg.rounds.horizon is None and cfg.rounds.merge_epoch is None
+    # The study's pick (docs/study.md, PLAN-2): nothing held out, loss top-64 of the training images.
+    assert cfg.data.holdout_fraction == 0.0 and cfg.rounds.search == "train"
+    assert (cfg.rounds.selection.rule, cfg.rounds.selection.k) == ("loss", 64)
+
+
+def test_the_paper_recipes_keep_the_hold_out_search():
+    for name in ("train-cifar10-sd21", "train-cifar100-sd21", "train-imagenet-resnet50"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        assert cfg.data.holdout_fraction > 0 and cfg.rounds.search == "holdout", name
+        assert (cfg.rounds.selection.rule, cfg.rounds.selection.k) == ("misclassified", None), name
+
+
+def test_a_hold_out_search_without_a_hold_out_names_the_key():
+    with pytest.raises(ValueError, match=r"config key 'data.holdout_fraction' = 0.0.*rounds.search is 'holdout'"):
+        load_config(None, ["rounds.search=holdout"])
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -39,7 +53,8 @@ def test_yaml_then_overrides(tmp_path):
     (["input.mean=[0.5,0.5]"], "config key 'input.mean'"),
     (["synthetic.pattern=/data/shards"], "config key 'synthetic.pattern'"),
     (["synthetic.pattern=/data/{epoch}"], "only the placeholders"),
-    (["train.epochs=10", "rounds.merge_epoch=2"], "config key 'rounds.merge_epoch' = 2"),
+    (["train.epochs=10", "rounds.merge_epoch=2", "rounds.search=holdout", "data.holdout_fraction=0.1"],
+     "config key 'rounds.merge_epoch' = 2"),
     (["train.epochs=10", "rounds.horizon=11"], "config key 'rounds.horizon' = 11"),
     (["synthetic.mixing=fraction", "synthetic.fraction=0.001"], "config key 'synthetic.fraction' = 0.001"),
     (["train.mixup_alpha=0.2", "loader.batch_size=63"], "config key 'loader.batch_size' = 63"),

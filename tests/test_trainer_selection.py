@@ -33,8 +33,12 @@ LABELS = np.array([0, 1, 2, 0, 1, 2])
 BY_LOSS, BY_ENTROPY, BY_MARGIN = [3, 1, 4, 5, 0, 2], [1, 5, 0, 4, 2, 3], [3, 4, 1, 5, 0, 2]
 
 
+# The paper's rule: every mistake (the default ranks by loss, top 64).
+PAPER = SelectionConfig(rule="misclassified", k=None)
+
+
 def _select(**cfg) -> list[int]:
-    chosen, _ = select(Hardness.from_probs(PROBS, LABELS), SelectionConfig(**cfg))
+    chosen, _ = select(Hardness.from_probs(PROBS, LABELS), SelectionConfig(**{"k": None, **cfg}))
     return chosen.tolist()
 
 
@@ -84,10 +88,10 @@ def test_ties_are_broken_by_position_and_no_mistakes_selects_nothing():
     h = Hardness.from_probs(probs, labels)
     chosen, candidates = select(h, SelectionConfig(rule="loss", k=4))
     assert chosen.tolist() == [0, 2, 1, 3] and candidates == 4
-    chosen, candidates = select(h, SelectionConfig())
+    chosen, candidates = select(h, PAPER)
     assert chosen.tolist() == [0, 2] and candidates == 2
     right = Hardness.from_probs(probs[[1, 3]], labels[[1, 3]])
-    chosen, candidates = select(right, SelectionConfig())
+    chosen, candidates = select(right, PAPER)
     assert chosen.tolist() == [] and candidates == 0
 
 
@@ -125,15 +129,15 @@ def test_hard_samples_and_their_record():
                                     loss=pytest.approx(-math.log(0.05)))
     assert record == {"rule": "margin", "k": 2, "fraction": None, "drop_hardest": 0.0, "start_epoch": 0,
                       "min_holdout_acc": None, "fired": True, "reason": None, "num_candidates": 6}
-    samples, record = holdout.hard_samples(_Images(), names, SelectionConfig(), epoch=0)
+    samples, record = holdout.hard_samples(_Images(), names, PAPER, epoch=0)
     assert [s.id[-3:] for s in samples] == ["103", "101", "104"] and record["num_candidates"] == 3
-    for cfg, epoch in ((SelectionConfig(start_epoch=4), 3), (SelectionConfig(min_holdout_acc=0.6), 3)):
+    for cfg, epoch in ((dataclasses.replace(PAPER, start_epoch=4), 3), (dataclasses.replace(PAPER, min_holdout_acc=0.6), 3)):
         samples, record = holdout.hard_samples(_Images(), names, cfg, epoch=epoch)
         assert samples == [] and record["fired"] is False and record["reason"] and record["num_candidates"] == 0
     # Every hold-out sample right: the paper's rule selects nothing, and the round does not fire.
     right = dataclasses.replace(holdout, predicted=holdout.labels.copy())
-    samples, record = right.hard_samples(_Images(), names, SelectionConfig(), epoch=3)
-    assert samples == [] and record["fired"] is False and "no hold-out sample selected" in record["reason"]
+    samples, record = right.hard_samples(_Images(), names, PAPER, epoch=3)
+    assert samples == [] and record["fired"] is False and "no searched image selected" in record["reason"]
 
 
 def test_predict_computes_the_same_statistics_as_the_probabilities():
@@ -150,12 +154,14 @@ def test_predict_computes_the_same_statistics_as_the_probabilities():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["rounds.selection.rule=loss"],
+    (["rounds.selection.rule=loss", "rounds.selection.k=null"],
      "config key 'rounds.selection.k' = None: expected an int >= 1 (or rounds.selection.fraction) when "
      "rounds.selection.rule is 'loss'"),
     (["rounds.selection.rule=margin", "rounds.selection.k=0"], "config key 'rounds.selection.k' = 0"),
     (["rounds.selection.rule=entropy", "rounds.selection.k=2", "rounds.selection.fraction=0.1"],
      "config key 'rounds.selection.fraction' = 0.1: expected null when rounds.selection.k is set"),
+    (["rounds.selection.fraction=0.5"],
+     "config key 'rounds.selection.fraction' = 0.5: expected null when rounds.selection.k is set (k = 64)"),
     (["rounds.selection.fraction=1.5"], "config key 'rounds.selection.fraction' = 1.5"),
     (["rounds.selection.drop_hardest=1.0"],
      "config key 'rounds.selection.drop_hardest' = 1.0: expected a share in [0, 1)"),
@@ -169,10 +175,13 @@ def test_config_validation_names_the_key(overrides, message):
     assert message in str(e.value)
 
 
-def test_the_default_is_the_paper():
-    assert load_config(None, []).rounds.selection == SelectionConfig(rule="misclassified", k=None, fraction=None,
+def test_the_default_ranks_by_loss_and_the_paper_is_two_keys_away():
+    assert load_config(None, []).rounds.selection == SelectionConfig(rule="loss", k=64, fraction=None,
                                                                      drop_hardest=0.0, start_epoch=0,
                                                                      min_holdout_acc=None)
+    paper = load_config(None, ["rounds.search=holdout", "data.holdout_fraction=0.1",
+                               "rounds.selection.rule=misclassified", "rounds.selection.k=null"])
+    assert paper.rounds.selection == PAPER
 
 
 def test_manifest_selection_header_round_trips_and_is_optional(write_round, tmp_path):

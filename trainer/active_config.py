@@ -15,7 +15,12 @@ SearchSplit = Literal["holdout", "train"]
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Which hold-out samples a round hands the builder, and when a round fires at all.
+    """Which searched samples (training images, or the hold-out's) a round hands the builder, and
+    when a round fires at all.
+
+    The default, ``loss`` top-64, goes with the default ``rounds.search: train`` (training images
+    are mostly classified right, so a round ranks them); the paper's hold-out search takes every
+    mistake: ``rule: misclassified`` with ``k: null`` (the paper recipes in ``configs/`` set both).
 
     Attributes:
         rule: ``misclassified``: every top-1 mistake (the paper); ``loss``: the highest
@@ -23,20 +28,22 @@ class SelectionConfig:
             distribution; ``margin``: the smallest margin, probability of the true class minus the
             highest other one. The manifest lists the selection hardest first (misclassified: by loss).
         k: how many to select; ``loss``/``entropy``/``margin`` need ``k`` or ``fraction``; for
-            ``misclassified`` it caps the mistakes (the highest-loss ``k``).
-        fraction: instead of ``k``: that share of the hold-out (rounded down, at least one).
+            ``misclassified`` it caps the mistakes (the highest-loss ``k``). The default, 64, is
+            the builder's default budget per round: one guide per rendered image, as measured.
+        fraction: instead of ``k``: that share of the searched images (rounded down, at least one).
         drop_hardest: then drop this share of the selection, hardest first (rounded down; at least
             one sample stays): extremely hard samples tend to be label noise or outliers.
         start_epoch: a round that ends after an earlier epoch does not fire.
-        min_holdout_acc: a round whose hold-out accuracy is below this does not fire.
+        min_holdout_acc: a round whose accuracy on the searched images (hold-out or training) is
+            below this does not fire.
 
     A round that does not fire still writes its checkpoint and a manifest, with no samples and
     ``header.selection.fired: false``; the builder renders that round's budget text-to-image for
     classes drawn uniformly instead.
     """
 
-    rule: SelectionRule = "misclassified"
-    k: Optional[int] = None
+    rule: SelectionRule = "loss"
+    k: Optional[int] = 64
     fraction: Optional[float] = None
     drop_hardest: float = 0.0
     start_epoch: int = 0
@@ -79,12 +86,17 @@ class RoundsConfig:
             the hold-out) listed in the manifest's ``header.guide_pool``, which a builder with a
             class-balanced allocation may use as guides where a class has fewer hard samples than
             its share (``allocation.fill: train``); 0 lists none.
-        search: where a round looks for hard samples: ``holdout`` (the paper: images kept out of
-            training until ``merge_epoch``) or ``train`` (the training images themselves, scored
-            by the round's classifier without augmentation, so that nothing is withheld from
-            training; ``data.holdout_fraction`` may then be 0). Training images are mostly
-            classified right, so ``train`` is meant with a ranking rule (``selection.rule: loss``
-            and ``k``). It costs one evaluation pass over the training images per round.
+        search: where a round looks for hard samples: ``train`` (the default: the training
+            images themselves, scored by the round's classifier without augmentation, so that
+            nothing is withheld from training; ``data.holdout_fraction`` defaults to 0) or
+            ``holdout`` (the paper: images kept out of training until ``merge_epoch``; set
+            ``data.holdout_fraction`` > 0 and, for the paper's rule, ``selection.rule:
+            misclassified`` with ``selection.k: null``). Training images are mostly classified
+            right, so ``train`` is meant with a ranking rule (the default ``loss`` top-``k``).
+            It costs one evaluation pass over the training images per round. The default follows
+            the accuracy study (docs/study.md, PLAN-2): searching the training images was the
+            one variant above training on every image from the start; searching a hold-out was
+            level with it.
     """
 
     enabled: bool = True
@@ -93,7 +105,7 @@ class RoundsConfig:
     merge_epoch: Optional[int] = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     guide_pool_per_class: int = 16
-    search: SearchSplit = "holdout"
+    search: SearchSplit = "train"
 
     def resolve(self, epochs: int) -> tuple[int, int]:
         """``(horizon, merge_epoch)`` for a run of ``epochs``, nulls at the paper's ``int(0.5 * epochs)``."""

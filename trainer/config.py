@@ -34,8 +34,9 @@ class DataConfig:
         test_source: a separate data set to report test accuracy on (same class names).
         test_fraction: share of ``source`` carved off as a test split (stratified, ``split_seed``)
             when there is no ``test_source``; 0 = no test split.
-        holdout_fraction: share of ``source`` held out for the hard-sample search (paper: 10%).
-            It is merged back into training at ``rounds.merge_epoch``.
+        holdout_fraction: share of ``source`` held out for the hard-sample search with
+            ``rounds.search: holdout`` (paper: 10%), merged back into training at
+            ``rounds.merge_epoch``. Default 0: the default search scores the training images.
         split_seed: ``random_state`` of the stratified splits; recorded in every manifest.
         decode_check_limit: before the run directory is created, decode every image of a source
             with at most this many rows, so that a missing, corrupt or oversized image is an
@@ -47,7 +48,7 @@ class DataConfig:
     source: DataSource = field(default_factory=DataSource)
     test_source: Optional[DataSource] = None
     test_fraction: float = 0.0
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = 0.0
     split_seed: int = 42
     decode_check_limit: int = 20_000
 

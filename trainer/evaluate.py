@@ -57,9 +57,9 @@ class Predictions(Hardness):
             return [], selection_record(cfg, False, reason, num_candidates=0)
         chosen, num_candidates = select(self, cfg)
         if len(chosen) == 0:
-            # Nothing to render near (e.g. the whole hold-out is right): the round does not fire,
+            # Nothing to render near (e.g. every searched image is right): the round does not fire,
             # so the builder spends its budget on class-uniform text-to-image instead of failing.
-            return [], selection_record(cfg, False, f"no hold-out sample selected by rule {cfg.rule!r} "
+            return [], selection_record(cfg, False, f"no searched image selected by rule {cfg.rule!r} "
                                                     f"({num_candidates} candidates)", num_candidates)
         samples = [HardSample(id=images.sample_id(int(self.indices[i])), label=int(self.labels[i]),
                               class_name=class_names[int(self.labels[i])], predicted=int(self.predicted[i]),
