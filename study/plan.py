@@ -314,6 +314,18 @@ def config_texts(plan: ComparePlan) -> dict[str, Optional[str]]:
     return out
 
 
+def _same_settings(frozen: Optional[str], current: Optional[str]) -> bool:
+    """Whether two config texts set the same keys to the same values (comments and layout aside)."""
+    import yaml
+
+    if frozen is None or current is None:
+        return frozen is current
+    try:
+        return yaml.safe_load(frozen) == yaml.safe_load(current)
+    except yaml.YAMLError:
+        return frozen == current
+
+
 def plan_sha256(plan: ComparePlan) -> str:
     """sha256 of the body and the configs' text (canonical JSON): the id every record carries."""
     blob = json.dumps({"body": body(plan), "configs": config_texts(plan)}, sort_keys=True, separators=(",", ":"))
@@ -331,11 +343,18 @@ def freeze(plan: ComparePlan, out: Path, has_records: bool) -> str:
 
     sha = plan_sha256(plan)
     path = Path(out) / PLAN_FILE
+    configs = config_texts(plan)
     if path.is_file():
         frozen = json.loads(path.read_text())
         if frozen.get("sha256") != sha and has_records:
             changed = diff_keys(frozen.get("body", {}), body(plan))
-            changed += [k for k, v in config_texts(plan).items() if frozen.get("configs", {}).get(k) != v]
+            frozen_configs = frozen.get("configs") if isinstance(frozen.get("configs"), dict) else {}
+            changed += [k for k, v in configs.items() if not _same_settings(frozen_configs.get(k), v)]
+            if not changed and isinstance(frozen.get("sha256"), str):
+                # Only comments or layout of a config changed: the runs it gives are the same,
+                # so the plan keeps its hash and the frozen text.
+                sha, configs = frozen["sha256"], frozen_configs
+        if frozen.get("sha256") != sha and has_records:
             raise ValueError(f"{path}: records exist for plan {str(frozen.get('sha256'))[:12]}, and this plan's body "
                              f"differs ({', '.join(changed) or 'its configs'}); a frozen plan is amended with a "
                              "dated note under 'notes', never edited; start a new comparison in another --out")
@@ -344,6 +363,6 @@ def freeze(plan: ComparePlan, out: Path, has_records: bool) -> str:
         if has_records and new_notes[:len(old_notes)] != old_notes:
             raise ValueError(f"{path}: notes already frozen were edited or removed; notes are only appended")
     Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"sha256": sha, "body": body(plan), "configs": config_texts(plan),
+    atomic_write_text(path, json.dumps({"sha256": sha, "body": body(plan), "configs": configs,
                                         "notes": [dataclasses.asdict(n) for n in plan.notes]}, indent=1) + "\n")
     return sha

@@ -234,6 +234,11 @@ def test_a_changed_body_is_refused_once_records_exist_and_notes_may_be_added(tmp
     (tmp_path / "train.yaml").write_text(TRAIN.replace("epochs: 2", "epochs: 3"))
     with pytest.raises(ValueError, match="train_config"):
         freeze(load_plan(path), out, has_records=True)
+    # ... but not their comments or layout: the runs they give are the same, so the hash and the
+    # frozen text stay.
+    (tmp_path / "train.yaml").write_text("# a comment written later\n" + TRAIN.replace("epochs: 2,", "epochs:  2,"))
+    assert freeze(load_plan(path), out, has_records=True) == sha
+    assert json.loads((out / "plan.json").read_text())["configs"]["train_config"] == TRAIN
     (tmp_path / "train.yaml").write_text(TRAIN)
     noted = load_plan(path, ['notes=[{date: "2026-12-06", text: "a dated amendment"}]'])
     assert freeze(noted, out, has_records=True) == sha
