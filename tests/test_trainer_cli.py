@@ -169,7 +169,8 @@ def test_console_script_subprocess(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_and_the_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path):
     """How schedulers preempt: SIGTERM mid-run exits 143 with one line, last.pt holds the last
-    complete epoch, and ``--resume`` finishes with the metrics of a run never stopped."""
+    complete epoch or the step the signal stopped at (``test_trainer_preempt``), and ``--resume``
+    finishes with the metrics of a run never stopped."""
     import signal
     import time
 

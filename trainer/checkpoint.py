@@ -1,6 +1,7 @@
 """``<run>/last.pt``: everything needed to continue a run exactly where it stopped.
 
-Holds the next epoch, model, optimizer, LR scheduler, EMA and grad-scaler states, every rank's
+Holds the next epoch (or, written on SIGTERM at a step boundary, the epoch in progress and how
+far it got: ``in_epoch``), model, optimizer, LR scheduler, EMA and grad-scaler states, every rank's
 python/numpy/torch(/CUDA) RNG states, the synthetic pool, the rounds written, and cumulative
 counters. The sampler needs no state: its order is a function of (seed, epoch). Written
 atomically, and loaded with ``weights_only=True`` (no pickled code).
@@ -24,7 +25,9 @@ _logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
 CHECKPOINT_FORMAT = "actgen.trainer-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2 adds ``in_epoch`` (a checkpoint written at a step boundary on SIGTERM); 1 is read too."""
+READABLE_VERSIONS = (1, 2)
 REQUIRED_KEYS = ("format", "format_version", "epoch", "model", "loop", "rng", "pool", "rounds_done",
                  "synthetic_seen_total", "dataset_fingerprint", "class_names")
 
@@ -91,9 +94,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FormatError(str(path), load_refusal(e, "checkpoint")) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(str(path), f"not an {CHECKPOINT_FORMAT} file")
-    if state.get("format_version") != CHECKPOINT_VERSION:
-        raise FormatError(str(path), f"format_version {state.get('format_version')!r}, expected {CHECKPOINT_VERSION}")
+    if state.get("format_version") not in READABLE_VERSIONS:
+        raise FormatError(str(path), f"format_version {state.get('format_version')!r}, expected one of "
+                                     f"{list(READABLE_VERSIONS)}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise FormatError(str(path), f"missing fields {missing}")
+    _check_in_epoch(path, state.get("in_epoch"))
     return state
+
+
+def _check_in_epoch(path: Path, value: Any) -> None:
+    """``in_epoch``: null, or where a preempted epoch stopped: ``batches_done`` (>= 1) by each of
+    ``world_size`` processes, and ``carry``, each process's five sums of the epoch so far."""
+    if value is None:
+        return
+    ok = (isinstance(value, dict) and set(value) == {"batches_done", "world_size", "carry"}
+          and all(isinstance(value[k], int) and not isinstance(value[k], bool) and value[k] >= 1
+                  for k in ("batches_done", "world_size"))
+          and isinstance(value["carry"], (list, tuple)) and len(value["carry"]) == value["world_size"]
+          and all(isinstance(rank, (list, tuple)) and len(rank) == 5
+                  and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in rank)
+                  for rank in value["carry"]))
+    if not ok:
+        raise FormatError(str(path), f"field 'in_epoch' = {repr(value)[:200]}: expected null or {{batches_done: int >= 1, "
+                                     "world_size: int >= 1, carry: world_size lists of 5 finite numbers}")

@@ -267,7 +267,8 @@ class TrainConfig:
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob: timm Mixup (off when both
             alphas are 0).
         ema_decay: model EMA decay (timm ModelEmaV3), or null for no EMA.
-        log_interval: steps between log lines (the only host syncs inside an epoch).
+        log_interval: steps between log lines and, in multi-process runs, between the checks
+            that agree on a preemption's stopping step (the only host syncs inside an epoch).
         progress: show a tqdm bar on rank 0 (only when stderr is a terminal).
         tensorboard: also write each epoch's metrics as TensorBoard scalars to
             ``<run_dir>/tensorboard`` (rank 0; ``tensorboard --logdir <run_dir>/tensorboard``).

@@ -278,11 +278,13 @@ class MixedBatchSampler(Sampler):
         self.batch_size, self.mixing, self.synthetic_per_batch = batch_size, mixing, synthetic_per_batch
         self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
         self.extra_real = extra_real
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self._cache: tuple[int, list[np.ndarray], list[np.ndarray]] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """The epoch to draw; a resumed epoch iterates from this rank's batch ``start`` (its length
+        stays the whole epoch's, the grid the LR schedule steps on)."""
+        self.epoch, self.start = epoch, start
 
     def _global_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
         b = self.batch_size
@@ -331,7 +333,7 @@ class MixedBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         batches, seeds = self._rank_batches()
-        for batch, batch_seeds in zip(batches, seeds):
+        for batch, batch_seeds in zip(batches[self.start:], seeds[self.start:]):
             yield list(zip(batch.tolist(), batch_seeds.tolist()))
 
     def __len__(self) -> int:

@@ -1,7 +1,8 @@
 """The epoch loop: optimizer, LR schedule, EMA, AMP, channels_last, clipping, DDP, logging.
 
-Inside an epoch the only host syncs are the log lines every ``log_interval`` steps: loss and
-accuracy are summed on the device and read once per interval, and once at the epoch's end.
+Inside an epoch the only host syncs are the log lines every ``log_interval`` steps (and, with
+several processes, the preemption check at the same steps: :mod:`.preempt`): loss and accuracy
+are summed on the device and read once per interval, and once at the epoch's end.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +69,11 @@ class EpochStats:
     synthetic_images: int
     steps: int
     seconds: float
+    stopped_after: Optional[int] = None
+    """Set when the epoch stopped early (preemption): the batches this rank has done."""
+    carry: Optional[tuple[float, ...]] = None
+    """With ``stopped_after``: this rank's sums of the epoch so far (loss, correct, images,
+    seconds, batches), which the resumed epoch starts from."""
 
     @property
     def images_per_s(self) -> float:
@@ -118,22 +124,33 @@ class EpochLoop:
         self.optimizer_steps = int(state["optimizer_steps"])
 
     def train_epoch(self, loader: Iterable, num_batches: int, epoch: int, num_epochs: int,
-                    synthetic_images: int = 0) -> EpochStats:
+                    synthetic_images: int = 0, start: int = 0, carry: Optional[Sequence[float]] = None,
+                    stop: Optional[Callable[[int], bool]] = None) -> EpochStats:
         """One pass over ``loader``: ``num_batches`` batches holding ``synthetic_images`` synthetic
-        images on this rank (both known from the sampler, so counting them costs no sync)."""
+        images on this rank (both known from the sampler, so counting them costs no sync).
+
+        A resumed epoch passes ``start``, the first batch ``loader`` yields (it yields from
+        there), and ``carry``, this rank's sums of the batches before it (``EpochStats.carry``;
+        the sums go on from these values, so an epoch resumed on as many processes ends with the
+        numbers of one never stopped). ``stop(optimizer_steps)`` is
+        asked after every optimizer step; when it says yes the epoch ends there, with
+        ``stopped_after`` and ``carry`` set (every rank must get the same answer).
+        """
         device, cfg = self.rt.device, self.cfg
         model = self.task.model
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
+        loss0, correct0, seen0, seconds0, batches0 = carry if carry is not None else (0.0, 0.0, 0, 0.0, 0)
+        loss_sum = torch.tensor(loss0, dtype=torch.float32, device=device)
+        correct = torch.tensor(correct0, dtype=torch.float32, device=device)
         interval_loss = torch.zeros((), device=device)
-        seen = 0
+        seen = int(seen0)
         data_time = 0.0
-        start = last_log = time.perf_counter()
+        began = last_log = time.perf_counter()
         bar = self._progress(loader, num_batches, epoch, num_epochs)
         accum = cfg.grad_accum_steps
         end = time.perf_counter()
-        for i, (inputs, labels) in enumerate(bar):
+        stopped_after = None
+        for i, (inputs, labels) in enumerate(bar, start=start):
             data_time += time.perf_counter() - end
             inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
@@ -165,30 +182,36 @@ class EpochLoop:
             seen += labels.shape[0]
             if (i + 1) % cfg.log_interval == 0 and self.rt.is_main:
                 now = time.perf_counter()
-                cur, avg = interval_loss.item() / cfg.log_interval, loss_sum.item() / (i + 1)  # host sync
+                cur, avg = interval_loss.item() / cfg.log_interval, loss_sum.item() / (i + 1 - start)  # host sync
                 interval_loss.zero_()
                 rate = cfg.log_interval * labels.shape[0] * self.rt.world_size / max(now - last_log, 1e-9)
                 _logger.info("epoch %d/%d [%d/%d] loss %.4f (%.4f) lr %.3e %.0f img/s data %.3fs", epoch, num_epochs,
-                             i + 1, num_batches, cur, avg, self.lr, rate, data_time / (i + 1))
+                             i + 1, num_batches, cur, avg, self.lr, rate, data_time / (i + 1 - start))
                 if hasattr(bar, "set_postfix_str"):
                     bar.set_postfix_str(f"loss {avg:.4f}", refresh=False)
                 if self.on_log is not None:
                     self.on_log(self.optimizer_steps, cur, self.lr)
                 last_log = now
+            if last_of_step and stop is not None and stop(self.optimizer_steps):
+                stopped_after = i + 1
+                break
             end = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        if self.step_on == "epoch":
+        seconds = time.perf_counter() - began + seconds0
+        if self.step_on == "epoch" and stopped_after is None:
             self.scheduler.step(epoch + 1)
         # One all-reduce (and host sync) for the epoch's totals; float64 keeps counts exact.
-        local = torch.tensor([seen, synthetic_images, seconds, num_batches], dtype=torch.float64, device=device)
+        done = (num_batches if stopped_after is None else stopped_after) - start + int(batches0)
+        local = torch.tensor([seen, synthetic_images, seconds, done], dtype=torch.float64, device=device)
+        mine = (float(loss_sum.item()), float(correct.item()), seen, seconds, done) if stopped_after is not None else None
         totals = all_reduce_sum(torch.cat([torch.stack([loss_sum, correct.float()]).double(), local]), self.rt).tolist()
         loss_total, correct_total, seen_total, synthetic_total, seconds_total, steps_total = totals
         return EpochStats(loss=loss_total / steps_total if steps_total else float("nan"),
                           train_acc=correct_total / seen_total if seen_total else float("nan"), lr=self.lr,
                           images=int(seen_total), synthetic_images=int(synthetic_total),
-                          steps=int(steps_total) // self.rt.world_size, seconds=seconds_total / self.rt.world_size)
+                          steps=int(steps_total) // self.rt.world_size, seconds=seconds_total / self.rt.world_size,
+                          stopped_after=stopped_after, carry=mine)
 
     @property
     def lr(self) -> float:

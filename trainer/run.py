@@ -7,7 +7,8 @@ never leaves a half-written run behind.
 Layout of ``<run_dir>``::
 
     config.yaml                    resolved config
-    last.pt                        exact-resume checkpoint (end of the last finished epoch)
+    last.pt                        exact-resume checkpoint (end of the last finished epoch, or the
+                                   step a SIGTERM stopped at: :mod:`.preempt`)
     metrics.csv, metrics.jsonl     one row per epoch
     summary.json                   final numbers (also written when stopping early)
     data_errors.json               the image a run stopped on, if it did (see below)
@@ -33,13 +34,14 @@ import numpy as np
 import torch
 
 from actgen.shards.atomic import atomic_write_text
-from actgen.shards.errors import FormatError, writing
+from actgen.shards.errors import FormatError, Terminated, writing
 from actgen.shards.runtime import add_log_file, remove_log_file
 from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
 from . import preflight
 from .checkpoint import CHECKPOINT_FILE, capture_rng, restore_rng, save_checkpoint
+from .preempt import Preemption
 from .config import CONFIG_FILE, Config, config_to_yaml
 from .data import MixedBatchSampler, Split, make_train_loader, split_indices
 from .distributed import Runtime
@@ -84,6 +86,8 @@ class _Progress:
     pool: list[PoolEntry] = field(default_factory=list)
     rounds_done: list[dict] = field(default_factory=list)
     synthetic_seen_total: int = 0
+    in_epoch: Optional[dict] = None
+    """A checkpoint written on SIGTERM mid-epoch: where ``epoch`` stopped (see ``checkpoint``)."""
 
 
 def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
@@ -135,7 +139,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
 
     # 5. The run directory, its resolved config and metrics (rows past a resumed checkpoint dropped).
     dist_utils.barrier(rt)  # every rank has checked the run directory before rank 0 creates it
-    metrics = _open_run_dir(cfg, rt, run_dir, resume, progress.epoch)
+    metrics = _open_run_dir(cfg, rt, run_dir, inputs.resume_state is not None, progress.epoch)
     board = RunLoggers(cfg, run_dir, rt.is_main, progress.epoch)
     loop.on_log = board.step
     _logger.info("run %s: %d train / %d hold-out / %d test images, %d classes; %s", run_dir, len(split.train),
@@ -147,7 +151,11 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 7. Epochs (a bad image found on the way is recorded, so that a resume accepts it fixed).
     started = time.perf_counter()
     loader, sampler, loader_key = None, None, None
-    with recording_bad_images(run_dir, images, lambda: progress.epoch):
+    start, carry = _resume_point(progress.in_epoch, rt)
+    if start:
+        _logger.info("epoch %d continues at batch %d (stopped there by SIGTERM)", progress.epoch, start)
+    preemption = Preemption(rt, every=cfg.train.log_interval)
+    with recording_bad_images(run_dir, images, lambda: progress.epoch), preemption:
         while progress.epoch < epochs and (stop_after is None or progress.epoch < stop_after):
             epoch = progress.epoch
             t0 = time.perf_counter()
@@ -170,9 +178,14 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                 loader_key = key
                 if merged and epoch == schedule.merge_epoch and len(split.holdout):
                     _logger.info("epoch %d: hold-out (%d images) merged into training", epoch, len(split.holdout))
-            sampler.set_epoch(epoch)
-            # 7c. Train.
-            stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images())
+            sampler.set_epoch(epoch, start=start)
+            # 7c. Train (a SIGTERM meanwhile stops at the next step boundary, with a checkpoint there).
+            with preemption.deferred():
+                stats = loop.train_epoch(loader, len(sampler), epoch, epochs, sampler.num_synthetic_images(),
+                                         start=start, carry=carry, stop=preemption.due)
+            start, carry = 0, None
+            if stats.stopped_after is not None:
+                _stop_in_epoch(cfg, rt, run_dir, progress, model, loop, images, stats, len(sampler))
             _share_bn_statistics(rt, model, ema)
             progress.synthetic_seen_total += stats.synthetic_images
             # 7d. Evaluate.
@@ -199,6 +212,10 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                 save_checkpoint(run_dir / CHECKPOINT_FILE,
                                 _checkpoint_state(progress, model, loop, rng, images, _global_batch(cfg, rt)))
             dist_utils.barrier(rt)
+            if preemption.agreed():     # asked during the epoch, too late for a step boundary in it
+                _logger.warning("stopped by SIGTERM after epoch %d; --resume continues at epoch %d", epoch,
+                                progress.epoch)
+                raise Terminated()
 
     # 8. The classifier to take away, then the summary.
     board.close()
@@ -220,7 +237,7 @@ def _open_run_dir(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, next_ep
     rows of epochs that will be run again."""
     metrics = MetricsLog(run_dir)
     if rt.is_main:
-        fresh = not resume or next_epoch == 0
+        fresh = not resume      # no checkpoint (a checkpoint in epoch 0 is one a SIGTERM wrote)
         if fresh:
             clear_stopped_run(run_dir)     # a run that stopped before its first checkpoint: taken over
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +361,48 @@ def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, 
                        loop.cfg.grad_accum_steps, run_dir / CHECKPOINT_FILE)
     restore_rng(rng[rt.rank % len(rng)])
     return _Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
-                     rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]))
+                     rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]),
+                     in_epoch=state.get("in_epoch"))
+
+
+def _resume_point(in_epoch: Optional[dict], rt: Runtime) -> tuple[int, Optional[tuple[float, ...]]]:
+    """This rank's first batch of a preempted epoch and its sums before it (0, None: a whole epoch).
+
+    Every rank takes batches rank, rank + world, ... of the epoch's global list, so ``n`` batches
+    done by each of ``w`` processes are the first ``n * w`` global batches; on ``w'`` processes
+    each continues at ``n * w / w'``, which is whole because a resume keeps the global batch
+    (``batch_size x grad_accum_steps x w``) and the stop fell on a step boundary. On as many
+    processes each rank goes on from its own sums; on another number rank 0 carries them all."""
+    if in_epoch is None:
+        return 0, None
+    w, carry = in_epoch["world_size"], in_epoch["carry"]
+    done = in_epoch["batches_done"] * w
+    if done % rt.world_size:
+        _logger.warning("the preempted epoch's %d batches do not split over %d processes: %d of them are "
+                        "trained again", done, rt.world_size, done % rt.world_size)
+    if w == rt.world_size:
+        mine = carry[rt.rank]
+    elif rt.rank == 0:
+        mine = [sum(float(rank[k]) for rank in carry) for k in range(5)]
+    else:
+        mine = [0.0] * 5
+    return done // rt.world_size, tuple(float(x) for x in mine)
+
+
+def _stop_in_epoch(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, model: torch.nn.Module,
+                   loop: EpochLoop, images: LabeledImages, stats: EpochStats, num_batches: int) -> None:
+    """SIGTERM mid-epoch: checkpoint this step boundary (the epoch in progress, how far it got and
+    its sums so far), then stop as the CLI stops on SIGTERM."""
+    rng = dist_utils.all_gather_objects(capture_rng(), rt)
+    carry = dist_utils.all_gather_objects([float(x) for x in stats.carry], rt)
+    if rt.is_main:
+        state = _checkpoint_state(progress, model, loop, rng, images, _global_batch(cfg, rt))
+        state["in_epoch"] = {"batches_done": int(stats.stopped_after), "world_size": rt.world_size, "carry": carry}
+        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+    dist_utils.barrier(rt)
+    _logger.warning("stopped by SIGTERM in epoch %d after batch %d of %d (step %d), checkpoint written; "
+                    "--resume continues there", progress.epoch, stats.stopped_after, num_batches, loop.optimizer_steps)
+    raise Terminated()
 
 
 def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLoop, rng: list,
