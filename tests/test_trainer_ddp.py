@@ -19,7 +19,10 @@ from actgen.trainer.data import RealImages, build_eval_transform, split_indices
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.test_fraction=0.5", "input.image_size=16", "model.name=test_resnet", "train.epochs=3",
         "rounds.horizon=2", "rounds.merge_epoch=2", "loader.batch_size=32", "train.device=cpu",
-        "train.progress=false", "train.log_interval=100"]
+        "train.progress=false", "train.log_interval=100",
+        # The paper's hold-out search, whose gathered manifests the first test checks.
+        "data.holdout_fraction=0.1", "rounds.search=holdout", "rounds.selection.rule=misclassified",
+        "rounds.selection.k=null"]
 
 
 @pytest.mark.slow
