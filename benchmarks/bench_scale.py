@@ -1,7 +1,8 @@
-"""Scale benchmark: what opening a data set and loading it cost as the data set grows.
+"""Scale benchmark: what opening a data set, loading it and a builder worker's memory bank cost
+as the data set and the run grow.
 
-Two parts, on CPU, on synthetic image folders of N tiny PNGs (8x8, 10 classes; writing them is
-not timed):
+Three parts, on CPU; the first two on synthetic image folders of N tiny PNGs (8x8, 10 classes;
+writing them is not timed):
 
 * ``open``: for each N, ``load_source`` on the image folder (once: it is the slow one, listed and
   stat-ed file by file), then ``actgen-data import`` of it (timed), then ``load_source`` on the
@@ -13,10 +14,16 @@ not timed):
   (shuffled, ``num_workers`` as given); images per second, median of ``--repeats`` interleaved
   passes, and their ratio.
 
+* ``bank``: a builder worker's start bank at rounds 10, 20 and 40 of a run whose rounds add 867
+  latents each (the ImageNet recipe's budget) over 1,000 classes with a fixed total cap: the
+  worker that stays up across rounds (reads only the new round's bank) against a fresh load of
+  every earlier bank; time (median of ``--repeats``) and the process's RSS.
+
 Every process opens its data set once (the builder's driver and actors keep it across rounds;
 ``tests/test_build_*`` check that), so the open time here is paid once per process and resume.
 
-    python benchmarks/bench_scale.py                          # N = 10k, 20k, 40k
+    python benchmarks/bench_scale.py                          # N = 10k, 20k, 40k; 40 bank rounds
+    python benchmarks/bench_scale.py --skip open loader       # the bank part alone
     python benchmarks/bench_scale.py --sizes 10000 80000 --repeats 5
 
 Prints a table and writes ``benchmarks/results/scale.json``.
@@ -119,6 +126,60 @@ def loader_part(imported: Path, repeats: int, batch_size: int, num_workers: int)
             "ratio": statistics.median(trainer) / statistics.median(plain)}
 
 
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bank_part(work: Path, rounds: int, per_round: int, classes: int, capacity: int, total_capacity: int,
+              latent: tuple[int, ...], probes: list[int], repeats: int) -> dict:
+    """A builder worker's start bank at round r: ``rounds`` bank files of ``per_round`` latents
+    (classes drawn evenly), loaded the way a worker that stays up across rounds loads them
+    (``incremental_start``: only the new round's file) against a fresh load of every earlier file
+    (``load_start`` + ``kept_entries``: what a new worker does). Time per round and RSS, at the
+    ``probes`` rounds (median of ``repeats`` runs of the whole sequence for the time)."""
+    import gc
+
+    from actgen.builder import bank_store
+    from actgen.builder.bank_store import BankEntries, incremental_start, kept_entries, load_start, save_entries
+
+    rng = np.random.default_rng(0)
+    files = []
+    for r in range(rounds):
+        labels = rng.integers(0, classes, size=per_round).astype(np.int64)
+        latents = rng.standard_normal((per_round, *latent)).astype(np.float16)
+        path = work / f"bank-{r:03d}.safetensors"
+        save_entries(path, BankEntries(labels, latents), r)
+        files.append(str(path))
+    incremental: dict[int, list[float]] = {r: [] for r in probes}
+    fresh: dict[int, list[float]] = {r: [] for r in probes}
+    rss: dict[int, float] = {}
+    held: dict[int, int] = {}
+    for _ in range(repeats):
+        bank_store._START.clear()
+        gc.collect()
+        for r in range(1, rounds + 1):      # round r starts from rounds 0..r-1
+            entries, seconds = _timed(lambda: incremental_start(files[:r], capacity, total_capacity))
+            if r in incremental:
+                incremental[r].append(seconds)
+                rss[r], held[r] = _rss_mib(), len(entries)
+        for r in probes:
+            _, seconds = _timed(lambda: kept_entries(load_start(files[:r]), capacity, total_capacity))
+            fresh[r].append(seconds)
+    entry_kib = int(np.prod(latent)) * 2 / 1024
+    rows = [{"round": r, "entries_held": held[r], "incremental_s": statistics.median(incremental[r]),
+             "fresh_load_s": statistics.median(fresh[r]), "rss_mib": rss[r]} for r in probes]
+    for row in rows:
+        print(f"  round {row['round']}: {row['entries_held']:,} entries held, incremental "
+              f"{row['incremental_s'] * 1e3:.0f} ms, fresh {row['fresh_load_s'] * 1e3:.0f} ms, "
+              f"RSS {row['rss_mib']:.0f} MiB", flush=True)
+    return {"rounds": rounds, "per_round": per_round, "classes": classes, "capacity": capacity,
+            "total_capacity": total_capacity, "latent": list(latent), "entry_kib": entry_kib, "probes": rows}
+
+
 def _images_per_s(loader) -> float:
     t0, seen = time.perf_counter(), 0
     for inputs, _ in loader:
@@ -132,27 +193,50 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--bank-rounds", type=int, default=40)
+    parser.add_argument("--bank-per-round", type=int, default=867, help="latents a round adds (the ImageNet recipe's budget)")
+    parser.add_argument("--bank-classes", type=int, default=1000)
+    parser.add_argument("--bank-capacity", type=int, default=1024, help="per class (the recipe's bank_capacity)")
+    parser.add_argument("--bank-total", type=int, default=4096, help="bank_total_capacity: the fixed cap (binds by round 5)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["open", "loader", "bank"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
+    opens, loader, bank = [], None, None
     with tempfile.TemporaryDirectory(prefix="actgen-scale-") as tmp:
         work = Path(tmp)
-        print("open (image folder, import, imported folder):", flush=True)
-        opens = open_part(sorted(args.sizes), args.repeats, work)
-        largest = max(args.sizes)
-        print(f"loader (N={largest}, batch {args.batch_size}, {args.num_workers} workers):", flush=True)
-        loader = loader_part(work / f"arrow-{largest}", args.repeats, args.batch_size, args.num_workers)
+        if "open" not in args.skip or "loader" not in args.skip:
+            print("open (image folder, import, imported folder):", flush=True)
+            opens = open_part(sorted(args.sizes), args.repeats, work)
+        if "loader" not in args.skip:
+            largest = max(args.sizes)
+            print(f"loader (N={largest}, batch {args.batch_size}, {args.num_workers} workers):", flush=True)
+            loader = loader_part(work / f"arrow-{largest}", args.repeats, args.batch_size, args.num_workers)
+        if "bank" not in args.skip:
+            probes = sorted({min(10, args.bank_rounds), args.bank_rounds // 2, args.bank_rounds} - {0})
+            print(f"bank ({args.bank_rounds} rounds of {args.bank_per_round} latents 4x32x32, {args.bank_classes} "
+                  f"classes, capacity {args.bank_capacity} a class, {args.bank_total} in all):", flush=True)
+            bank = bank_part(work, args.bank_rounds, args.bank_per_round, args.bank_classes, args.bank_capacity,
+                             args.bank_total, (4, 32, 32), probes, args.repeats)
 
-    print("\n| images | folder open | import | imported open | speed-up |")
-    print("|---|---|---|---|---|")
-    for r in opens:
-        print(f"| {r['images']:,} | {r['folder_open_s']:.1f} s | {r['import_s']:.1f} s | {r['imported_open_s']:.2f} s "
-              f"| {r['speedup']:.0f}x |")
-    print(f"\nloader on the imported {loader['images']:,} images: trainer {loader['trainer_images_per_s']:,.0f} img/s, "
-          f"plain DataLoader {loader['plain_images_per_s']:,.0f} img/s, ratio {loader['ratio']:.2f}")
+    if opens:
+        print("\n| images | folder open | import | imported open | speed-up |")
+        print("|---|---|---|---|---|")
+        for r in opens:
+            print(f"| {r['images']:,} | {r['folder_open_s']:.1f} s | {r['import_s']:.1f} s | "
+                  f"{r['imported_open_s']:.2f} s | {r['speedup']:.0f}x |")
+    if loader:
+        print(f"\nloader on the imported {loader['images']:,} images: trainer {loader['trainer_images_per_s']:,.0f} "
+              f"img/s, plain DataLoader {loader['plain_images_per_s']:,.0f} img/s, ratio {loader['ratio']:.2f}")
+    if bank:
+        print("\n| round | entries held | worker load (incremental) | fresh load of every bank | RSS |")
+        print("|---|---|---|---|---|")
+        for r in bank["probes"]:
+            print(f"| {r['round']} | {r['entries_held']:,} | {r['incremental_s'] * 1e3:.0f} ms | "
+                  f"{r['fresh_load_s'] * 1e3:.0f} ms | {r['rss_mib']:.0f} MiB |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"open": opens, "loader": loader, "repeats": args.repeats,
+    args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "repeats": args.repeats,
                                     "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                                                 "platform": platform.platform(),
                                                 "cpus": os.cpu_count()}}, indent=1) + "\n")

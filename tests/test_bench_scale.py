@@ -1,5 +1,6 @@
-"""benchmarks/bench_scale.py runs end to end on a small folder and writes what docs/benchmarks.md
-reports (the benchmark itself runs at 10k-40k images on a quiet machine)."""
+"""benchmarks/bench_scale.py runs end to end on a small folder and a small bank and writes what
+docs/benchmarks.md reports (the benchmark itself runs at 10k-40k images, 40 rounds, on a quiet
+machine)."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,9 +15,14 @@ def test_the_scale_benchmark_opens_imports_and_compares_loaders(tmp_path, torch_
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "scale.json"
-    assert bench.main(["--sizes", "300", "--repeats", "1", "--batch-size", "32", "--out", str(out)]) == 0
+    assert bench.main(["--sizes", "300", "--repeats", "1", "--batch-size", "32", "--bank-rounds", "4",
+                       "--bank-per-round", "20", "--bank-classes", "5", "--bank-capacity", "8", "--bank-total", "30",
+                       "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     (row,) = result["open"]
     assert row["images"] == 300 and row["folder_open_s"] > 0 and row["imported_open_s"] > 0
     loader = result["loader"]
     assert loader["images"] == 300 and loader["trainer_images_per_s"] > 0 and loader["plain_images_per_s"] > 0
+    # The bank part: 20 latents a round, capped at 30 in all (and 8 a class): the cap binds.
+    bank = {row["round"]: row for row in result["bank"]["probes"]}
+    assert sorted(bank) == [2, 4] and bank[2]["entries_held"] == 30 and bank[4]["entries_held"] == 30
