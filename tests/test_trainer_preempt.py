@@ -46,7 +46,7 @@ def test_sigterm_is_deferred_only_inside_an_epoch():
 
 
 def test_a_preempted_epoch_continues_at_the_same_global_batch_on_any_process_count():
-    from actgen.trainer.run import _resume_point
+    from actgen.trainer.progress import resume_point as _resume_point
 
     carry = [[1.5, 10.0, 64.0, 2.0, 4.0], [2.5, 12.0, 64.0, 2.0, 4.0]]
     in_epoch = {"batches_done": 4, "world_size": 2, "carry": carry}

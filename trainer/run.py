@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,8 +40,6 @@ from actgen.shards.sources import LabeledImages, load_source
 
 from . import distributed as dist_utils
 from . import preflight
-from .checkpoint import CHECKPOINT_FILE, capture_rng, restore_rng, save_checkpoint
-from .preempt import Preemption
 from .config import CONFIG_FILE, Config, config_to_yaml
 from .data import MixedBatchSampler, Split, make_train_loader, split_indices
 from .distributed import Runtime
@@ -52,12 +50,13 @@ from .inline import close_builders
 from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, sync_batchnorm, unwrap
+from .preempt import Preemption
+from .progress import Progress, global_batch, restore, resume_point, save_epoch, stop_in_epoch
 from .rounds import end_round, guide_pool, prune_bundles
-from .rundir import (check_fixed_images, check_global_batch, clear_stopped_run, labels_sha256, recording_bad_images,
-                     run_dir_state)
+from .rundir import check_fixed_images, clear_stopped_run, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
 from .loggers import RunLoggers
-from .synthetic import (PoolEntry, acquire_static, missing_rounds, missing_static, obtain, pool_from_state, pool_size,
+from .synthetic import (PoolEntry, acquire_static, missing_rounds, missing_static, obtain, pool_size,
                         round_location)
 from .task import Task
 
@@ -76,18 +75,6 @@ class _Inputs:
     split: Split
     model: torch.nn.Module
     resume_state: Optional[dict]
-
-
-@dataclass
-class _Progress:
-    """What changes from epoch to epoch (and is checkpointed)."""
-
-    epoch: int = 0
-    pool: list[PoolEntry] = field(default_factory=list)
-    rounds_done: list[dict] = field(default_factory=list)
-    synthetic_seen_total: int = 0
-    in_epoch: Optional[dict] = None
-    """A checkpoint written on SIGTERM mid-epoch: where ``epoch`` stopped (see ``checkpoint``)."""
 
 
 def run(cfg: Config, resume: bool = False, stop_after: Optional[int] = None) -> dict[str, Any]:
@@ -131,9 +118,9 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     model, ema, task, loop = _training(cfg, rt, inputs)
 
     # 4. Resume: weights, optimizer/scheduler/EMA, RNGs, pool, rounds.
-    progress = _Progress()
+    progress = Progress()
     if inputs.resume_state is not None:
-        progress = _restore(inputs.resume_state, model, loop, rt, run_dir, _global_batch(cfg, rt))
+        progress = restore(inputs.resume_state, model, loop, rt, run_dir, global_batch(cfg, rt))
         _logger.info("resuming %s at epoch %d (%d synthetic images in the pool)", run_dir, progress.epoch,
                      pool_size(progress.pool))
 
@@ -151,7 +138,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
     # 7. Epochs (a bad image found on the way is recorded, so that a resume accepts it fixed).
     started = time.perf_counter()
     loader, sampler, loader_key = None, None, None
-    start, carry = _resume_point(progress.in_epoch, rt)
+    start, carry = resume_point(progress.in_epoch, rt)
     if start:
         _logger.info("epoch %d continues at batch %d (stopped there by SIGTERM)", progress.epoch, start)
     preemption = Preemption(rt, every=cfg.train.log_interval)
@@ -185,7 +172,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
                                          start=start, carry=carry, stop=preemption.due)
             start, carry = 0, None
             if stats.stopped_after is not None:
-                _stop_in_epoch(cfg, rt, run_dir, progress, model, loop, images, stats, len(sampler))
+                stop_in_epoch(cfg, rt, run_dir, progress, model, loop, images, stats, len(sampler))
             _share_bn_statistics(rt, model, ema)
             progress.synthetic_seen_total += stats.synthetic_images
             # 7d. Evaluate.
@@ -205,12 +192,10 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             row = _metrics_row(epoch, stats, holdout, test_acc, ema_acc, round_info, progress, sampler,
                                time.perf_counter() - t0, test_top5)
             log_epoch(row, epochs)
-            rng = dist_utils.all_gather_objects(capture_rng(), rt)
             if rt.is_main:
                 metrics.append(row)
                 board.append(row)
-                save_checkpoint(run_dir / CHECKPOINT_FILE,
-                                _checkpoint_state(progress, model, loop, rng, images, _global_batch(cfg, rt)))
+            save_epoch(cfg, rt, run_dir, progress, model, loop, images)
             dist_utils.barrier(rt)
             if preemption.agreed():     # asked during the epoch, too late for a step boundary in it
                 _logger.warning("stopped by SIGTERM after epoch %d; --resume continues at epoch %d", epoch,
@@ -279,7 +264,7 @@ def _training(cfg: Config, rt: Runtime, inputs: _Inputs):
     return model, ema, task, loop
 
 
-def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: _Progress, merged: bool,
+def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, progress: Progress, merged: bool,
                   placebo: int = 0):
     """``(loader, sampler)`` over the real training images (plus the hold-out once merged) and the pool."""
     split = inputs.split
@@ -298,7 +283,7 @@ def _share_bn_statistics(rt: Runtime, model, ema) -> None:
             distribute_bn(ema, rt.world_size, reduce=True)
 
 
-def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSchedule, progress: _Progress,
+def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSchedule, progress: Progress,
                      epoch: int, class_names: list[str], num_real: int) -> None:
     """Synthetic data sets of the rounds due by ``epoch`` join the pool (those that are ready)."""
     for r in missing_rounds(schedule.rounds_due_by(epoch), progress.pool):
@@ -308,7 +293,7 @@ def _join_due_rounds(cfg: Config, rt: Runtime, run_dir: Path, schedule: RoundSch
             progress.pool.append(dataclasses.replace(entry, share_at_join=round(pool / (num_real + pool), 4)))
 
 
-def _join_static(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, epoch: int, class_names: list[str],
+def _join_static(cfg: Config, rt: Runtime, run_dir: Path, progress: Progress, epoch: int, class_names: list[str],
                  num_real: int) -> None:
     """The received data sets (``synthetic.static``) not in the pool yet join it (rank 0 fetches)."""
     for position, location in missing_static(cfg.synthetic.static, progress.pool):
@@ -347,81 +332,6 @@ def _validate_inputs(cfg: Config, run_dir: Path, resume: bool) -> _Inputs:
     return _Inputs(images=images, test_images=test_images, split=split, model=model, resume_state=state)
 
 
-def _global_batch(cfg: Config, rt: Runtime) -> int:
-    """Images per optimizer step over all processes."""
-    return cfg.loader.batch_size * rt.world_size * cfg.train.grad_accum_steps
-
-
-def _restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path,
-             global_batch: int) -> _Progress:
-    model.load_state_dict(state["model"])
-    loop.load_state_dict(state["loop"])
-    rng = state["rng"]
-    check_global_batch(state.get("global_batch"), len(rng), rt.world_size, global_batch,
-                       loop.cfg.grad_accum_steps, run_dir / CHECKPOINT_FILE)
-    restore_rng(rng[rt.rank % len(rng)])
-    return _Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
-                     rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]),
-                     in_epoch=state.get("in_epoch"))
-
-
-def _resume_point(in_epoch: Optional[dict], rt: Runtime) -> tuple[int, Optional[tuple[float, ...]]]:
-    """This rank's first batch of a preempted epoch and its sums before it (0, None: a whole epoch).
-
-    Every rank takes batches rank, rank + world, ... of the epoch's global list, so ``n`` batches
-    done by each of ``w`` processes are the first ``n * w`` global batches; on ``w'`` processes
-    each continues at ``n * w / w'``, which is whole because a resume keeps the global batch
-    (``batch_size x grad_accum_steps x w``) and the stop fell on a step boundary. On as many
-    processes each rank goes on from its own sums; on another number rank 0 carries them all."""
-    if in_epoch is None:
-        return 0, None
-    w, carry = in_epoch["world_size"], in_epoch["carry"]
-    done = in_epoch["batches_done"] * w
-    if done % rt.world_size:
-        _logger.warning("the preempted epoch's %d batches do not split over %d processes: %d of them are "
-                        "trained again", done, rt.world_size, done % rt.world_size)
-    if w == rt.world_size:
-        mine = carry[rt.rank]
-    elif rt.rank == 0:
-        mine = [sum(float(rank[k]) for rank in carry) for k in range(5)]
-    else:
-        mine = [0.0] * 5
-    return done // rt.world_size, tuple(float(x) for x in mine)
-
-
-def _stop_in_epoch(cfg: Config, rt: Runtime, run_dir: Path, progress: _Progress, model: torch.nn.Module,
-                   loop: EpochLoop, images: LabeledImages, stats: EpochStats, num_batches: int) -> None:
-    """SIGTERM mid-epoch: checkpoint this step boundary (the epoch in progress, how far it got and
-    its sums so far), then stop as the CLI stops on SIGTERM."""
-    rng = dist_utils.all_gather_objects(capture_rng(), rt)
-    carry = dist_utils.all_gather_objects([float(x) for x in stats.carry], rt)
-    if rt.is_main:
-        state = _checkpoint_state(progress, model, loop, rng, images, _global_batch(cfg, rt))
-        state["in_epoch"] = {"batches_done": int(stats.stopped_after), "world_size": rt.world_size, "carry": carry}
-        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
-    dist_utils.barrier(rt)
-    _logger.warning("stopped by SIGTERM in epoch %d after batch %d of %d (step %d), checkpoint written; "
-                    "--resume continues there", progress.epoch, stats.stopped_after, num_batches, loop.optimizer_steps)
-    raise Terminated()
-
-
-def _checkpoint_state(progress: _Progress, model: torch.nn.Module, loop: EpochLoop, rng: list,
-                      images: LabeledImages, global_batch: int) -> dict:
-    return {
-        "epoch": progress.epoch,
-        "model": export_state_dict(model),
-        "loop": loop.state_dict(),
-        "rng": rng,
-        "pool": [e.to_dict() for e in progress.pool],
-        "rounds_done": progress.rounds_done,
-        "synthetic_seen_total": progress.synthetic_seen_total,
-        "dataset_fingerprint": images.fingerprint,
-        "labels_sha256": labels_sha256(images),
-        "class_names": list(images.class_names),
-        "global_batch": global_batch,
-    }
-
-
 def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: int,
                    class_names: list[str], first_look: bool = True) -> Optional[PoolEntry]:
     """Rank 0 waits for, fetches and verifies the data set; every rank gets the outcome."""
@@ -441,7 +351,7 @@ def _acquire_round(cfg: Config, rt: Runtime, run_dir: Path, round: int, epoch: i
 
 
 def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], test_acc: float, ema_acc: float,
-                 round_info: Optional[dict], progress: _Progress, sampler: MixedBatchSampler, seconds: float,
+                 round_info: Optional[dict], progress: Progress, sampler: MixedBatchSampler, seconds: float,
                  test_top5: float = float("nan")) -> dict:
     return {
         "epoch": epoch, "loss": stats.loss, "lr": stats.lr, "train_acc": stats.train_acc,
@@ -458,7 +368,7 @@ def _metrics_row(epoch: int, stats: EpochStats, holdout: Optional[Predictions], 
     }
 
 
-def _summary(cfg: Config, run_dir: Path, progress: _Progress, metrics: MetricsLog, seconds: float,
+def _summary(cfg: Config, run_dir: Path, progress: Progress, metrics: MetricsLog, seconds: float,
              rt: Runtime, optimizer_steps: int) -> dict:
     """``summary.json`` (written by rank 0, logged) and the summary ``run`` returns."""
     rows = metrics.rows() if rt.is_main else []
