@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Optional
 from ._schema import check_format, from_jsonable, load_json
 from .atomic import atomic_directory
 from .errors import FormatError, writing
-from .samples import (SAMPLE_MEMBERS, SyntheticSample, decode_image, decode_label, decode_provenance,
-                      decode_sample, is_extra_member, sample_members)
+from .samples import (IMAGE_FORMATS, SAMPLE_MEMBERS, SyntheticSample, check_key, decode_image, decode_label,
+                      decode_provenance, decode_sample, is_extra_member, sample_members)
 from .transfer import (_CHUNK, INDEX_MAX_BYTES, SHARD_MAX_BYTES, UNREADABLE_SCHEME, _is_pattern, _Sink,
                        deadline_after, is_url, join_location, read_location, remote_get)
 from .writer import INDEX_FILE, INDEX_FORMAT, INDEX_FORMAT_VERSION, DatasetIndex, check_index, file_sha256, write_index
@@ -275,6 +275,19 @@ def local_file(location: str, max_bytes: int = SHARD_MAX_BYTES, deadline: float 
 # Random access
 
 
+SAMPLE_INDEX_FORMAT = "actgen.sample-index"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_span(span, size: int) -> bool:
+    """``[offset, length]`` inside a file of ``size`` bytes."""
+    return (isinstance(span, list) and len(span) == 2 and all(_is_int(v) and v >= 0 for v in span)
+            and span[0] + span[1] <= size)
+
+
 class ShardRandomAccess:
     """Map-style random access over the local tar shards of a data set (offset index built once;
     each read opens the file, so it is safe in DataLoader worker processes).
@@ -282,7 +295,10 @@ class ShardRandomAccess:
     ``len(x)``, ``x[i] -> (PIL RGB image, label)``, ``x.key(i)``, ``x.class_names``.
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, record: Optional[dict] = None):
+        """``record``: an earlier :meth:`record` of this data set; used instead of scanning the
+        shards when it describes the files as they are now (every stamp equal) and every entry
+        checks out, else ignored (:attr:`from_record` says which)."""
         if is_url(directory):
             raise ValueError(f"ShardRandomAccess needs a local directory, got {directory}; fetch() it first")
         self.directory = Path(directory)
@@ -292,6 +308,53 @@ class ShardRandomAccess:
         # One entry per sample: (shard number, key, image ext, image span, json span).
         self._entries: list[tuple[int, str, str, tuple[int, int], tuple[int, int]]] = []
         self._labels: list[int] = []
+        self.from_record = record is not None and self._load_record(record)
+        if not self.from_record:
+            self._scan()
+
+    def _stamps(self) -> dict[str, list[int]]:
+        from .writer import file_stamp
+
+        return {name: list(file_stamp(self.directory / name))
+                for name in [INDEX_FILE, *(s.filename for s in self.index.shards)]}
+
+    def record(self) -> dict:
+        """What a later process needs to skip the scan (:class:`ShardRandomAccess` ``record=``):
+        each sample's shard, key, image member, spans and label, under the stamps (size, mtime,
+        ctime, inode) of the index and the shards they were read from."""
+        return {"format": SAMPLE_INDEX_FORMAT, "format_version": 1, "stamps": self._stamps(),
+                "entries": [[n, key, ext, list(span), list(json_span), label]
+                            for (n, key, ext, span, json_span), label in zip(self._entries, self._labels)]}
+
+    def _load_record(self, record: dict) -> bool:
+        """Take the entries of ``record`` if it is well formed and still true of the files."""
+        try:
+            if (not isinstance(record, dict) or record.get("format") != SAMPLE_INDEX_FORMAT
+                    or record.get("format_version") != 1 or record.get("stamps") != self._stamps()):
+                return False
+            rows = record.get("entries")
+            if not isinstance(rows, list) or len(rows) != sum(s.num_samples for s in self.index.shards):
+                return False
+            counts = [0] * len(self.index.shards)
+            sizes = [s.size_bytes for s in self.index.shards]
+            entries, labels = [], []
+            for row in rows:
+                n, key, ext, span, json_span, label = row
+                if not (_is_int(n) and 0 <= n < len(sizes) and check_key(key) is None and ext in IMAGE_FORMATS
+                        and _is_span(span, sizes[n]) and _is_span(json_span, sizes[n])
+                        and _is_int(label) and 0 <= label < len(self.class_names)):
+                    return False
+                counts[n] += 1
+                entries.append((n, key, ext, (span[0], span[1]), (json_span[0], json_span[1])))
+                labels.append(label)
+            if counts != [s.num_samples for s in self.index.shards]:
+                return False
+        except (TypeError, ValueError, OSError):
+            return False
+        self._entries, self._labels = entries, labels
+        return True
+
+    def _scan(self) -> None:
         for number, (path, shard) in enumerate(zip(self._paths, self.index.shards)):
             try:
                 f = open(path, "rb")

@@ -312,7 +312,8 @@ def test_a_bad_image_in_a_large_data_set_stops_the_run_which_then_restarts(tmp_p
 def test_resume_takes_fixed_images_after_a_checkpoint(tmp_path, tiny_train_config):
     """A bad image first read after the first checkpoint (dropped by drop_last in epoch 0): fixing
     it changes the data-set fingerprint, which resume refused; now it takes the fix, and only that."""
-    from actgen.trainer.data import MixedBatchSampler, SampleError
+    from actgen.trainer.data import MixedBatchSampler
+    from actgen.trainer.samples import SampleError
     from actgen.trainer.run import run
 
     n = 200

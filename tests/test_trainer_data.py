@@ -187,6 +187,7 @@ def test_the_pool_indexes_each_data_set_once_however_often_the_loader_is_rebuilt
                                                                                  monkeypatch):
     import actgen.shards.reader as reader
     import actgen.trainer.data as data
+    import actgen.trainer.pool_images as pool_images
     from actgen.shards.sources import DataSource, load_source
     from actgen.trainer.config import InputConfig
 
@@ -195,12 +196,12 @@ def test_the_pool_indexes_each_data_set_once_however_often_the_loader_is_rebuilt
     real = reader.ShardRandomAccess
 
     class Counting(real):
-        def __init__(self, directory):
+        def __init__(self, directory, record=None):
             built.append(str(directory))
-            super().__init__(directory)
+            super().__init__(directory, record)
 
     monkeypatch.setattr(reader, "ShardRandomAccess", Counting)
-    monkeypatch.setattr(data, "_INDEXED", {})
+    monkeypatch.setattr(pool_images, "_INDEXED", {})
     digits = load_source(DataSource())
     cfg = InputConfig(image_size=16, crop="none", hflip=0.0)
     first = data.make_training_set(digits, [range(10)], [a], cfg)
@@ -212,3 +213,66 @@ def test_the_pool_indexes_each_data_set_once_however_often_the_loader_is_rebuilt
     for shard in (tmp_path / "a2").glob("*.tar"):
         (a / shard.name).write_bytes(shard.read_bytes())
     assert len(data.make_training_set(digits, [range(10)], [a], cfg)) == 14 and built[-1] == str(a)
+
+
+def test_a_pool_sets_index_is_kept_in_its_folder_and_a_new_process_reads_it_instead_of_the_tars(
+        write_digit_shards, tmp_path, monkeypatch):
+    import json
+
+    import actgen.shards.reader as reader
+    import actgen.trainer.pool_images as pool_images
+    from actgen.trainer.config import InputConfig
+    from actgen.trainer.data import SyntheticImages, build_train_transform
+
+    pool = write_digit_shards(tmp_path / "synthetic" / "round-0", n=12, round=0)
+    transform = build_train_transform(InputConfig(image_size=16, crop="none", hflip=0.0))
+    monkeypatch.setattr(pool_images, "_INDEXED", {})
+    first = SyntheticImages(pool, transform)
+    record = pool / pool_images.SAMPLE_INDEX_FILE
+    assert record.is_file() and not first.shards.from_record
+    keys, labels = [first.shards.key(i) for i in range(len(first))], first.labels().tolist()
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the tars were scanned")
+
+    # A new process: the record stands for the scan, with the same samples in the same order.
+    monkeypatch.setattr(pool_images, "_INDEXED", {})
+    with monkeypatch.context() as m:
+        m.setattr(reader, "scan_tar", no_scan)
+        again = SyntheticImages(pool, transform)
+        assert again.shards.from_record
+        assert [again.shards.key(i) for i in range(len(again))] == keys and again.labels().tolist() == labels
+        assert again.shards[3][1] == first.shards[3][1]
+
+    good = json.loads(record.read_text())
+
+    def ignored(text: str) -> None:
+        """A record like this is not used: the set is scanned again, and the record rewritten."""
+        record.write_text(text)
+        monkeypatch.setattr(pool_images, "_INDEXED", {})
+        redone = SyntheticImages(pool, transform)
+        assert not redone.shards.from_record and redone.labels().tolist() == labels
+        assert json.loads(record.read_text()) == json.loads(json.dumps(redone.shards.record()))
+
+    bad_label = json.loads(json.dumps(good))
+    bad_label["entries"][0][5] = 10                      # outside the set's 10 classes
+    ignored(json.dumps(bad_label))
+    past_end = json.loads(json.dumps(good))
+    past_end["entries"][0][3] = [past_end["entries"][0][3][0], 10 ** 9]   # a span past the shard's end
+    ignored(json.dumps(past_end))
+    short = json.loads(json.dumps(good))
+    short["entries"] = short["entries"][1:]
+    ignored(json.dumps(short))
+    ignored("{not json")
+    # A shard changed since (another inode, mtime, ctime): the stamps no longer match.
+    shard = sorted(pool.glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes())
+    stale = json.loads(record.read_text())
+    shard.write_bytes(shard.read_bytes())
+    ignored(json.dumps(stale))
+    # A link in the record's place is never read.
+    record.unlink()
+    (tmp_path / "elsewhere.json").write_text(json.dumps(good))
+    record.symlink_to(tmp_path / "elsewhere.json")
+    monkeypatch.setattr(pool_images, "_INDEXED", {})
+    assert not SyntheticImages(pool, transform).shards.from_record

@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .config import Config, InputConfig, LoaderConfig
+from .pool_images import SyntheticImages
+from .samples import _load
 
 _logger = logging.getLogger(__name__)
 
@@ -126,32 +128,6 @@ def _seed_worker_rngs(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------- datasets
-class SampleError(ValueError):
-    """A training or evaluation image that cannot be loaded: one line naming the file and the
-    sample id (bad input, exit 2).
-
-    It keeps that line when it crosses a DataLoader worker: torch re-raises a worker's exception
-    as ``type(e)("Caught SampleError in DataLoader worker process N.\nOriginal Traceback ...")``,
-    and the constructor takes the original line back out of that text.
-    """
-
-    def __init__(self, message: str):
-        marker = f"{type(self).__name__}: "
-        if message.startswith(f"Caught {type(self).__name__}") and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
-
-
-def _load(read: Callable, index: int):
-    """``read(index)``, a FormatError (undecodable, missing, oversized image) as SampleError."""
-    from actgen.shards.errors import FormatError
-
-    try:
-        return read(index)
-    except FormatError as e:
-        raise SampleError(str(e)) from None
-
-
 class RealImages(Dataset):
     """Images of a ``LabeledImages`` at ``indices``; items are ``(tensor, label)``.
 
@@ -172,55 +148,6 @@ class RealImages(Dataset):
         image = self.transform(_load(self.images.image, int(self.indices[position])))
         label = int(self.targets[position])
         return (image, label, position) if self.with_position else (image, label)
-
-
-# The pool's data sets, each indexed once in this process (scanning a set's tars costs about
-# 0.15 ms an image): the loader is rebuilt whenever a round joins, and would otherwise re-index
-# every earlier round each time. A set whose index.json changed (another inode, size or mtime) is
-# indexed again.
-_INDEXED: dict[str, tuple[tuple, object]] = {}
-
-
-def shard_index(directory: str | Path):
-    """The ``ShardRandomAccess`` of a local data set, built once per process and data set."""
-    from actgen.shards.reader import ShardRandomAccess
-    from actgen.shards.writer import INDEX_FILE, file_stamp
-
-    key = str(Path(directory).resolve())
-    stamp = file_stamp(Path(directory) / INDEX_FILE)
-    held = _INDEXED.get(key)
-    if held is None or held[0] != stamp:
-        held = _INDEXED[key] = (stamp, ShardRandomAccess(directory))
-    return held[1]
-
-
-class SyntheticImages(Dataset):
-    """A fetched synthetic data set (``ShardRandomAccess``) with the training transform.
-
-    With ``class_names`` (the run's), labels are mapped by class name: a received set may list
-    the run's classes in another order, or only some of them (checked when it joined the pool).
-    """
-
-    def __init__(self, directory: str | Path, transform: Callable, class_names: Optional[Sequence[str]] = None):
-        self.directory = str(directory)
-        self.shards = shard_index(directory)
-        self.transform = transform
-        names = list(class_names) if class_names is not None else self.shards.class_names
-        missing = sorted(set(self.shards.class_names) - set(names))
-        if missing:
-            raise ValueError(f"{directory}: classes {missing} are not among the run's {names}")
-        self.label_map = np.array([names.index(n) for n in self.shards.class_names], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def labels(self) -> np.ndarray:
-        """Every sample's label in the run's class order."""
-        return self.label_map[np.asarray(self.shards.labels(), dtype=np.int64)]
-
-    def __getitem__(self, index: int):
-        image, label = _load(self.shards.__getitem__, index)
-        return self.transform(image), int(self.label_map[label])
 
 
 class TrainingSet(Dataset):

@@ -24,7 +24,7 @@ from actgen.shards.sources import LabeledImages
 
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint
 from .config import CONFIG_FILE, Config, diff_configs, load_config
-from .data import SampleError
+from .samples import SampleError
 
 _logger = logging.getLogger(__name__)
 
