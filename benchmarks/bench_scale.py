@@ -1,7 +1,7 @@
 """Scale benchmark: what opening a data set, loading it and a builder worker's memory bank cost
 as the data set and the run grow.
 
-Three parts, on CPU; the first two on synthetic image folders of N tiny PNGs (8x8, 10 classes;
+Four parts, on CPU; the first two on synthetic image folders of N tiny PNGs (8x8, 10 classes;
 writing them is not timed):
 
 * ``open``: for each N, ``load_source`` on the image folder (once: it is the slow one, listed and
@@ -14,6 +14,8 @@ writing them is not timed):
   (shuffled, ``num_workers`` as given); images per second, median of ``--repeats`` interleaved
   passes, and their ratio.
 
+* ``pool``: a pool set of ``--pool-images`` synthetic images: the sample index a starting
+  process builds by scanning its tars against reading the one kept beside them.
 * ``bank``: a builder worker's start bank at rounds 10, 20 and 40 of a run whose rounds add 867
   latents each (the ImageNet recipe's budget) over 1,000 classes with a fixed total cap: the
   worker that stays up across rounds (reads only the new round's bank) against a fresh load of
@@ -180,6 +182,45 @@ def bank_part(work: Path, rounds: int, per_round: int, classes: int, capacity: i
             "total_capacity": total_capacity, "latent": list(latent), "entry_kib": entry_kib, "probes": rows}
 
 
+def pool_index_part(work: Path, n: int, repeats: int) -> dict:
+    """A pool set of ``n`` synthetic 8x8 images (20 shards): the sample index a starting process
+    builds by scanning the tars, against reading the record the first process kept beside them."""
+    from PIL import Image
+
+    from actgen.shards.samples import SyntheticSample, make_key
+    from actgen.shards.writer import ShardSetWriter
+    from actgen.trainer import pool_images
+
+    directory = work / "pool-set"
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    with ShardSetWriter(directory, CLASSES, total=n, num_shards=20, created={"round": 0}) as writer:
+        for i in range(n):
+            label = i % len(CLASSES)
+            provenance = {"class_name": CLASSES[label], "source_id": f"{'f' * 12}-{i:08d}",
+                          "generator": {"id": "bench", "weights_sha256": "0" * 64}, "prompt": CLASSES[label],
+                          "seed": i, "guidance": {}, "checkpoint_sha256": "1" * 64, "round": 0,
+                          "tool_version": "bench"}
+            writer.write(SyntheticSample(key=make_key(0, f"{'f' * 12}-{i:08d}", i, i),
+                                         image=Image.fromarray(pixels[i], "RGB"), label=label,
+                                         provenance=provenance))
+    scans, reads = [], []
+    for _ in range(repeats):
+        (directory / pool_images.SAMPLE_INDEX_FILE).unlink(missing_ok=True)
+        pool_images._INDEXED.clear()
+        access, seconds = _timed(lambda: pool_images.shard_index(directory, persist=True))
+        assert not access.from_record
+        scans.append(seconds)
+        pool_images._INDEXED.clear()     # a new process
+        access, seconds = _timed(lambda: pool_images.shard_index(directory, persist=True))
+        assert access.from_record and len(access) == n
+        reads.append(seconds)
+    row = {"images": n, "scan_s": statistics.median(scans), "record_s": statistics.median(reads),
+           "record_bytes": (directory / pool_images.SAMPLE_INDEX_FILE).stat().st_size}
+    print(f"  {n:,} images: scan {row['scan_s']:.2f} s, from the kept record {row['record_s']:.2f} s", flush=True)
+    return row
+
+
 def _images_per_s(loader) -> float:
     t0, seen = time.perf_counter(), 0
     for inputs, _ in loader:
@@ -198,12 +239,13 @@ def main(argv=None) -> int:
     parser.add_argument("--bank-classes", type=int, default=1000)
     parser.add_argument("--bank-capacity", type=int, default=1024, help="per class (the recipe's bank_capacity)")
     parser.add_argument("--bank-total", type=int, default=4096, help="bank_total_capacity: the fixed cap (binds by round 5)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["open", "loader", "bank"])
+    parser.add_argument("--pool-images", type=int, default=40_000, help="images in the pool set of the pool-index part")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["open", "loader", "bank", "pool"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    opens, loader, bank = [], None, None
+    opens, loader, bank, pool = [], None, None, None
     with tempfile.TemporaryDirectory(prefix="actgen-scale-") as tmp:
         work = Path(tmp)
         if "open" not in args.skip or "loader" not in args.skip:
@@ -220,6 +262,10 @@ def main(argv=None) -> int:
             bank = bank_part(work, args.bank_rounds, args.bank_per_round, args.bank_classes, args.bank_capacity,
                              args.bank_total, (4, 32, 32), probes, args.repeats)
 
+        if "pool" not in args.skip:
+            print(f"pool index ({args.pool_images:,} synthetic images in 20 shards):", flush=True)
+            pool = pool_index_part(work, args.pool_images, args.repeats)
+
     if opens:
         print("\n| images | folder open | import | imported open | speed-up |")
         print("|---|---|---|---|---|")
@@ -235,8 +281,12 @@ def main(argv=None) -> int:
         for r in bank["probes"]:
             print(f"| {r['round']} | {r['entries_held']:,} | {r['incremental_s'] * 1e3:.0f} ms | "
                   f"{r['fresh_load_s'] * 1e3:.0f} ms | {r['rss_mib']:.0f} MiB |")
+    if pool:
+        print(f"\npool set of {pool['images']:,} images: scanning its tars {pool['scan_s']:.2f} s, its kept index "
+              f"{pool['record_s']:.2f} s ({pool['record_bytes'] / 2**20:.1f} MiB)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "repeats": args.repeats,
+    args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "pool_index": pool,
+                                    "repeats": args.repeats,
                                     "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                                                 "platform": platform.platform(),
                                                 "cpus": os.cpu_count()}}, indent=1) + "\n")

@@ -17,7 +17,7 @@ def test_the_scale_benchmark_opens_imports_and_compares_loaders(tmp_path, torch_
     out = tmp_path / "scale.json"
     assert bench.main(["--sizes", "300", "--repeats", "1", "--batch-size", "32", "--bank-rounds", "4",
                        "--bank-per-round", "20", "--bank-classes", "5", "--bank-capacity", "8", "--bank-total", "30",
-                       "--out", str(out)]) == 0
+                       "--pool-images", "40", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     (row,) = result["open"]
     assert row["images"] == 300 and row["folder_open_s"] > 0 and row["imported_open_s"] > 0
@@ -26,3 +26,4 @@ def test_the_scale_benchmark_opens_imports_and_compares_loaders(tmp_path, torch_
     # The bank part: 20 latents a round, capped at 30 in all (and 8 a class): the cap binds.
     bank = {row["round"]: row for row in result["bank"]["probes"]}
     assert sorted(bank) == [2, 4] and bank[2]["entries_held"] == 30 and bank[4]["entries_held"] == 30
+    assert result["pool_index"]["images"] == 40 and result["pool_index"]["record_bytes"] > 0
