@@ -1,7 +1,7 @@
 """Scale benchmark: what opening a data set, loading it and a builder worker's memory bank cost
 as the data set and the run grow.
 
-Four parts, on CPU; the first two on synthetic image folders of N tiny PNGs (8x8, 10 classes;
+Five parts, on CPU; the first two on synthetic image folders of N tiny PNGs (8x8, 10 classes;
 writing them is not timed):
 
 * ``open``: for each N, ``load_source`` on the image folder (once: it is the slow one, listed and
@@ -16,6 +16,9 @@ writing them is not timed):
 
 * ``pool``: a pool set of ``--pool-images`` synthetic images: the sample index a starting
   process builds by scanning its tars against reading the one kept beside them.
+* ``rounds``: a live ``actgen-train`` run of ``--rounds`` rounds on the largest imported set, its
+  builder inline in ``mode: copy`` (nothing rendered): each round's overhead (the inline build and
+  the join at the next epoch), medians over 5 rounds around rounds 1, 10, 20 and 40.
 * ``bank``: a builder worker's start bank at rounds 10, 20 and 40 of a run whose rounds add 867
   latents each (the ImageNet recipe's budget) over 1,000 classes with a fixed total cap: the
   worker that stays up across rounds (reads only the new round's bank) against a fresh load of
@@ -221,6 +224,87 @@ def pool_index_part(work: Path, n: int, repeats: int) -> dict:
     return row
 
 
+COPY_BUILD = """\
+generator: {path: /nonexistent/generator}   # copy mode loads none
+mode: copy
+targets: hard
+allocation: {policy: paper}
+schedule: {enabled: false}
+budget: %d
+batch_size: 16
+output: {resize: classifier, samples_per_shard: 8, min_shards: 2, contact_sheet: 0}
+ray: {executor: local}
+"""
+
+
+def rounds_part(imported: Path, work: Path, rounds: int, budget: int, window: int) -> dict:
+    """A live run on the imported data set: ``actgen-train`` with its builder inline (one
+    ``actgen-build --serve`` for the run) in ``mode: copy``, so a round renders nothing (it copies
+    ``budget`` guide images) and what a round costs beyond training is its overhead: the inline
+    build (the request, the builder's driver: inputs, plan, bank, writing the set) and the join at
+    the next epoch (verify, link into the pool, index). Training is kept small (2% of the images,
+    the rest a hold-out each round searches) so that 40 rounds take minutes; the data set the
+    builder's driver serves is the whole of it. Medians over ``window`` rounds around each probe."""
+    from actgen.trainer import pool_images
+    from actgen.trainer import rounds as trainer_rounds
+    from actgen.trainer import run as trainer_run
+    from actgen.trainer.config import load_config
+
+    from actgen.shards.sources import DataSource, load_source
+
+    build_yaml = work / "build-copy.yaml"
+    build_yaml.write_text(COPY_BUILD % budget)
+    holdout = min(0.98, 1 - 128 / len(load_source(DataSource(path=str(imported)))))   # at least 2 batches trained
+    cfg = load_config(None, [
+        f"data.source.path={imported}", f"data.holdout_fraction={holdout}", "rounds.search=holdout",
+        "rounds.selection.rule=loss", f"rounds.selection.k={budget}", "rounds.every=1", f"rounds.horizon={rounds}",
+        f"rounds.merge_epoch={rounds + 1}", f"train.epochs={rounds + 1}", "input.image_size=16", "input.crop=pad",
+        "input.pad=2", "input.hflip=0.0", "input.mean=[0.5,0.5,0.5]", "input.std=[0.5,0.5,0.5]",
+        "loader.batch_size=64", "loader.eval_batch_size=1024", "model.name=test_resnet", "train.device=cpu",
+        "train.progress=false", "train.precise_bn_steps=0", "train.log_interval=1000", "synthetic.source=inline",
+        f"synthetic.build_config={build_yaml}", "synthetic.on_missing=error", f"run_dir={work / 'rounds-run'}"])
+    builds: dict[int, tuple[float, float]] = {}
+    joins: dict[int, float] = {}
+    indexing: list[float] = []
+    build_round, obtain, shard_index = trainer_rounds.build_round, trainer_run.obtain, pool_images.shard_index
+
+    def timed_build(synthetic, round_directory, output, dataset=None):
+        reply, seconds = _timed(lambda: build_round(synthetic, round_directory, output, dataset))
+        builds[int(Path(round_directory).name)] = (seconds, float(reply.get("seconds", float("nan"))))
+        return reply
+
+    def timed_obtain(location, run_dir, round, *args, **kwargs):
+        entry, seconds = _timed(lambda: obtain(location, run_dir, round, *args, **kwargs))
+        joins[round] = seconds
+        return entry
+
+    def timed_index(directory, persist=False):
+        access, seconds = _timed(lambda: shard_index(directory, persist))
+        indexing.append(seconds)
+        return access
+
+    trainer_rounds.build_round, trainer_run.obtain, pool_images.shard_index = timed_build, timed_obtain, timed_index
+    try:
+        _, total = _timed(lambda: trainer_run.run(cfg))
+    finally:
+        trainer_rounds.build_round, trainer_run.obtain, pool_images.shard_index = build_round, obtain, shard_index
+    per_round = {r: {"build_s": builds[r][0], "builder_s": builds[r][1], "join_s": joins.get(r, float("nan"))}
+                 for r in sorted(builds)}
+    for row in per_round.values():
+        row["overhead_s"] = row["build_s"] + row["join_s"]
+    probes = []
+    for centre in sorted({1, min(10, rounds - 1), rounds // 2, rounds - 1}):
+        near = [per_round[r] for r in range(max(1, centre - window // 2), min(rounds, centre + window // 2 + 1))]
+        probe = {"round": centre, "rounds": len(near)}
+        for k in ("build_s", "builder_s", "join_s", "overhead_s"):
+            probe[k] = statistics.median(row[k] for row in near)
+        probes.append(probe)
+        print(f"  round {centre}: overhead {probe['overhead_s']:.2f} s (inline build {probe['build_s']:.2f} s, of it "
+              f"the builder {probe['builder_s']:.2f} s; join {probe['join_s']:.2f} s)", flush=True)
+    return {"rounds": rounds, "budget": budget, "window": window, "first_round": per_round[0],
+            "per_round": per_round, "probes": probes, "run_s": total}
+
+
 def _images_per_s(loader) -> float:
     t0, seen = time.perf_counter(), 0
     for inputs, _ in loader:
@@ -240,15 +324,17 @@ def main(argv=None) -> int:
     parser.add_argument("--bank-capacity", type=int, default=1024, help="per class (the recipe's bank_capacity)")
     parser.add_argument("--bank-total", type=int, default=4096, help="bank_total_capacity: the fixed cap (binds by round 5)")
     parser.add_argument("--pool-images", type=int, default=40_000, help="images in the pool set of the pool-index part")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["open", "loader", "bank", "pool"])
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of the live run (its data: the largest size)")
+    parser.add_argument("--round-budget", type=int, default=16)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["open", "loader", "bank", "pool", "rounds"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    opens, loader, bank, pool = [], None, None, None
+    opens, loader, bank, pool, live = [], None, None, None, None
     with tempfile.TemporaryDirectory(prefix="actgen-scale-") as tmp:
         work = Path(tmp)
-        if "open" not in args.skip or "loader" not in args.skip:
+        if "open" not in args.skip or "loader" not in args.skip or "rounds" not in args.skip:
             print("open (image folder, import, imported folder):", flush=True)
             opens = open_part(sorted(args.sizes), args.repeats, work)
         if "loader" not in args.skip:
@@ -265,6 +351,10 @@ def main(argv=None) -> int:
         if "pool" not in args.skip:
             print(f"pool index ({args.pool_images:,} synthetic images in 20 shards):", flush=True)
             pool = pool_index_part(work, args.pool_images, args.repeats)
+        if "rounds" not in args.skip:
+            largest = max(args.sizes)
+            print(f"live rounds (N={largest}, {args.rounds} rounds of {args.round_budget} copied images):", flush=True)
+            live = rounds_part(work / f"arrow-{largest}", work, args.rounds, args.round_budget, window=5)
 
     if opens:
         print("\n| images | folder open | import | imported open | speed-up |")
@@ -284,8 +374,14 @@ def main(argv=None) -> int:
     if pool:
         print(f"\npool set of {pool['images']:,} images: scanning its tars {pool['scan_s']:.2f} s, its kept index "
               f"{pool['record_s']:.2f} s ({pool['record_bytes'] / 2**20:.1f} MiB)")
+    if live:
+        print("\n| round | per-round overhead | inline build | of it, the builder | join (verify, link, index) |")
+        print("|---|---|---|---|---|")
+        for r in live["probes"]:
+            print(f"| {r['round']} | {r['overhead_s']:.2f} s | {r['build_s']:.2f} s | {r['builder_s']:.2f} s | "
+                  f"{r['join_s']:.2f} s |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "pool_index": pool,
+    args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "pool_index": pool, "rounds": live,
                                     "repeats": args.repeats,
                                     "machine": {"python": sys.version.split()[0], "torch": torch.__version__,
                                                 "platform": platform.platform(),

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +30,23 @@ def test_the_scale_benchmark_opens_imports_and_compares_loaders(tmp_path, torch_
     bank = {row["round"]: row for row in result["bank"]["probes"]}
     assert sorted(bank) == [2, 4] and bank[2]["entries_held"] == 30 and bank[4]["entries_held"] == 30
     assert result["pool_index"]["images"] == 40 and result["pool_index"]["record_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_the_scale_benchmarks_live_rounds_time_each_rounds_build_and_join(tmp_path):
+    """A live run of 4 rounds with its builder inline in copy mode: every round's inline build and
+    its join at the next epoch are timed."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--sizes", "300",
+                           "--repeats", "1", "--rounds", "4", "--round-budget", "4",
+                           "--skip", "loader", "bank", "pool", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    live = json.loads(out.read_text())["rounds"]
+    assert sorted(live["per_round"]) == ["0", "1", "2", "3"]
+    for row in live["per_round"].values():
+        assert row["build_s"] > 0 and 0 < row["builder_s"] <= row["build_s"] + 0.001 and row["join_s"] > 0  # ms rounding
+    assert [p["round"] for p in live["probes"]] == [1, 2, 3]
