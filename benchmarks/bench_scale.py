@@ -312,6 +312,14 @@ def _images_per_s(loader) -> float:
     return seen / (time.perf_counter() - t0)
 
 
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Print a markdown table (what docs/benchmarks.md shows)."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000, 40_000])
@@ -357,29 +365,23 @@ def main(argv=None) -> int:
             live = rounds_part(work / f"arrow-{largest}", work, args.rounds, args.round_budget, window=5)
 
     if opens:
-        print("\n| images | folder open | import | imported open | speed-up |")
-        print("|---|---|---|---|---|")
-        for r in opens:
-            print(f"| {r['images']:,} | {r['folder_open_s']:.1f} s | {r['import_s']:.1f} s | "
-                  f"{r['imported_open_s']:.2f} s | {r['speedup']:.0f}x |")
+        _table(["images", "folder open", "import", "imported open", "speed-up"],
+               [[f"{r['images']:,}", f"{r['folder_open_s']:.1f} s", f"{r['import_s']:.1f} s",
+                 f"{r['imported_open_s']:.2f} s", f"{r['speedup']:.0f}x"] for r in opens])
     if loader:
         print(f"\nloader on the imported {loader['images']:,} images: trainer {loader['trainer_images_per_s']:,.0f} "
               f"img/s, plain DataLoader {loader['plain_images_per_s']:,.0f} img/s, ratio {loader['ratio']:.2f}")
     if bank:
-        print("\n| round | entries held | worker load (incremental) | fresh load of every bank | RSS |")
-        print("|---|---|---|---|---|")
-        for r in bank["probes"]:
-            print(f"| {r['round']} | {r['entries_held']:,} | {r['incremental_s'] * 1e3:.0f} ms | "
-                  f"{r['fresh_load_s'] * 1e3:.0f} ms | {r['rss_mib']:.0f} MiB |")
+        _table(["round", "entries held", "worker load (incremental)", "fresh load of every bank", "RSS"],
+               [[str(r["round"]), f"{r['entries_held']:,}", f"{r['incremental_s'] * 1e3:.0f} ms",
+                 f"{r['fresh_load_s'] * 1e3:.0f} ms", f"{r['rss_mib']:.0f} MiB"] for r in bank["probes"]])
     if pool:
         print(f"\npool set of {pool['images']:,} images: scanning its tars {pool['scan_s']:.2f} s, its kept index "
               f"{pool['record_s']:.2f} s ({pool['record_bytes'] / 2**20:.1f} MiB)")
     if live:
-        print("\n| round | per-round overhead | inline build | of it, the builder | join (verify, link, index) |")
-        print("|---|---|---|---|---|")
-        for r in live["probes"]:
-            print(f"| {r['round']} | {r['overhead_s']:.2f} s | {r['build_s']:.2f} s | {r['builder_s']:.2f} s | "
-                  f"{r['join_s']:.2f} s |")
+        _table(["round", "per-round overhead", "inline build", "of it, the builder", "join (verify, link, index)"],
+               [[str(r["round"]), *(f"{r[k]:.2f} s" for k in ("overhead_s", "build_s", "builder_s", "join_s"))]
+                for r in live["probes"]])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"open": opens, "loader": loader, "bank": bank, "pool_index": pool, "rounds": live,
                                     "repeats": args.repeats,
