@@ -43,7 +43,7 @@ def global_batch(cfg: Config, rt: Runtime) -> int:
 
 
 def restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, run_dir: Path,
-             batch: int) -> Progress:
+            batch: int) -> Progress:
     model.load_state_dict(state["model"])
     loop.load_state_dict(state["loop"])
     rng = state["rng"]
@@ -51,8 +51,8 @@ def restore(state: dict, model: torch.nn.Module, loop: EpochLoop, rt: Runtime, r
                        loop.cfg.grad_accum_steps, run_dir / CHECKPOINT_FILE)
     restore_rng(rng[rt.rank % len(rng)])
     return Progress(epoch=int(state["epoch"]), pool=pool_from_state(state["pool"], run_dir),
-                     rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]),
-                     in_epoch=state.get("in_epoch"))
+                    rounds_done=list(state["rounds_done"]), synthetic_seen_total=int(state["synthetic_seen_total"]),
+                    in_epoch=state.get("in_epoch"))
 
 
 def resume_point(in_epoch: Optional[dict], rt: Runtime) -> tuple[int, Optional[tuple[float, ...]]]:
@@ -80,15 +80,12 @@ def resume_point(in_epoch: Optional[dict], rt: Runtime) -> tuple[int, Optional[t
 
 
 def stop_in_epoch(cfg: Config, rt: Runtime, run_dir: Path, progress: Progress, model: torch.nn.Module,
-                   loop: EpochLoop, images: LabeledImages, stats: EpochStats, num_batches: int) -> None:
+                  loop: EpochLoop, images: LabeledImages, stats: EpochStats, num_batches: int) -> None:
     """SIGTERM mid-epoch: checkpoint this step boundary (the epoch in progress, how far it got and
     its sums so far), then stop as the CLI stops on SIGTERM."""
-    rng = dist_utils.all_gather_objects(capture_rng(), rt)
     carry = dist_utils.all_gather_objects([float(x) for x in stats.carry], rt)
-    if rt.is_main:
-        state = checkpoint_state(progress, model, loop, rng, images, global_batch(cfg, rt))
-        state["in_epoch"] = {"batches_done": int(stats.stopped_after), "world_size": rt.world_size, "carry": carry}
-        save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+    save_progress(cfg, rt, run_dir, progress, model, loop, images,
+                  in_epoch={"batches_done": int(stats.stopped_after), "world_size": rt.world_size, "carry": carry})
     dist_utils.barrier(rt)
     _logger.warning("stopped by SIGTERM in epoch %d after batch %d of %d (step %d), checkpoint written; "
                     "--resume continues there", progress.epoch, stats.stopped_after, num_batches, loop.optimizer_steps)
@@ -96,7 +93,7 @@ def stop_in_epoch(cfg: Config, rt: Runtime, run_dir: Path, progress: Progress, m
 
 
 def checkpoint_state(progress: Progress, model: torch.nn.Module, loop: EpochLoop, rng: list,
-                      images: LabeledImages, batch: int) -> dict:
+                     images: LabeledImages, batch: int) -> dict:
     return {
         "epoch": progress.epoch,
         "model": export_state_dict(model),
@@ -112,12 +109,13 @@ def checkpoint_state(progress: Progress, model: torch.nn.Module, loop: EpochLoop
     }
 
 
-
-
-def save_epoch(cfg: Config, rt: Runtime, run_dir: Path, progress: Progress, model: torch.nn.Module, loop: EpochLoop,
-               images: LabeledImages) -> None:
-    """The checkpoint at an epoch's end (every rank's RNG states gathered; rank 0 writes)."""
+def save_progress(cfg: Config, rt: Runtime, run_dir: Path, progress: Progress, model: torch.nn.Module,
+                  loop: EpochLoop, images: LabeledImages, in_epoch: Optional[dict] = None) -> None:
+    """The checkpoint (every rank's RNG states gathered; rank 0 writes): at an epoch's end, or with
+    ``in_epoch`` at the step a SIGTERM stopped the epoch at."""
     rng = dist_utils.all_gather_objects(capture_rng(), rt)
     if rt.is_main:
-        save_checkpoint(run_dir / CHECKPOINT_FILE, checkpoint_state(progress, model, loop, rng, images,
-                                                                    global_batch(cfg, rt)))
+        state = checkpoint_state(progress, model, loop, rng, images, global_batch(cfg, rt))
+        if in_epoch is not None:
+            state["in_epoch"] = in_epoch
+        save_checkpoint(run_dir / CHECKPOINT_FILE, state)

@@ -51,7 +51,7 @@ from .loop import EpochLoop, EpochStats, create_optimizer, create_scheduler
 from .metrics import MetricsLog, log_epoch, pct
 from .model import create_model, export_state_dict, sync_batchnorm, unwrap
 from .preempt import Preemption
-from .progress import Progress, global_batch, restore, resume_point, save_epoch, stop_in_epoch
+from .progress import Progress, global_batch, restore, resume_point, save_progress, stop_in_epoch
 from .rounds import end_round, guide_pool, prune_bundles
 from .rundir import check_fixed_images, clear_stopped_run, recording_bad_images, run_dir_state
 from .schedule import RoundSchedule
@@ -195,7 +195,7 @@ def _run(cfg: Config, rt: Runtime, resume: bool, stop_after: Optional[int]) -> d
             if rt.is_main:
                 metrics.append(row)
                 board.append(row)
-            save_epoch(cfg, rt, run_dir, progress, model, loop, images)
+            save_progress(cfg, rt, run_dir, progress, model, loop, images)
             dist_utils.barrier(rt)
             if preemption.agreed():     # asked during the epoch, too late for a step boundary in it
                 _logger.warning("stopped by SIGTERM after epoch %d; --resume continues at epoch %d", epoch,
