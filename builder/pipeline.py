@@ -92,7 +92,7 @@ def run(cfg: BuildConfig, pool: Optional[WorkerPool] = None) -> BuildResult:
     inputs = resolve_inputs(cfg)
     cfg = resolve_horizon(not_fired_fallback(cfg, inputs), inputs)
     if cfg.ray.executor == "ray" and cfg.ray.address is not None:
-        from .workers import connect
+        from actgen.shards.cluster import connect
 
         connect(cfg.ray.address)
     with output_lock(inputs.output):

@@ -153,11 +153,17 @@ def _folder_only(command: str):
 @click.option("--class-names", default=None, metavar="A,B,...",
               help="Class names in label order, where the label column is not a ClassLabel.")
 @click.option("--max-shard-size", default="500MB", show_default=True, help="Largest Arrow shard written.")
-@click.option("--num-proc", type=click.IntRange(min=1), default=None, help="Processes writing shards.")
+@click.option("--num-proc", type=click.IntRange(min=1), default=None,
+              help="Local processes writing shards (without --ray-address).")
+@click.option("--decode", is_flag=True, help="Also decode every image: a corrupt one fails the import, naming its row.")
+@click.option("--ray-address", default=None, metavar="HOST:PORT|auto",
+              help="Write the shards on this Ray cluster (Ray Data, one shard per worker at a time, at least one "
+                   "shard per CPU); its nodes must see SOURCE, the datasets cache and OUTPUT at the same paths.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier import in OUTPUT.")
 @click.pass_context
 def import_command(ctx: click.Context, source: str, output: Path, split: str, image_column: str, label_column: str,
-                   class_names: Optional[str], max_shard_size: str, num_proc: Optional[int], overwrite: bool) -> None:
+                   class_names: Optional[str], max_shard_size: str, num_proc: Optional[int], decode: bool,
+                   ray_address: Optional[str], overwrite: bool) -> None:
     """Convert SOURCE (an image folder, parquet/arrow files, a hub name: anything the trainer
     reads) once into Arrow shards in OUTPUT, with the same content fingerprint. An image folder is
     listed again by every process that opens it (minutes at a million images); OUTPUT opens in
@@ -170,7 +176,8 @@ def import_command(ctx: click.Context, source: str, output: Path, split: str, im
         names = [n.strip() for n in class_names.split(",")] if class_names else None
         done = import_source(DataSource(path=source, split=split, image_column=image_column,
                                         label_column=label_column, class_names=names),
-                             output, overwrite=overwrite, max_shard_size=max_shard_size, num_proc=num_proc)
+                             output, overwrite=overwrite, max_shard_size=max_shard_size, num_proc=num_proc, decode=decode,
+                             ray_address=ray_address)
         click.echo(f"{printable(str(output))}: {done['rows']} images, {done['classes']} classes, {done['shards']} "
                    f"Arrow shards, fingerprint {done['fingerprint'][:12]} (the source's)")
 

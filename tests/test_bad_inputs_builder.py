@@ -493,7 +493,7 @@ def test_a_file_size_limit_ray_cannot_start_under_is_named_before_ray_starts():
     # at once, naming the limit, instead of Ray's startup timeout a minute later.
     code = ("import resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, resource.RLIM_INFINITY))\n"
-            "from actgen.builder.workers import check_file_size_limit\n"
+            "from actgen.shards.cluster import check_file_size_limit\n"
             "try:\n    check_file_size_limit()\nexcept OSError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "file-size limit (ulimit -f, RLIMIT_FSIZE) is 67,108,864 bytes" in out.stdout, out.stderr

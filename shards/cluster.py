@@ -1,0 +1,62 @@
+"""Joining a Ray cluster, for every program that can use one (the builder's actors, ``actgen-data
+import`` on Ray Data): the checks that turn Ray's minute-long retries and silent start-up
+failures into one error naming the setting.
+
+``where`` names the setting the address came from (a config key, a CLI option), so the error
+points at what the user typed.
+"""
+from __future__ import annotations
+
+RAY_MIN_FILE_SIZE = 1 << 30
+"""The smallest file-size limit (``ulimit -f``) Ray's processes start under: below it they are
+killed by SIGXFSZ while writing their logs and session files, and Ray reports only a node that
+"timed out during startup"."""
+
+
+def check_file_size_limit(instead: str = "set ray.executor=local") -> None:
+    """OSError naming the limit when this process's file-size limit is below RAY_MIN_FILE_SIZE
+    (checked before Ray starts, instead of a timeout a minute later that names no file)."""
+    import errno
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and soft < RAY_MIN_FILE_SIZE:
+        raise OSError(errno.EFBIG, f"the file-size limit (ulimit -f, RLIMIT_FSIZE) is {soft:,} bytes: Ray's "
+                                   f"processes cannot start under {RAY_MIN_FILE_SIZE:,}; raise the limit, or "
+                                   f"{instead} (the output itself needs room too)")
+
+
+def connect(address: str, where: str = "config key 'ray.address'",
+            instead: str = "set ray.address=null for a local one") -> None:
+    """Join the Ray cluster at ``address`` now (before anything is written), unless this process
+    already has; ConnectionError naming ``where`` when none answers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    check_file_size_limit()
+    probe(address, where, instead)
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConnectionError(f"{where} = {address!r}: no Ray cluster answers there "
+                              f"({' '.join(str(e).split())[:200]}); start one (ray start --head) or "
+                              f"{instead}") from None
+
+
+def probe(address: str, where: str = "config key 'ray.address'",
+          instead: str = "set ray.address=null for a local one", timeout_s: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address answers a TCP connection within
+    ``timeout_s``: Ray itself retries a dead address for minutes. ``auto`` is Ray's to resolve."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"{where} = {address!r}: no Ray cluster answers there "
+                              f"({e.strerror or e}); start one (ray start --head) or {instead}") from None
