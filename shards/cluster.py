@@ -7,6 +7,9 @@ points at what the user typed.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Optional
+
 RAY_MIN_FILE_SIZE = 1 << 30
 """The smallest file-size limit (``ulimit -f``) Ray's processes start under: below it they are
 killed by SIGXFSZ while writing their logs and session files, and Ray reports only a node that
@@ -60,3 +63,21 @@ def probe(address: str, where: str = "config key 'ray.address'",
     except OSError as e:
         raise ConnectionError(f"{where} = {address!r}: no Ray cluster answers there "
                               f"({e.strerror or e}); start one (ray start --head) or {instead}") from None
+
+
+@contextlib.contextmanager
+def joined(address: Optional[str], where: str, instead: str) -> Iterator[bool]:
+    """Within the block this process is on the Ray cluster at ``address`` (None: no cluster, yields
+    False); Ray is shut down afterwards when this block joined it."""
+    if address is None:
+        yield False
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    connect(address, where, instead)
+    try:
+        yield True
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()

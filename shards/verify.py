@@ -1,6 +1,8 @@
 """``verify``: checksums, counts, decodable images and class names of a shard data set."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from collections import Counter
@@ -27,15 +29,18 @@ class VerifyReport:
 
 
 def verify(location: str | Path, class_names: list[str] | None = None, decode: bool = True,
-           timeout_s: Optional[float] = None) -> VerifyReport:
+           timeout_s: Optional[float] = None, ray: bool = False) -> VerifyReport:
     """Raise FormatError (naming the shard and the problem) on a missing index, a sha256 or count
     mismatch, a truncated tar, an undecodable image, a label out of range, a key with a dot, a
     duplicate key, or class names different from ``class_names`` (the message shows both lists).
 
     Members other than ours (a caption, an embedding a team added) are not read; the report counts
-    them by extension. The first problem found is raised. Shards at http(s) URLs are downloaded to a temporary file
-    (reading stops one byte past the index's size; ``timeout_s`` bounds all downloads together).
+    them by extension. The first problem found is raised (in shard order). Shards at http(s) URLs are downloaded to a temporary file
+    (reading stops one byte past the index's size; ``timeout_s`` bounds all downloads together, or
+    each shard's with ``ray``).
     With ``decode=False`` images are not decoded (faster; everything else is still checked).
+    With ``ray`` the shards are checked by Ray Data's workers on the cluster this process has
+    joined (``ray.init``), one shard at a time each; the keys come back to check for duplicates.
     """
     # 1. The index exists, parses and is self-consistent.
     deadline = deadline_after(timeout_s)
@@ -44,11 +49,71 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
     if class_names is not None and list(class_names) != names:
         raise FormatError(join_location(location, INDEX_FILE),
                           f"class names differ: data set has {names}, expected {list(class_names)}")
+    check = ShardCheck(str(location), tuple(index.image_size), names, decode, timeout_s)
+    results = _check_on_ray(check, index.shards) if ray else (check.shard(s, deadline) for s in index.shards)
     counts: Counter[int] = Counter()
     extras: Counter[str] = Counter()
     first_seen: dict[str, str] = {}
-    for shard in index.shards:
-        where = join_location(location, shard.filename)
+    for result in results:
+        if result.error is not None:
+            raise result.error
+        for key in result.keys:
+            if key in first_seen:
+                raise FormatError(result.where, f"duplicate key {key!r}, also in {first_seen[key]}")
+            first_seen[key] = result.where
+        counts.update(result.counts)
+        extras.update(result.extras)
+    report = VerifyReport(location=str(location), num_shards=len(index.shards), num_samples=index.num_samples,
+                          class_counts={name: counts[i] for i, name in enumerate(names)},
+                          extra_members=dict(sorted(extras.items())))
+    _logger.info("verified %s: %d samples in %d shards", location, report.num_samples, report.num_shards)
+    return report
+
+
+@dataclass
+class ShardResult:
+    """One shard's check: its keys in order, label counts and extra members, or the first problem."""
+    where: str
+    keys: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    extras: Counter = field(default_factory=Counter)
+    error: Optional[FormatError] = None
+
+    def to_json(self) -> str:
+        error = None if self.error is None else [self.error.where, self.error.problem]
+        return json.dumps({"where": self.where, "keys": self.keys, "counts": dict(self.counts),
+                           "extras": dict(self.extras), "error": error})
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardResult:
+        """A worker's result as it came back from Ray (JSON counts have string keys)."""
+        r = json.loads(text)
+        return cls(r["where"], r["keys"], Counter({int(k): v for k, v in r["counts"].items()}), Counter(r["extras"]),
+                   None if r["error"] is None else FormatError(*r["error"]))
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """Checks one shard of a data set by itself (bytes, tar, every sample); what holds across
+    shards (duplicate keys, totals) is the caller's. Also a Ray Data worker: called with a batch of
+    shard records (``filename``, ``size_bytes``, ``sha256``, ``num_samples``) it returns each one's
+    result as plain columns, a problem as its ``where``/``problem`` text."""
+    location: str
+    image_size: tuple[int, int]
+    names: list[str]
+    decode: bool
+    timeout_s: Optional[float] = None
+
+    def shard(self, shard, deadline) -> ShardResult:
+        where = join_location(self.location, shard.filename)
+        result = ShardResult(where)
+        try:
+            self._check(shard, where, deadline, result)
+        except FormatError as e:
+            result.error = e
+        return result
+
+    def _check(self, shard, where: str, deadline, result: ShardResult) -> None:
         with local_file(where, shard.size_bytes, deadline,
                         f"size is over {shard.size_bytes} bytes, index says {shard.size_bytes}") as path:
             # 2. Bytes: size first (names truncation plainly), then sha256.
@@ -65,21 +130,53 @@ def verify(location: str | Path, class_names: list[str] | None = None, decode: b
                 if len(samples) != shard.num_samples:
                     raise FormatError(where, f"holds {len(samples)} samples, index says {shard.num_samples}")
                 # 4. Each sample: members, label, provenance, image.
+                seen: set[str] = set()
                 for key, spans in samples:
-                    if key in first_seen:
-                        raise FormatError(where, f"duplicate key {key!r}, also in {first_seen[key]}")
-                    first_seen[key] = where
+                    if key in seen:
+                        raise FormatError(where, f"duplicate key {key!r}, also in {where}")
+                    seen.add(key)
+                    result.keys.append(key)
                     # Our members only: others are counted, never read.
-                    extras.update(extra_members(spans))
+                    result.extras.update(extra_members(spans))
                     members = {"__key__": key, **{ext: read_member(f, span) if ext in SAMPLE_MEMBERS else None
                                                   for ext, span in spans.items()}}
-                    label = _check_sample(members, where, index.image_size, names, decode)
-                    counts[label] += 1
-    report = VerifyReport(location=str(location), num_shards=len(index.shards), num_samples=index.num_samples,
-                          class_counts={name: counts[i] for i, name in enumerate(names)},
-                          extra_members=dict(sorted(extras.items())))
-    _logger.info("verified %s: %d samples in %d shards", location, report.num_samples, report.num_shards)
-    return report
+                    result.counts[_check_sample(members, where, self.image_size, self.names, self.decode)] += 1
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"position": [], "result": []}
+        for position, shard in zip(batch["position"], _records(batch)):
+            out["position"].append(int(position))
+            out["result"].append(self.shard(shard, deadline_after(self.timeout_s)).to_json())
+        return out
+
+
+def _records(batch: dict):
+    from types import SimpleNamespace
+
+    for i in range(len(batch["filename"])):
+        yield SimpleNamespace(filename=str(batch["filename"][i]), size_bytes=int(batch["size_bytes"][i]),
+                              sha256=str(batch["sha256"][i]), num_samples=int(batch["num_samples"][i]))
+
+
+def _check_on_ray(check: ShardCheck, shards) -> list[ShardResult]:
+    """Every shard checked by Ray Data's workers (a CPU each, at most one per shard); the results
+    in shard order."""
+    import ray
+
+    from .runtime import progress_bars
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress_bars()
+    workers = max(1, min(len(shards), int(ray.cluster_resources().get("CPU", 1))))
+    rows = [{"position": i, "filename": s.filename, "size_bytes": s.size_bytes, "sha256": s.sha256,
+             "num_samples": s.num_samples} for i, s in enumerate(shards)]
+    _logger.info("verifying %d shards on Ray (%d workers)", len(rows), workers)
+    checked = ray.data.from_items(rows, override_num_blocks=max(1, len(rows))).map_batches(
+        ShardCheck, fn_constructor_kwargs=dataclasses.asdict(check), batch_size=1, num_cpus=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers))
+    results: list[Optional[ShardResult]] = [None] * len(rows)
+    for row in checked.iter_rows():
+        results[int(row["position"])] = ShardResult.from_json(row["result"])
+    return results
 
 
 def _check_sample(members: dict, where: str, image_size: tuple[int, int], names: list[str], decode: bool) -> int:

@@ -68,16 +68,21 @@ def info(ctx: click.Context, dataset: str, as_json: bool, no_verify: bool, decod
               help="The class names it must have, in label order (comma-separated).")
 @click.option("--decode/--no-decode", default=True, show_default=True, help="Decode every image.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Bound on all downloads together (URLs).")
+              help="Bound on all downloads together (URLs; with --ray-address, each shard's).")
+@click.option("--ray-address", default=None, metavar="HOST:PORT|auto",
+              help="Check the shards on this Ray cluster (Ray Data, a shard per worker at a time); its nodes "
+                   "must reach DATASET at the same path or URL.")
 @click.pass_context
 def verify_command(ctx: click.Context, dataset: str, class_names: Optional[str], decode: bool,
-                   timeout: Optional[float]) -> None:
+                   timeout: Optional[float], ray_address: Optional[str]) -> None:
     """Check DATASET: index, sizes, sha256s, sample counts, labels, keys, images, class names."""
     with cli_errors("actgen-data verify", ctx.obj["verbose"]):
+        from actgen.shards.cluster import joined
         from actgen.shards.verify import verify
 
         names = [n.strip() for n in class_names.split(",")] if class_names else None
-        report = verify(dataset, class_names=names, decode=decode, timeout_s=timeout)
+        with joined(ray_address, "--ray-address", "leave --ray-address out to verify in this process") as on_ray:
+            report = verify(dataset, class_names=names, decode=decode, timeout_s=timeout, ray=on_ray)
         click.echo(f"{printable(dataset)}: ok, {report.num_samples} samples in {report.num_shards} shards")
         if report.extra_members:
             click.echo("other members (skipped by every reader): "

@@ -62,32 +62,22 @@ def import_source(source: DataSource, dest: str | Path, overwrite: bool = False,
     sources = [] if source.path.startswith("builtin:") or is_url(source.path) else [source.path]
     # An earlier import is what --overwrite may replace; anything else in dest is a user's folder.
     out = check_output(dest, sources, overwrite, "imported data set")
-    started_ray = False
-    if ray_address is not None:
-        import ray
+    from actgen.shards.cluster import joined
 
-        from actgen.shards.cluster import connect
-
-        started_ray = not ray.is_initialized()
-        connect(ray_address, where="--ray-address", instead="leave --ray-address out to import in this process")
-    try:
+    # The cluster is joined (or refused) before the source is opened or anything is written.
+    with joined(ray_address, "--ray-address", "leave --ray-address out to import in this process") as on_ray:
         images = load_source(source)
         # Only the two columns the fingerprint covers, unchanged: the same fingerprint, no stray data.
         dataset = images.dataset.select_columns([source.image_column, source.label_column])
-        num_shards = _num_shards(dataset, max_shard_size, _cluster_cpus() if ray_address is not None else num_proc)
+        num_shards = _num_shards(dataset, max_shard_size, _cluster_cpus() if on_ray else num_proc)
         with replacing(out) as staging:
-            if ray_address is not None:
+            if on_ray:
                 results = _write_on_ray(dataset, staging, num_shards, source, decode)
             else:
                 results = _write_here(dataset, staging, num_shards, source, decode, num_proc)
             _check_results(results, num_shards, len(dataset), str(dest))
             _write_state(dataset, staging, num_shards)
             _check_copy(staging, source, images, str(dest))
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     _logger.info("imported %s into %s: %d rows, %d classes, %d shards, fingerprint %s", source.path, out,
                  len(images), len(images.class_names), num_shards, images.fingerprint[:12])
     return {"rows": len(images), "classes": len(images.class_names), "class_names": images.class_names,
