@@ -98,37 +98,51 @@ def open_part(sizes: list[int], repeats: int, work: Path) -> list[dict]:
 
 
 def loader_part(imported: Path, repeats: int, batch_size: int, num_workers: int) -> dict:
+    """Images/s of one pass over the imported data, four ways over the same rows and augmentation
+    (the trainer's pad-crop transform): a plain DataLoader (float32 from the workers: the
+    baseline), the trainer's loader normalising in the workers and on the device
+    (``loader.normalize``), and timm's own ``PrefetchLoader`` over a plain DataLoader of uint8
+    images (what ``timm.data.create_loader`` builds with its prefetcher)."""
+    from timm.data.loader import PrefetchLoader
     from torch.utils.data import DataLoader
 
     from actgen.shards.sources import DataSource, load_source
     from actgen.trainer.config import load_config
-    from actgen.trainer.data import RealImages, build_train_transform, make_train_loader
+    from actgen.trainer.data import RealImages, make_train_loader
+    from actgen.trainer.transforms import build_train_transform
 
     images = load_source(DataSource(path=str(imported)))
-    cfg = load_config(None, [f"data.source.path={imported}", "input.image_size=32", "input.crop=pad", "input.pad=2",
-                             f"loader.batch_size={batch_size}", f"loader.num_workers={num_workers}",
-                             "train.device=cpu"])
+    sets = [f"data.source.path={imported}", "input.image_size=32", "input.crop=pad", "input.pad=2",
+            f"loader.batch_size={batch_size}", f"loader.num_workers={num_workers}", "train.device=cpu"]
+    cfg = load_config(None, sets)
+    on_device = load_config(None, [*sets, "loader.normalize=device"])
     indices = np.arange(len(images))
+    cpu = torch.device("cpu")
 
-    def trainer_pass() -> float:
-        loader, sampler = make_train_loader(cfg, images, [indices])
+    def plain_loader(uint8: bool):
+        data = RealImages(images, indices, build_train_transform(cfg.input, uint8=uint8))
+        return DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                          generator=torch.Generator().manual_seed(0))
+
+    def trainer_pass(config) -> float:
+        loader, sampler = make_train_loader(config, images, [indices], device=cpu)
         sampler.set_epoch(0)
         return _images_per_s(loader)
 
-    def plain_pass() -> float:
-        data = RealImages(images, indices, build_train_transform(cfg.input))
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                            generator=torch.Generator().manual_seed(0))
-        return _images_per_s(loader)
-
-    trainer, plain = [], []
-    for _ in range(repeats):         # interleaved: the machine's drift hits both alike
-        plain.append(plain_pass())
-        trainer.append(trainer_pass())
+    ways = {"plain": lambda: _images_per_s(plain_loader(False)),
+            "trainer": lambda: trainer_pass(cfg),
+            "trainer_device": lambda: trainer_pass(on_device),
+            "timm_prefetch": lambda: _images_per_s(PrefetchLoader(plain_loader(True), mean=tuple(cfg.input.mean),
+                                                                  std=tuple(cfg.input.std), device=cpu))}
+    passes: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(repeats):         # interleaved: the machine's drift hits every way alike
+        for name, way in ways.items():
+            passes[name].append(way())
+    med = {k: statistics.median(v) for k, v in passes.items()}
     return {"images": len(images), "batch_size": batch_size, "num_workers": num_workers,
-            "trainer_images_per_s": statistics.median(trainer), "plain_images_per_s": statistics.median(plain),
-            "trainer_all": trainer, "plain_all": plain,
-            "ratio": statistics.median(trainer) / statistics.median(plain)}
+            **{f"{k}_images_per_s": v for k, v in med.items()}, **{f"{k}_all": v for k, v in passes.items()},
+            "ratio": med["trainer"] / med["plain"], "ratio_device": med["trainer_device"] / med["plain"],
+            "ratio_timm": med["timm_prefetch"] / med["plain"]}
 
 
 def _rss_mib() -> float:
@@ -369,8 +383,14 @@ def main(argv=None) -> int:
                [[f"{r['images']:,}", f"{r['folder_open_s']:.1f} s", f"{r['import_s']:.1f} s",
                  f"{r['imported_open_s']:.2f} s", f"{r['speedup']:.0f}x"] for r in opens])
     if loader:
-        print(f"\nloader on the imported {loader['images']:,} images: trainer {loader['trainer_images_per_s']:,.0f} "
-              f"img/s, plain DataLoader {loader['plain_images_per_s']:,.0f} img/s, ratio {loader['ratio']:.2f}")
+        print(f"\nloader on the imported {loader['images']:,} images (batch {loader['batch_size']}, "
+              f"{loader['num_workers']} workers; median of the passes):")
+        _table(["loader", "images/s", "vs plain DataLoader"],
+               [[name, f"{loader[f'{key}_images_per_s']:,.0f}", f"{ratio:.2f}x"] for name, key, ratio in (
+                   ("plain DataLoader (float32 from the workers)", "plain", 1.0),
+                   ("actgen-train, loader.normalize=workers", "trainer", loader["ratio"]),
+                   ("actgen-train, loader.normalize=device", "trainer_device", loader["ratio_device"]),
+                   ("timm PrefetchLoader (uint8 from the workers)", "timm_prefetch", loader["ratio_timm"]))])
     if bank:
         _table(["round", "entries held", "worker load (incremental)", "fresh load of every bank", "RSS"],
                [[str(r["round"]), f"{r['entries_held']:,}", f"{r['incremental_s'] * 1e3:.0f} ms",

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from actgen.trainer.config import InputConfig, LoaderConfig
-from actgen.trainer.data import (MixedBatchSampler, TrainingSet, build_eval_transform, build_train_loader,
-                                 build_train_transform, split_indices)
+from actgen.trainer.data import MixedBatchSampler, TrainingSet, build_train_loader, split_indices
+from actgen.trainer.transforms import build_eval_transform, build_train_transform
 
 LABELS = np.repeat(np.arange(5), [40, 30, 20, 60, 50])  # 200 images, unbalanced classes
 
@@ -222,7 +222,8 @@ def test_a_pool_sets_index_is_kept_in_its_folder_and_a_new_process_reads_it_inst
     import actgen.shards.reader as reader
     import actgen.trainer.pool_images as pool_images
     from actgen.trainer.config import InputConfig
-    from actgen.trainer.data import SyntheticImages, build_train_transform
+    from actgen.trainer.data import SyntheticImages
+    from actgen.trainer.transforms import build_train_transform
 
     pool = write_digit_shards(tmp_path / "synthetic" / "round-0", n=12, round=0)
     transform = build_train_transform(InputConfig(image_size=16, crop="none", hflip=0.0))
@@ -276,3 +277,59 @@ def test_a_pool_sets_index_is_kept_in_its_folder_and_a_new_process_reads_it_inst
     record.symlink_to(tmp_path / "elsewhere.json")
     monkeypatch.setattr(pool_images, "_INDEXED", {})
     assert not SyntheticImages(pool, transform).shards.from_record
+
+
+# ---------------------------------------------------------------- loader.normalize: device
+def _digit_batches(transform, n=16):
+    from torch.utils.data import DataLoader
+
+    from actgen.shards.sources import DataSource, load_source
+    from actgen.trainer.data import RealImages
+
+    return DataLoader(RealImages(load_source(DataSource()), np.arange(n), transform), batch_size=8)
+
+
+@pytest.mark.parametrize("crop", ["none", "eval"])
+def test_device_normalisation_gives_the_images_the_workers_would(crop):
+    """Workers stop at uint8 and the device normalises: the same tensors up to float rounding."""
+    from actgen.trainer.transforms import DeviceBatches
+
+    cfg = InputConfig(image_size=12, crop="none", hflip=0.0, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    build = build_eval_transform if crop == "eval" else build_train_transform
+    floats = list(_digit_batches(build(cfg)))
+    raw = _digit_batches(build(cfg, uint8=True))
+    assert next(iter(raw))[0].dtype == torch.uint8            # a quarter of the bytes through the queues
+    on_device = list(DeviceBatches(raw, cfg, torch.device("cpu"), training=crop != "eval"))
+    assert len(on_device) == len(floats) == 2
+    for (a, la), (b, lb) in zip(floats, on_device):
+        assert b.dtype == torch.float32 and torch.equal(la, lb)
+        assert float((a - b).abs().max()) < 1e-5
+
+
+def test_device_random_erasing_erases_training_batches_only():
+    from actgen.trainer.transforms import DeviceBatches
+
+    cfg = InputConfig(image_size=12, crop="none", hflip=0.0, re_prob=1.0, re_mode="const")
+    raw = _digit_batches(build_train_transform(cfg, uint8=True))
+    plain = next(iter(DeviceBatches(raw, InputConfig(image_size=12, crop="none", hflip=0.0), torch.device("cpu"),
+                                    training=True)))[0]
+    torch.manual_seed(0)
+    erased = next(iter(DeviceBatches(raw, cfg, torch.device("cpu"), training=True)))[0]
+    evaluated = next(iter(DeviceBatches(raw, cfg, torch.device("cpu"), training=False)))[0]
+    assert torch.equal(evaluated, plain)
+    changed = (erased != plain).flatten(1).any(dim=1)
+    assert bool(changed.all())                                   # p = 1: every image of the batch
+    assert bool(((erased == 0) | (erased == plain)).all())      # 'const' erases to zero, touches nothing else
+    with pytest.raises(TypeError, match="loader.normalize=device expects uint8"):
+        next(iter(DeviceBatches(_digit_batches(build_train_transform(cfg)), cfg, torch.device("cpu"), True)))
+
+
+def test_evaluation_workers_last_one_pass_and_training_workers_persist():
+    from actgen.trainer.config import LoaderConfig
+    from actgen.trainer.data import build_eval_loader
+
+    cfg = LoaderConfig(num_workers=2)
+    data = list(range(10))
+    sampler = MixedBatchSampler(num_real=10, num_synthetic=0, batch_size=2, mixing="uniform")
+    assert build_train_loader(TrainingSet([data]), sampler, cfg).persistent_workers
+    assert not build_eval_loader(data, cfg).persistent_workers

@@ -14,7 +14,8 @@ from actgen.shards.bundle import bundle_sha256, load_classifier
 from actgen.shards.manifest import read_manifest
 from actgen.shards.sources import DataSource, load_source
 from actgen.trainer.config import load_config
-from actgen.trainer.data import RealImages, build_eval_transform, split_indices
+from actgen.trainer.data import RealImages, split_indices
+from actgen.trainer.transforms import build_eval_transform
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.test_fraction=0.5", "input.image_size=16", "model.name=test_resnet", "train.epochs=3",

@@ -164,3 +164,22 @@ def test_a_folder_whose_config_points_timm_at_other_files_is_refused(trained_fin
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(FormatError, match=r"field 'model_args.checkpoint_path'.*not allowed"):
         create_model(ModelConfig(name=f"local-dir:{tmp_path / 'm'}", pretrained=True), num_classes=10)
+
+
+def test_a_run_normalising_on_the_device_trains_as_one_normalising_in_the_workers(tiny_train_config, torch_one_thread,
+                                                                                   tmp_path, monkeypatch):
+    """loader.normalize=device: every batch (training and evaluation) reaches the model through the
+    device's normalisation, and the run ends where the workers' run ends, up to float rounding."""
+    from actgen.trainer import transforms
+
+    seen = []
+    normalize = transforms.DeviceBatches.normalize
+    monkeypatch.setattr(transforms.DeviceBatches, "normalize",
+                        lambda self, x: seen.append(x.dtype) or normalize(self, x))
+    sets = ("train.epochs=2", "synthetic.source=none")
+    workers = run(tiny_train_config(*sets, run_dir=tmp_path / "workers"))
+    assert not seen
+    device = run(tiny_train_config(*sets, "loader.normalize=device", run_dir=tmp_path / "device"))
+    assert len(seen) > 2 * 14 and set(seen) == {torch.uint8}      # 2 epochs of 14 batches, and the evaluations
+    assert device["final"]["loss"] == pytest.approx(workers["final"]["loss"], rel=1e-5)
+    assert device["final"]["test_acc"] == pytest.approx(workers["final"]["test_acc"], abs=2e-3)

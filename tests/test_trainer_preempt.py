@@ -71,12 +71,15 @@ def test_a_malformed_in_epoch_record_is_refused_naming_the_field(tmp_path, in_ep
 
 
 @pytest.mark.slow
+# With loader.normalize=device the random erasing draws from the training process's RNGs per batch,
+# which the step's checkpoint must carry as well.
+@pytest.mark.parametrize("where", [(), ("loader.normalize=device", "input.re_prob=0.5")], ids=["workers", "device"])
 def test_sigterm_mid_epoch_then_resume_ends_with_the_weights_of_a_run_never_stopped(
-        tiny_train_config, torch_one_thread, tmp_path, monkeypatch):
+        tiny_train_config, torch_one_thread, tmp_path, monkeypatch, where):
     from actgen.trainer.loggers import RunLoggers
     from actgen.trainer.run import run
 
-    sets = ("train.epochs=3", "train.log_interval=1", "synthetic.source=none", "loader.batch_size=32")
+    sets = ("train.epochs=3", "train.log_interval=1", "synthetic.source=none", "loader.batch_size=32", *where)
     whole = tiny_train_config(*sets, run_dir=tmp_path / "whole")
     run(whole)
 

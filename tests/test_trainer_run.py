@@ -14,7 +14,8 @@ from actgen.shards.bundle import bundle_sha256, load_classifier
 from actgen.shards.manifest import read_manifest
 from actgen.shards.sources import DataSource, load_source
 from actgen.trainer.checkpoint import load_checkpoint
-from actgen.trainer.data import RealImages, build_eval_transform, split_indices
+from actgen.trainer.data import RealImages, split_indices
+from actgen.trainer.transforms import build_eval_transform
 from actgen.trainer.run import run
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

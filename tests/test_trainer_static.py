@@ -10,7 +10,8 @@ import pytest
 from actgen.shards.errors import FormatError
 from actgen.shards.sources import DIGIT_NAMES
 from actgen.sharing.merge import merge
-from actgen.trainer.data import SyntheticImages, build_train_transform
+from actgen.trainer.data import SyntheticImages
+from actgen.trainer.transforms import build_train_transform
 from actgen.trainer.run import run
 from actgen.trainer.synthetic import acquire_static
 

@@ -132,6 +132,12 @@ class LoaderConfig:
         persistent_workers: keep workers alive between epochs (only with ``num_workers > 0``).
         prefetch_factor: batches each worker loads ahead (only with ``num_workers > 0``).
         drop_last: drop the last incomplete training batch of an epoch.
+        normalize: where images become normalised float32: ``workers`` (in the loader's
+            workers), or ``device`` (workers hand over uint8, a quarter of the bytes; the
+            training device normalises and randomly erases each batch, as timm's prefetcher).
+
+    The training loader's workers persist across epochs (``persistent_workers``); the evaluation
+    loaders' workers live for one pass, so a process holds at most twice ``num_workers``.
     """
 
     batch_size: int = 128
@@ -140,6 +146,7 @@ class LoaderConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     drop_last: bool = True
+    normalize: Literal["workers", "device"] = "workers"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "loader.batch_size", self.batch_size, "an int >= 1")

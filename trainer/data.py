@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from .config import Config, InputConfig, LoaderConfig
 from .pool_images import SyntheticImages
 from .samples import _load
+from .transforms import build_train_transform, on_device
 
 _logger = logging.getLogger(__name__)
 
@@ -77,46 +78,6 @@ def split_indices(labels: np.ndarray, holdout_fraction: float, test_fraction: fl
     rest, test = carve(rest, test_fraction, "data.test_fraction")
     train, holdout = carve(rest, holdout_fraction, "data.holdout_fraction")
     return Split(train=train.astype(np.int64), holdout=holdout.astype(np.int64), test=test.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------------- transforms
-def build_train_transform(cfg: InputConfig) -> Callable:
-    """PIL RGB image of any size -> normalised float tensor (3, S, S), with augmentation."""
-    from timm.data import create_transform
-    from timm.data.random_erasing import RandomErasing
-    from torchvision import transforms as T
-
-    size = cfg.image_size
-    if cfg.crop == "random_resized":
-        return create_transform(
-            input_size=size, is_training=True, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
-            color_jitter=cfg.color_jitter if cfg.color_jitter > 0 else None, auto_augment=cfg.auto_augment,
-            interpolation=cfg.interpolation, mean=tuple(cfg.mean), std=tuple(cfg.std), re_prob=cfg.re_prob,
-            re_mode=cfg.re_mode)
-    steps = [T.Resize((size, size), interpolation=_interpolation(cfg.interpolation))]
-    if cfg.crop == "pad" and cfg.pad > 0:
-        steps.append(T.RandomCrop(size, padding=cfg.pad))
-    if cfg.hflip > 0:
-        steps.append(T.RandomHorizontalFlip(cfg.hflip))
-    steps += [T.ToTensor(), T.Normalize(mean=tuple(cfg.mean), std=tuple(cfg.std))]
-    if cfg.re_prob > 0:
-        steps.append(RandomErasing(cfg.re_prob, mode=cfg.re_mode, device="cpu"))
-    return T.Compose(steps)
-
-
-def build_eval_transform(cfg: InputConfig) -> Callable:
-    """PIL RGB image -> normalised tensor (3, S, S): resize (and centre crop) only."""
-    from timm.data import create_transform
-
-    return create_transform(input_size=cfg.image_size, is_training=False, interpolation=cfg.interpolation,
-                            mean=tuple(cfg.mean), std=tuple(cfg.std), crop_pct=cfg.eval_crop_pct)
-
-
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-            "nearest": InterpolationMode.NEAREST}[name]
 
 
 def _seed_worker_rngs(seed: int) -> None:
@@ -295,25 +256,29 @@ def build_train_loader(dataset: TrainingSet, sampler: MixedBatchSampler, cfg: Lo
 
 
 def build_eval_loader(dataset: Dataset, cfg: LoaderConfig, pin_memory: bool = False) -> DataLoader:
-    """Sequential evaluation loader (no shuffling, keeps the last partial batch)."""
+    """Sequential evaluation loader (no shuffling, keeps the last partial batch). Its workers end
+    with each pass: a run has up to four evaluation loaders (test, hold-out, searched images, BN
+    statistics), and persistent workers for all would keep five times ``num_workers`` processes
+    per GPU; this way at most the training loader's and one pass's exist at once."""
     return DataLoader(dataset, batch_size=cfg.eval_batch_size, shuffle=False, pin_memory=pin_memory,
-                      **_loader_kwargs(cfg))
+                      **_loader_kwargs(cfg, persistent=False))
 
 
-def _loader_kwargs(cfg: LoaderConfig) -> dict:
+def _loader_kwargs(cfg: LoaderConfig, persistent: bool = True) -> dict:
     # A private generator: each new loader iterator draws its worker base seed from it instead of
     # from the global torch RNG, so rebuilding loaders (new rounds, resume) leaves that RNG alone.
     kwargs: dict = dict(num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
     if cfg.num_workers > 0:
-        kwargs.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
+        kwargs.update(persistent_workers=persistent and cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
     return kwargs
 
 
 def make_training_set(images, real_indices: Sequence[Sequence[int]], synthetic_dirs: Sequence[str | Path],
-                      input_cfg: InputConfig) -> TrainingSet:
+                      input_cfg: InputConfig, uint8: bool = False) -> TrainingSet:
     """Training set over real index lists (train split, later the hold-out too) and fetched
-    synthetic data set directories, all with the same training transform."""
-    transform = build_train_transform(input_cfg)
+    synthetic data set directories, all with the same training transform (ending at uint8
+    with ``uint8``)."""
+    transform = build_train_transform(input_cfg, uint8=uint8)
     real = [RealImages(images, idx, transform) for idx in real_indices if len(idx)]
     synthetic = [SyntheticImages(d, transform, images.class_names) for d in synthetic_dirs]
     return TrainingSet(real, synthetic)
@@ -321,7 +286,8 @@ def make_training_set(images, real_indices: Sequence[Sequence[int]], synthetic_d
 
 def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]],
                       synthetic_dirs: Sequence[str | Path] = (), rank: int = 0, world_size: int = 1,
-                      pin_memory: bool = False, extra_real: int = 0) -> tuple[DataLoader, MixedBatchSampler]:
+                      pin_memory: bool = False, extra_real: int = 0,
+                      device: Optional[torch.device] = None) -> tuple[DataLoader, MixedBatchSampler]:
     """The trainer's exact training pipeline from a config (used by ``run`` and the benchmark).
 
     Args:
@@ -332,8 +298,11 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
         rank, world_size: this process's place in a distributed run.
         pin_memory: pin host batches (CUDA only).
         extra_real: further real draws per epoch (``synthetic.placebo_per_round`` x rounds due).
+        device: where batches are normalised with ``loader.normalize: device`` (the loader then
+            yields them there, as :class:`~.transforms.DeviceBatches`).
     """
-    dataset = make_training_set(images, real_indices, synthetic_dirs, cfg.input)
+    dataset = make_training_set(images, real_indices, synthetic_dirs, cfg.input,
+                                uint8=cfg.loader.normalize == "device")
     weights = None
     if cfg.synthetic.class_balance and dataset.num_synthetic:
         real_labels = np.concatenate([images.labels()[np.asarray(idx, dtype=np.int64)] for idx in real_indices])
@@ -345,7 +314,8 @@ def make_train_loader(cfg: Config, images, real_indices: Sequence[Sequence[int]]
         mixing=cfg.synthetic.mixing, synthetic_per_batch=synthetic_per_batch(cfg), seed=cfg.train.seed,
         rank=rank, world_size=world_size, drop_last=cfg.loader.drop_last, extra_real=extra_real,
         synthetic_weights=weights)
-    return build_train_loader(dataset, sampler, cfg.loader, pin_memory=pin_memory), sampler
+    loader = build_train_loader(dataset, sampler, cfg.loader, pin_memory=pin_memory)
+    return on_device(loader, cfg.input, cfg.loader.normalize, device, training=True), sampler
 
 
 def class_balance_weights(real_labels: np.ndarray, synthetic_labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -11,10 +11,11 @@ import torch
 from actgen.shards.sources import LabeledImages
 
 from .config import Config
-from .data import RealImages, Split, build_eval_loader, build_eval_transform, shard_for_rank
+from .data import RealImages, Split, build_eval_loader, shard_for_rank
 from .distributed import Runtime
 from .evaluate import Predictions, predict
 from .model import recompute_bn_statistics
+from .transforms import build_eval_transform, on_device
 
 
 @dataclass
@@ -35,8 +36,7 @@ class Evaluator:
     @classmethod
     def build(cls, cfg: Config, rt: Runtime, images: LabeledImages, test_images: Optional[LabeledImages],
               split: Split) -> "Evaluator":
-        pin = rt.device.type == "cuda"
-        eval_tf = build_eval_transform(cfg.input)
+        eval_tf = build_eval_transform(cfg.input, uint8=cfg.loader.normalize == "device")
         holdout_idx = shard_for_rank(split.holdout, rt.rank, rt.world_size)
         own_test = test_images is None
         test_images = images if own_test else test_images
@@ -44,13 +44,13 @@ class Evaluator:
         test_idx = shard_for_rank(test_all, rt.rank, rt.world_size)
         # Up to 1,024 training images, the same on every rank (each recomputes the same statistics).
         bn_idx = np.asarray(split.train)[:1024]
-        bn_loader = eval_loader(images, bn_idx, eval_tf, cfg, pin) if cfg.train.precise_bn_steps else None
+        bn_loader = eval_loader(images, bn_idx, eval_tf, cfg, rt) if cfg.train.precise_bn_steps else None
         search_idx = search_loader = None
         if cfg.rounds.enabled and cfg.rounds.search == "train":   # rounds score the training images
             search_idx = shard_for_rank(split.train, rt.rank, rt.world_size)
-            search_loader = eval_loader(images, search_idx, eval_tf, cfg, pin)
-        return cls(cfg, rt, bn_loader, len(split.holdout), holdout_idx, eval_loader(images, holdout_idx, eval_tf, cfg, pin), test_idx,
-                   eval_loader(test_images, test_idx, eval_tf, cfg, pin) if len(test_all) else None,
+            search_loader = eval_loader(images, search_idx, eval_tf, cfg, rt)
+        return cls(cfg, rt, bn_loader, len(split.holdout), holdout_idx, eval_loader(images, holdout_idx, eval_tf, cfg, rt), test_idx,
+                   eval_loader(test_images, test_idx, eval_tf, cfg, rt) if len(test_all) else None,
                    search_idx, search_loader)
 
     def searched(self, model, holdout: Optional[Predictions]) -> Optional[Predictions]:
@@ -84,5 +84,7 @@ class Evaluator:
         return holdout, test_acc, ema_acc, top5
 
 
-def eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Config, pin: bool):
-    return build_eval_loader(RealImages(images, indices, transform, with_position=True), cfg.loader, pin_memory=pin)
+def eval_loader(images: LabeledImages, indices: np.ndarray, transform, cfg: Config, rt: Runtime):
+    loader = build_eval_loader(RealImages(images, indices, transform, with_position=True), cfg.loader,
+                               pin_memory=rt.device.type == "cuda")
+    return on_device(loader, cfg.input, cfg.loader.normalize, rt.device, training=False)

@@ -270,7 +270,8 @@ def _train_loader(cfg: Config, rt: Runtime, run_dir: Path, inputs: _Inputs, prog
     split = inputs.split
     real = [split.train] + ([split.holdout] if merged and len(split.holdout) else [])
     return make_train_loader(cfg, inputs.images, real, [run_dir / e.directory for e in progress.pool], rank=rt.rank,
-                             world_size=rt.world_size, pin_memory=rt.device.type == "cuda", extra_real=placebo)
+                             world_size=rt.world_size, pin_memory=rt.device.type == "cuda", extra_real=placebo,
+                             device=rt.device)
 
 
 def _share_bn_statistics(rt: Runtime, model, ema) -> None:
