@@ -102,7 +102,8 @@ def loader_part(imported: Path, repeats: int, batch_size: int, num_workers: int)
     (the trainer's pad-crop transform): a plain DataLoader (float32 from the workers: the
     baseline), the trainer's loader normalising in the workers and on the device
     (``loader.normalize``), and timm's own ``PrefetchLoader`` over a plain DataLoader of uint8
-    images (what ``timm.data.create_loader`` builds with its prefetcher)."""
+    images (what ``timm.data.create_loader`` builds with its prefetcher). A fifth pass, the
+    trainer's loader without its per-sample re-seeding, says what that costs."""
     from timm.data.loader import PrefetchLoader
     from torch.utils.data import DataLoader
 
@@ -129,8 +130,21 @@ def loader_part(imported: Path, repeats: int, batch_size: int, num_workers: int)
         sampler.set_epoch(0)
         return _images_per_s(loader)
 
+    def unseeded_pass() -> float:
+        # Attribution only: the trainer's loader without the per-sample re-seeding of a worker's
+        # RNGs (what makes augmentations independent of the worker count); not a setting.
+        from actgen.trainer import data
+
+        seed = data._seed_worker_rngs
+        data._seed_worker_rngs = lambda _: None
+        try:
+            return trainer_pass(cfg)
+        finally:
+            data._seed_worker_rngs = seed
+
     ways = {"plain": lambda: _images_per_s(plain_loader(False)),
             "trainer": lambda: trainer_pass(cfg),
+            "trainer_unseeded": unseeded_pass,
             "trainer_device": lambda: trainer_pass(on_device),
             "timm_prefetch": lambda: _images_per_s(PrefetchLoader(plain_loader(True), mean=tuple(cfg.input.mean),
                                                                   std=tuple(cfg.input.std), device=cpu))}
@@ -141,7 +155,8 @@ def loader_part(imported: Path, repeats: int, batch_size: int, num_workers: int)
     med = {k: statistics.median(v) for k, v in passes.items()}
     return {"images": len(images), "batch_size": batch_size, "num_workers": num_workers,
             **{f"{k}_images_per_s": v for k, v in med.items()}, **{f"{k}_all": v for k, v in passes.items()},
-            "ratio": med["trainer"] / med["plain"], "ratio_device": med["trainer_device"] / med["plain"],
+            "ratio": med["trainer"] / med["plain"], "ratio_unseeded": med["trainer_unseeded"] / med["plain"],
+            "ratio_device": med["trainer_device"] / med["plain"],
             "ratio_timm": med["timm_prefetch"] / med["plain"]}
 
 
@@ -389,6 +404,8 @@ def main(argv=None) -> int:
                [[name, f"{loader[f'{key}_images_per_s']:,.0f}", f"{ratio:.2f}x"] for name, key, ratio in (
                    ("plain DataLoader (float32 from the workers)", "plain", 1.0),
                    ("actgen-train, loader.normalize=workers", "trainer", loader["ratio"]),
+                   ("  the same without re-seeding per sample (attribution only)", "trainer_unseeded",
+                    loader["ratio_unseeded"]),
                    ("actgen-train, loader.normalize=device", "trainer_device", loader["ratio_device"]),
                    ("timm PrefetchLoader (uint8 from the workers)", "timm_prefetch", loader["ratio_timm"]))])
     if bank:

@@ -26,7 +26,7 @@ def test_the_scale_benchmark_opens_imports_and_compares_loaders(tmp_path, torch_
     assert row["images"] == 300 and row["folder_open_s"] > 0 and row["imported_open_s"] > 0
     loader = result["loader"]
     assert loader["images"] == 300
-    assert all(loader[f"{way}_images_per_s"] > 0 for way in ("plain", "trainer", "trainer_device", "timm_prefetch"))
+    assert all(loader[f"{way}_images_per_s"] > 0 for way in ("plain", "trainer", "trainer_unseeded", "trainer_device", "timm_prefetch"))
     # The bank part: 20 latents a round, capped at 30 in all (and 8 a class): the cap binds.
     bank = {row["round"]: row for row in result["bank"]["probes"]}
     assert sorted(bank) == [2, 4] and bank[2]["entries_held"] == 30 and bank[4]["entries_held"] == 30

@@ -169,3 +169,32 @@ def test_sample_ids():
         data.index_of(sample_id(data.fingerprint, 1797))
     with pytest.raises(IndexError):
         data.image(1797)
+
+
+def test_real_images_in_a_gs_bucket_load_with_the_fingerprint_they_have_on_disk(tmp_path, monkeypatch):
+    """gs:// through fsspec, on an in-memory file system registered for the scheme (gcsfs is an
+    extra): an imported folder uploaded to the bucket opens with the local copy's fingerprint and
+    sample ids (s3:// is tested on a loopback S3 server in test_shards_s3.py)."""
+    import importlib
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from actgen.sharing.importing import import_source
+
+    class InMemoryGCS(MemoryFileSystem):
+        protocol = ("gs", "gcs")
+        store: dict = {}          # its own bucket contents, not the memory:// file system's
+        pseudo_dirs = [""]
+
+    # fsspec's own table of schemes (the package's `registry` attribute is a read-only view of it).
+    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gs", InMemoryGCS)
+    import_source(DataSource(), tmp_path / "arrow")
+    fs = fsspec.filesystem("gs")
+    for path in (tmp_path / "arrow").iterdir():
+        fs.put_file(str(path), f"gs://bucket/digits-arrow/{path.name}")
+    local = load_source(DataSource(path=str(tmp_path / "arrow")))
+    remote = load_source(DataSource(path="gs://bucket/digits-arrow"))
+    assert remote.fingerprint == local.fingerprint and len(remote) == 1797
+    assert remote.sample_id(1796) == local.sample_id(1796) and remote.label(1796) == local.label(1796)
+    assert remote.image(5).tobytes() == local.image(5).tobytes()
