@@ -30,8 +30,14 @@ demo: $(STAMP)          # needs nothing from the system beyond Python
 test: system-deps $(TEST_STAMP)        # everything but the full-size architecture builds
 	$(BIN)/python -m pytest -q -m "not arch"
 
+# The arch tests (one thread each, no Ray, no clocks) run beside the rest in a second pytest
+# process: on two cores they take the core the rest mostly leaves idle. Both must pass.
+ARCH_LOG := $(VENV)/arch-tests.log
 test-all: system-deps $(TEST_STAMP)    # everything (what CI runs)
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -p no:cacheprovider -m arch --durations=5 > $(ARCH_LOG) 2>&1 & arch=$$!; \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not arch" --durations=25; rest=$$?; \
+	wait $$arch; archrc=$$?; echo "--- the arch tests (second process):"; cat $(ARCH_LOG); \
+	test $$rest -eq 0 && test $$archrc -eq 0
 
 test-fast: system-deps $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

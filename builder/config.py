@@ -14,7 +14,7 @@ from typing import Literal, Mapping, Optional, Sequence
 
 from actgen.shards.config import check_value as _check, load_structured, to_dict, to_yaml
 from actgen.shards.sources import DataSource
-from actgen.shards.writer import LICENSE_ID
+from actgen.shards.card import LICENSE_ID
 
 from .generator_config import (  # noqa: F401  (the generator sections, re-exported)
     COMPONENTS, MAX_BANK, MAX_BATCH, MAX_BUDGET, MAX_CONTACT_SHEET, MAX_IMAGE_SIDE, MAX_PER_SHARD, MAX_STEPS,

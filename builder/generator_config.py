@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Mapping, Optional
 
 from actgen.shards.config import check_value as _check
-from actgen.shards.writer import LICENSE_ID
+from actgen.shards.card import LICENSE_ID
 
 TINY = "tiny"
 

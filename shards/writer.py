@@ -7,16 +7,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from . import __version__
 from ._schema import dumps, utc_now
 from .atomic import atomic_write_text, fsync_dir, temp_sibling
-from .errors import printable
+from .card import dataset_card, shard_image_format
 from .samples import IMAGE_FORMATS, SyntheticSample, encode_sample
 
 _logger = logging.getLogger(__name__)
@@ -202,103 +201,6 @@ def timm_info(index: DatasetIndex) -> dict:
     }
 
 
-def _size_category(n: int) -> str:
-    """The Hugging Face ``size_categories`` bucket of ``n`` samples."""
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-              (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]
-    return next((label for bound, label in bounds if n < bound), "n>10M")
-
-
-LICENSE_ID = r"[a-z0-9][a-z0-9.+\-]*"   # what the Hub's dataset-card ``license`` field takes
-
-
-LICENSE_FIELDS = ("dataset", "generator", "source_terms")    # what an index's created.license holds
-
-
-def card_license(created: dict) -> dict[str, Optional[str]]:
-    """``created.license`` as ``{"dataset", "generator", "source_terms", "dataset_name"}`` (strings or
-    None; ``dataset_name``: for a licence that is not a Hub id, a slug of it or ``unspecified``).
-
-    ``created`` comes from a received file: anything that is not a string is taken as unknown.
-    """
-    value = created.get("license")
-    if isinstance(value, str):                 # a bare licence id
-        value = {"dataset": value}
-    value = value if isinstance(value, dict) else {}
-    # One line each: the card's YAML and text hold them, and a received file may hold anything.
-    out = {k: printable(" ".join(value[k].split())) or None if isinstance(value.get(k), str) else None
-           for k in ("dataset", "generator", "source_terms")}
-    out["dataset_name"] = None
-    if not (out["dataset"] and re.fullmatch(LICENSE_ID, out["dataset"])):
-        # Not a licence id the Hub knows: "other", with the Hub's license_name as a slug of it.
-        slug = re.sub(r"[^a-z0-9]+", "-", (out["dataset"] or "").lower()).strip("-")[:64]
-        out["dataset"], out["dataset_name"] = None, slug or "unspecified"
-    return out
-
-
-def dataset_card(index: DatasetIndex) -> str:
-    """README.md: a Hugging Face dataset card (``huggingface_hub.DatasetCard``), from the index only.
-
-    Its YAML lists the shards as the ``train`` split's ``data_files``, so that
-    ``datasets.load_dataset(<folder>)`` and the Hub's viewer read the tar shards (image, ``cls``
-    label, ``json`` provenance) and not the folder's JSON files. Values that come from the index
-    are escaped as YAML by ``DatasetCardData`` and shown in code spans in the text.
-    """
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    created = index.created
-    licence = card_license(created)
-    other = {} if licence["dataset"] else {"license_name": licence["dataset_name"]}   # the Hub asks for it
-    data = DatasetCardData(
-        license=licence["dataset"] or "other", **other, task_categories=["image-classification"],
-        size_categories=[_size_category(index.num_samples)], pretty_name=index.name,
-        tags=["synthetic", "webdataset", "actgen"],
-        configs=[{"config_name": "default",
-                  "data_files": [{"split": "train", "path": [s.filename for s in index.shards]}]}],
-        generator_license=licence["generator"] or "unknown", source_data_terms=licence["source_terms"] or "unknown")
-
-    def code(value) -> str:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return "`" + json.dumps(value).replace("`", "\\u0060") + "`"
-
-    lines = [
-        f"# {index.name if re.fullmatch(r'[A-Za-z0-9_. -]+', index.name) else code(index.name)}",
-        "",
-        "Synthetic images rendered by `actgen-build` near the hard samples of an image classifier.",
-        "WebDataset tar shards; each sample has an image (`png`/`jpg`/`webp`), a label (`cls`, an index",
-        "into the class names below) and its provenance (`json`: generator, prompt, seed, guidance,",
-        "source sample, checkpoint).",
-        "",
-        f"- Format: `{index.format}` version {index.format_version} (see `index.json`)",
-        f"- Samples: {index.num_samples} in {len(index.shards)} shards; images {index.image_size[0]}x"
-        f"{index.image_size[1]} (HxW)",
-        f"- Classes ({len(index.class_names)}): {code(index.class_names)}",
-        f"- Licence: {code(licence['dataset'] or 'other')}; "
-        f"the generator's: {code(licence['generator'] or 'unknown')}; "
-        f"the source data's terms: {code(licence['source_terms'] or 'unknown')}",
-    ]
-    for key in ("tool_version", "time", "round", "generator"):
-        if key in created:
-            lines.append(f"- {key.replace('_', ' ').capitalize()}: {code(created[key])}")
-    if isinstance(created.get("filter"), dict):       # a filtered one says how
-        f = created["filter"]
-        lines.append(f"- Filter: kept {code(f.get('kept'))} of {code(f.get('of'))} images with p(label) >= "
-                     f"{code(f.get('min_prob'))} and rank <= {code(f.get('max_rank'))}, scorer {code(f.get('scorer'))}")
-    sources = created.get("sources")
-    for source in sources if isinstance(sources, list) else []:   # a merged or filtered set lists its parts
-        if isinstance(source, dict):
-            lines.append(f"- Source: {code(source.get('path'))} ({code(source.get('num_samples'))} samples, round "
-                         f"{code(source.get('round'))}, index sha256 {code(str(source.get('index_sha256'))[:12])})")
-    lines += [
-        "",
-        "Read with Hugging Face datasets: `datasets.load_dataset(<this directory>, split='train')`;",
-        "with timm: `timm.data.create_dataset('wds/<name>', root=<this directory>, split='train')`.",
-        "",
-    ]
-    return str(DatasetCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(lines)))
-
-
 def write_index(directory: str | Path, index: DatasetIndex) -> None:
     """Write ``index.json``, timm's ``_info.json`` (split "train") and ``README.md`` (dataset card
     with YAML front matter), each atomically; ``index.json`` last."""
@@ -308,7 +210,7 @@ def write_index(directory: str | Path, index: DatasetIndex) -> None:
     index = dataclasses.replace(index, format_version=index_version(index.created))
     check_index(index, str(directory / INDEX_FILE))
     atomic_write_text(directory / TIMM_INFO_FILE, json.dumps(timm_info(index), indent=2) + "\n")
-    atomic_write_text(directory / CARD_FILE, dataset_card(index))
+    atomic_write_text(directory / CARD_FILE, dataset_card(index, shard_image_format(directory, index)))
     # index.json marks the data set finished, so it goes last.
     atomic_write_text(directory / INDEX_FILE, dumps(index))
     _logger.info("wrote index %s: %d samples in %d shards", directory / INDEX_FILE,

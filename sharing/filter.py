@@ -17,7 +17,8 @@ import numpy as np
 
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import COPIES_KEY, LICENSE_FIELDS, DatasetIndex, ShardSetWriter, card_license
+from actgen.shards.card import LICENSE_FIELDS, card_license
+from actgen.shards.writer import COPIES_KEY, DatasetIndex, ShardSetWriter
 
 from .outputs import check_output, replacing
 

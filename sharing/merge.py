@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+from actgen.shards.card import LICENSE_FIELDS, card_license
 from actgen.shards.portable import portable_path
 from actgen.shards.reader import ShardRandomAccess
 from actgen.shards.verify import verify
-from actgen.shards.writer import (COPIES_KEY, INDEX_FILE, LICENSE_FIELDS, DatasetIndex, ShardSetWriter, card_license,
-                                  file_sha256)
+from actgen.shards.writer import COPIES_KEY, INDEX_FILE, DatasetIndex, ShardSetWriter, file_sha256
 
 from .outputs import check_output, replacing
 

@@ -29,6 +29,10 @@ def _check_loads_as_written(directory):
     rows = datasets.load_dataset(str(directory), split="train", cache_dir=str(directory.parent / "hf-cache"))
     access = ShardRandomAccess(directory)
     assert len(rows) == len(access) > 0
+    # The card's features: labels load with the set's class names, provenance as JSON objects.
+    assert rows.features["cls"] == datasets.ClassLabel(names=access.class_names)
+    assert rows.features["json"] == datasets.Json() and rows.features["png"] == datasets.Image()
+    assert rows.features["cls"].int2str(rows[0]["cls"]) == rows[0]["json"]["class_name"]
     by_key = {access.key(i): i for i in range(len(access))}
     for row in rows:
         i = by_key[row["__key__"]]
@@ -104,6 +108,23 @@ def test_a_merge_of_sets_with_other_licences_says_other(tmp_path, make_synthetic
     meta = _front_matter(tmp_path / "m")
     assert meta["license"] == "other" and meta["generator_license"] == "openrail++"
     assert json.loads((tmp_path / "m" / "index.json").read_text())["created"]["license"]["dataset"] is None
+
+
+def test_a_jpeg_set_declares_its_jpg_column_with_the_class_names(tmp_path, make_synthetic_samples):
+    """The card's features name the image column the shards hold (read from their tar headers)."""
+    import datasets
+
+    from actgen.shards.writer import ShardSetWriter
+
+    with ShardSetWriter(tmp_path / "j", ["cat", "dog", "bird"], total=3, num_shards=1, image_format="jpg") as w:
+        for sample in make_synthetic_samples(3):
+            w.write(sample)
+        w.close()
+    features = {f["name"]: f["dtype"] for f in _front_matter(tmp_path / "j")["dataset_info"]["features"]}
+    assert features == {"__key__": "string", "__url__": "string", "jpg": "image",
+                        "cls": {"class_label": {"names": {"0": "cat", "1": "dog", "2": "bird"}}}, "json": "json"}
+    rows = datasets.load_dataset(str(tmp_path / "j"), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert rows.features["cls"].names == ["cat", "dog", "bird"] and rows[2]["jpg"].format == "JPEG"
 
 
 class _FakeHub:

@@ -69,7 +69,7 @@ def test_dataset_card_front_matter(shard_dataset):
     assert "\"cat\", \"dog\", \"bird\"" in text
     # "other" comes with the Hub's license_name; a known id needs none.
     assert (meta["license"] == "other") == ("license_name" in meta)
-    from actgen.shards.writer import card_license
+    from actgen.shards.card import card_license
 
     assert card_license({"license": "CreativeML Open RAIL++-M"})["dataset_name"] == "creativeml-open-rail-m"
     assert card_license({})["dataset_name"] == "unspecified"
