@@ -145,6 +145,12 @@ def cli_errors(prog: str, verbose: bool, interrupted: str = "interrupted",
         where = "" if verbose else _traceback_file(prog, e, log_dir)
         click.echo(f"{prog}: failed: {_describe(e, failures)}{where}", err=True)
         sys.exit(1)
+    finally:
+        # A command run in-process (a notebook, a test) leaves SIGTERM as it found it.
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _raised_in_a_library(e: BaseException) -> bool:

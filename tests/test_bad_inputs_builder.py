@@ -320,6 +320,40 @@ def test_cli_errors_statuses():
     assert status(KeyboardInterrupt()) == (130, "prog: interrupted")
 
 
+def test_a_command_run_in_process_leaves_sigterm_as_it_found_it():
+    """Inside a command SIGTERM stops it cleanly (exit 143); once it returns, or fails, the caller's
+    own SIGTERM handling is back (a notebook, a test runner that a scheduler must still stop)."""
+    import signal
+
+    import click
+
+    from actgen.shards.errors import Terminated, cli_errors
+
+    seen = []
+
+    @click.command()
+    @click.argument("fail")
+    def cmd(fail):
+        with cli_errors("prog", verbose=False):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            if fail == "yes":
+                raise ValueError("bad")
+
+    def own(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, own)
+    try:
+        for fail, code in (("no", 0), ("yes", 2)):
+            assert CliRunner().invoke(cmd, [fail]).exit_code == code
+            assert signal.getsignal(signal.SIGTERM) is own
+        assert all(handler is not own for handler in seen)       # inside, SIGTERM raised Terminated
+        with pytest.raises(Terminated):
+            seen[0](signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.parametrize("module", ["actgen.builder.cli", "actgen.trainer.cli", "actgen.fitting.cli",
                                     "actgen.demo.cli"])
 def test_every_cli_takes_debug(module):
