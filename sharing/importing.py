@@ -55,6 +55,7 @@ def import_source(source: DataSource, dest: str | Path, overwrite: bool = False,
             written copy does not re-open with the same fingerprint (then nothing is left at ``dest``).
         ConnectionError: no Ray cluster answers at ``ray_address`` (before anything is written).
     """
+    from actgen.shards.cluster import joined
     from actgen.shards.transfer import is_url
 
     if is_url(str(dest)):
@@ -62,8 +63,6 @@ def import_source(source: DataSource, dest: str | Path, overwrite: bool = False,
     sources = [] if source.path.startswith("builtin:") or is_url(source.path) else [source.path]
     # An earlier import is what --overwrite may replace; anything else in dest is a user's folder.
     out = check_output(dest, sources, overwrite, "imported data set")
-    from actgen.shards.cluster import joined
-
     # The cluster is joined (or refused) before the source is opened or anything is written.
     with joined(ray_address, "--ray-address", "leave --ray-address out to import in this process") as on_ray:
         images = load_source(source)
