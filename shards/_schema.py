@@ -62,6 +62,11 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def is_int(value: Any) -> bool:
+    """An integer as JSON means one: ``int``, not ``bool`` (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_json(text: str | bytes, where: str) -> Any:
     try:
         return json.loads(text)
@@ -110,7 +115,7 @@ def _convert(tp: Any, value: Any, where: str, field: str) -> Any:
             raise fail("true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise fail("an integer")
         return value
     if tp is float:
@@ -177,7 +182,7 @@ def check_format(where: str, data: Any, name: str, version: int, prefix: str = "
     if got != name:
         raise FormatError(where, f"field '{dot}format' must be {name!r}, got {_describe(got)}")
     got_version = data.get("format_version")
-    if isinstance(got_version, bool) or not isinstance(got_version, int):
+    if not is_int(got_version):
         raise FormatError(where, f"field '{dot}format_version' must be an integer, got {_describe(got_version)}")
     if got_version > version:
         raise FormatError(where, f"format_version {got_version} is newer than this reader "

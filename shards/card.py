@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ._schema import is_int
 from .errors import printable
 from .samples import IMAGE_FORMATS, SAMPLE_MEMBERS
 
@@ -108,7 +109,7 @@ def dataset_card(index: DatasetIndex, image_format: str = "png") -> str:
         generator_license=licence["generator"] or "unknown", source_data_terms=licence["source_terms"] or "unknown")
 
     def code(value) -> str:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return str(value)
         return "`" + json.dumps(value).replace("`", "\\u0060") + "`"
 

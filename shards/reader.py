@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from ._schema import check_format, from_jsonable, load_json
+from ._schema import check_format, from_jsonable, is_int, load_json
 from .atomic import atomic_directory
 from .errors import FormatError, writing
 from .samples import (IMAGE_FORMATS, SAMPLE_MEMBERS, SyntheticSample, check_key, decode_image, decode_label,
@@ -278,13 +278,9 @@ def local_file(location: str, max_bytes: int = SHARD_MAX_BYTES, deadline: float 
 SAMPLE_INDEX_FORMAT = "actgen.sample-index"
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _is_span(span, size: int) -> bool:
     """``[offset, length]`` inside a file of ``size`` bytes."""
-    return (isinstance(span, list) and len(span) == 2 and all(_is_int(v) and v >= 0 for v in span)
+    return (isinstance(span, list) and len(span) == 2 and all(is_int(v) and v >= 0 for v in span)
             and span[0] + span[1] <= size)
 
 
@@ -340,9 +336,9 @@ class ShardRandomAccess:
             entries, labels = [], []
             for row in rows:
                 n, key, ext, span, json_span, label = row
-                if not (_is_int(n) and 0 <= n < len(sizes) and check_key(key) is None and ext in IMAGE_FORMATS
+                if not (is_int(n) and 0 <= n < len(sizes) and check_key(key) is None and ext in IMAGE_FORMATS
                         and _is_span(span, sizes[n]) and _is_span(json_span, sizes[n])
-                        and _is_int(label) and 0 <= label < len(self.class_names)):
+                        and is_int(label) and 0 <= label < len(self.class_names)):
                     return False
                 counts[n] += 1
                 entries.append((n, key, ext, (span[0], span[1]), (json_span[0], json_span[1])))

@@ -8,6 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ._schema import is_int
 from .errors import FormatError
 
 
@@ -140,9 +141,6 @@ _NESTED_TEXT = {"generator": ("id", "name", "weights_sha256", "dtype"), "guidanc
 
 def provenance_problem(p: dict) -> Optional[str]:
     """What is wrong with the types of a provenance object's fields, or None."""
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     for name in _TEXT_FIELDS:
         if not isinstance(p[name], str):
             return f"field {name!r} must be a string, got {type(p[name]).__name__}"

@@ -8,13 +8,13 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from .errors import FormatError
 from .reader import deadline_after, join_location, local_file, read_index, read_member, scan_tar
 from .samples import (SAMPLE_MEMBERS, decode_label, decode_provenance, decode_sample, extra_members,
                       sample_members)
-from .writer import INDEX_FILE, file_sha256
+from .writer import INDEX_FILE, ShardInfo, file_sha256
 
 _logger = logging.getLogger(__name__)
 
@@ -150,31 +150,21 @@ class ShardCheck:
         return out
 
 
-def _records(batch: dict):
-    from types import SimpleNamespace
-
+def _records(batch: dict) -> Iterator[ShardInfo]:
     for i in range(len(batch["filename"])):
-        yield SimpleNamespace(filename=str(batch["filename"][i]), size_bytes=int(batch["size_bytes"][i]),
-                              sha256=str(batch["sha256"][i]), num_samples=int(batch["num_samples"][i]))
+        yield ShardInfo(filename=str(batch["filename"][i]), num_samples=int(batch["num_samples"][i]),
+                        sha256=str(batch["sha256"][i]), size_bytes=int(batch["size_bytes"][i]))
 
 
-def _check_on_ray(check: ShardCheck, shards) -> list[ShardResult]:
-    """Every shard checked by Ray Data's workers (a CPU each, at most one per shard); the results
-    in shard order."""
-    import ray
+def _check_on_ray(check: ShardCheck, shards: list[ShardInfo]) -> list[ShardResult]:
+    """Every shard checked by Ray Data's workers (:func:`~.cluster.map_on_ray`); the results in
+    shard order."""
+    from .cluster import map_on_ray, ray_workers
 
-    from .runtime import progress_bars
-
-    ray.data.DataContext.get_current().enable_progress_bars = progress_bars()
-    workers = max(1, min(len(shards), int(ray.cluster_resources().get("CPU", 1))))
-    rows = [{"position": i, "filename": s.filename, "size_bytes": s.size_bytes, "sha256": s.sha256,
-             "num_samples": s.num_samples} for i, s in enumerate(shards)]
-    _logger.info("verifying %d shards on Ray (%d workers)", len(rows), workers)
-    checked = ray.data.from_items(rows, override_num_blocks=max(1, len(rows))).map_batches(
-        ShardCheck, fn_constructor_kwargs=dataclasses.asdict(check), batch_size=1, num_cpus=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers))
+    _logger.info("verifying %d shards on Ray (%d workers)", len(shards), ray_workers(len(shards)))
+    rows = [{"position": i, **dataclasses.asdict(s)} for i, s in enumerate(shards)]
     results: list[Optional[ShardResult]] = [None] * len(rows)
-    for row in checked.iter_rows():
+    for row in map_on_ray(rows, ShardCheck, dataclasses.asdict(check)):
         results[int(row["position"])] = ShardResult.from_json(row["result"])
     return results
 

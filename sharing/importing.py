@@ -55,7 +55,7 @@ def import_source(source: DataSource, dest: str | Path, overwrite: bool = False,
             written copy does not re-open with the same fingerprint (then nothing is left at ``dest``).
         ConnectionError: no Ray cluster answers at ``ray_address`` (before anything is written).
     """
-    from actgen.shards.cluster import joined
+    from actgen.shards.cluster import joined, ray_workers
     from actgen.shards.transfer import is_url
 
     if is_url(str(dest)):
@@ -68,7 +68,7 @@ def import_source(source: DataSource, dest: str | Path, overwrite: bool = False,
         images = load_source(source)
         # Only the two columns the fingerprint covers, unchanged: the same fingerprint, no stray data.
         dataset = images.dataset.select_columns([source.image_column, source.label_column])
-        num_shards = _num_shards(dataset, max_shard_size, _cluster_cpus() if on_ray else num_proc)
+        num_shards = _num_shards(dataset, max_shard_size, ray_workers(len(dataset)) if on_ray else num_proc)
         with replacing(out) as staging:
             if on_ray:
                 results = _write_on_ray(dataset, staging, num_shards, source, decode)
@@ -190,31 +190,19 @@ def _write_here(dataset, staging: Path, num_shards: int, source: DataSource, dec
 def _write_on_ray(dataset, staging: Path, num_shards: int, source: DataSource, decode: bool) -> list[dict]:
     import ray
 
-    from actgen.shards.runtime import progress_bars
+    from actgen.shards.cluster import map_on_ray, ray_workers
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress_bars()
-    workers = max(1, min(num_shards, _cluster_cpus() or 1))
-    _logger.info("import on Ray: %d shards on %d workers (cluster %s)", num_shards, workers,
+    _logger.info("import on Ray: %d shards on %d workers (cluster %s)", num_shards, ray_workers(num_shards),
                  {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "memory")})
-    shards = ray.data.from_items([{"shard": i} for i in range(num_shards)], override_num_blocks=num_shards)
-    written = shards.map_batches(
-        ShardWriter, batch_size=1, num_cpus=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        fn_constructor_kwargs=dict(dataset=dataset, folder=str(staging), num_shards=num_shards,
-                                   image_column=source.image_column, decode=decode, where=source.path))
+    kwargs = dict(dataset=dataset, folder=str(staging), num_shards=num_shards, image_column=source.image_column,
+                  decode=decode, where=source.path)
     results = []
-    for row in written.iter_rows():
+    for row in map_on_ray([{"shard": i} for i in range(num_shards)], ShardWriter, kwargs):
         if row["error"]:
             raise FormatError(str(row["error_where"]), str(row["error"]))
         results.append({"shard": int(row["shard"]), "rows": int(row["rows"]), "bytes": int(row["bytes"])})
         _logger.debug("shard %d/%d written (%d rows)", len(results), num_shards, results[-1]["rows"])
     return results
-
-
-def _cluster_cpus() -> Optional[int]:
-    import ray
-
-    return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else None
 
 
 # ------------------------------------------------------------------------------ the folder

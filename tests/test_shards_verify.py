@@ -167,28 +167,23 @@ def test_index_is_json_checked(shard_dataset):
 
 
 def test_a_ray_worker_checks_the_shards_it_is_given_as_verify_does(shard_dataset, monkeypatch):
-    """The worker Ray Data drives, called directly with the batch it gets: its results, assembled
-    by verify, give the same report; a damaged shard comes back as its problem, raised by verify
-    naming that shard."""
+    """The worker Ray Data drives, called here as Ray calls it (one row of numpy columns at a
+    time): its results, assembled by verify, give the same report; a damaged shard comes back as
+    its problem, raised by verify naming that shard."""
     import numpy as np
 
-    from actgen.shards import verify as verify_module
-    from actgen.shards.verify import ShardCheck
+    from actgen.shards import cluster
 
     directory, index, _ = shard_dataset
     reference = verify(directory)
 
-    def on_ray(check, shards):                  # Ray Data's part: one batch per shard, results by position
-        worker = ShardCheck(**dataclasses.asdict(check))
-        results = []
-        for i, s in enumerate(shards):
-            batch = {"position": np.array([i]), "filename": np.array([s.filename]),
-                     "size_bytes": np.array([s.size_bytes]), "sha256": np.array([s.sha256]),
-                     "num_samples": np.array([s.num_samples])}
-            out = worker(batch)
-            results.append(verify_module.ShardResult.from_json(out["result"][0]))
-        return results
-    monkeypatch.setattr(verify_module, "_check_on_ray", on_ray)
+    def map_here(rows, worker, kwargs):        # map_on_ray's part: one actor, one row per batch
+        actor = worker(**kwargs)
+        for row in rows:
+            out = actor({k: np.array([v]) for k, v in row.items()})
+            yield {k: v[0] for k, v in out.items()}
+    monkeypatch.setattr(cluster, "map_on_ray", map_here)
+    monkeypatch.setattr(cluster, "ray_workers", lambda rows: 1)
     assert verify(directory, ray=True) == reference
     second = directory / index.shards[1].filename
     second.write_bytes(second.read_bytes()[:-512])
